@@ -1,0 +1,5 @@
+import sys
+
+from standing.cli import main
+
+sys.exit(main())

@@ -1,0 +1,277 @@
+"""The `standing` command (spec section 6). Each subcommand is a thin shell
+around a module that does the work, so everything here is argument handling."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import sys
+from pathlib import Path
+
+from standing.settings import DEFAULT_BROKER_PORT, Settings
+
+
+def _settings(args: argparse.Namespace) -> Settings:
+    return Settings.from_env().with_overrides(
+        broker=getattr(args, "broker", None),
+        rules_path=getattr(args, "rules", None),
+        data_dir=getattr(args, "data_dir", None),
+        web_port=getattr(args, "web_port", None),
+        metrics_port=getattr(args, "metrics_port", None),
+        partitions=getattr(args, "partitions", None),
+        app_id=getattr(args, "app_id", None),
+    )
+
+
+def _rules(args: argparse.Namespace):
+    from streams.rules import RulesError, load_rules
+
+    try:
+        return load_rules(getattr(args, "rules", None) or Settings.from_env().rules_path)
+    except RulesError as error:
+        raise SystemExit(f"standing: {error}")
+
+
+# --- commands --------------------------------------------------------------
+
+
+def cmd_broker(args: argparse.Namespace) -> int:
+    from standing.broker import BrokerError, run_foreground
+
+    settings = Settings.from_env()
+    try:
+        return run_foreground(args.port, args.data_dir or settings.broker_data_dir)
+    except BrokerError as error:
+        print(f"standing broker: {error}", file=sys.stderr)
+        return 2
+
+
+def cmd_worker(args: argparse.Namespace) -> int:
+    from streams.worker import run_worker
+
+    return run_worker(_settings(args), _rules(args), loglevel=args.loglevel)
+
+
+def cmd_topics(args: argparse.Namespace) -> int:
+    from topology.admin import TopologyError, ensure_topics, wait_for_broker
+
+    settings = _settings(args)
+
+    async def run() -> list[str]:
+        await wait_for_broker(settings, timeout=args.timeout)
+        return await ensure_topics(settings)
+
+    try:
+        created = asyncio.run(run())
+    except TopologyError as error:
+        print(f"standing topics: {error}", file=sys.stderr)
+        return 2
+    print("created: " + ", ".join(created) if created else "all topics already exist")
+    return 0
+
+
+def cmd_produce(args: argparse.Namespace) -> int:
+    from standing.producer import ProduceError, produce_file
+
+    try:
+        summary = asyncio.run(produce_file(_settings(args), args.file))
+    except ProduceError as error:
+        print(f"standing produce: {error}", file=sys.stderr)
+        return 2
+    except FileNotFoundError:
+        print(f"standing produce: no such file: {args.file}", file=sys.stderr)
+        return 2
+    rejected = sum(summary.rejected.values())
+    print(f"sent {summary.sent} events, rejected {rejected} lines, in {summary.elapsed_s:.1f} s")
+    return 0
+
+
+def cmd_generate(args: argparse.Namespace) -> int:
+    from standing.population import PopulationConfig, generate_events, write_jsonl
+
+    config = PopulationConfig(
+        users=args.users,
+        events=args.events,
+        seed=args.seed,
+        mean_degree=args.mean_degree,
+        duplicate_share=args.duplicate_share,
+        invalid_share=args.invalid_share,
+    )
+    count = write_jsonl(args.out, generate_events(config, _rules(args)))
+    print(f"wrote {count} lines to {args.out}")
+    return 0
+
+
+def cmd_wait(args: argparse.Namespace) -> int:
+    from standing.control import ControlError, wait_until_quiescent
+
+    try:
+        asyncio.run(wait_until_quiescent(_settings(args), timeout=args.timeout))
+    except ControlError as error:
+        print(f"standing wait: {error}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def cmd_dump(args: argparse.Namespace) -> int:
+    from standing.control import dump
+
+    count = asyncio.run(dump(_settings(args), args.out))
+    print(f"wrote {count} scores to {args.out}")
+    return 0
+
+
+def cmd_replay(args: argparse.Namespace) -> int:
+    from standing.control import ControlError
+    from standing.producer import ProduceError
+    from standing.replay import replay
+
+    _rules(args)  # fail fast on a bad rules file
+    try:
+        replay(_settings(args), args.file, args.out, rules_path=args.rules, summary_path=args.summary, timeout=args.timeout)
+    except (ControlError, ProduceError, RuntimeError) as error:
+        print(f"standing replay: {error}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def cmd_reference(args: argparse.Namespace) -> int:
+    from standing.reference import reference_file, write_scores
+
+    rules = _rules(args)
+    result = reference_file(args.file, rules)
+    write_scores(args.out, result.raw, rules)
+    summary = result.summary.as_dict()
+    print(json.dumps(summary))
+    if args.summary:
+        args.summary.write_text(json.dumps(summary, indent=2) + "\n")
+    return 0
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from standing.demo import run_demo
+
+    return run_demo(
+        _settings(args),
+        rules_path=args.rules,
+        seconds=args.seconds,
+        rate=args.rate,
+        users=args.users,
+        seed=args.seed,
+    )
+
+
+def cmd_not_yet(issue: str):
+    def run(args: argparse.Namespace) -> int:
+        print(f"standing {args.command}: not built yet; it comes with the issue {issue!r}", file=sys.stderr)
+        return 3
+
+    return run
+
+
+# --- argument parsing --------------------------------------------------------
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="standing",
+        description="Standing: a real-time, network-aware scorer on Kafka and Faust.",
+        epilog="Every command that talks to Kafka takes --broker HOST:PORT "
+        f"(default: $STANDING_BROKER, else the embedded broker at 127.0.0.1:{DEFAULT_BROKER_PORT}).",
+    )
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    def command(name: str, help_: str, handler) -> argparse.ArgumentParser:
+        sub = commands.add_parser(name, help=help_, description=help_)
+        sub.set_defaults(handler=handler)
+        return sub
+
+    def kafka(sub: argparse.ArgumentParser) -> None:
+        sub.add_argument("--broker", metavar="HOST:PORT", help="Kafka bootstrap address")
+        sub.add_argument("--partitions", type=int, help="partitions of every topic (default 8; must match the topics)")
+        sub.add_argument("--app-id", help="Faust app id = consumer group (default 'standing')")
+
+    def rules(sub: argparse.ArgumentParser) -> None:
+        sub.add_argument("--rules", type=Path, metavar="FILE", help="rules file (TOML); default: the shipped rules")
+
+    sub = command("demo", "embedded broker + worker + a simulated population, with live figures", cmd_demo)
+    kafka(sub)
+    rules(sub)
+    sub.add_argument("--seconds", type=float, help="stop after N seconds (default: run until Ctrl-C)")
+    sub.add_argument("--rate", type=float, default=500.0, help="events per second produced (default 500)")
+    sub.add_argument("--users", type=int, default=2000, help="simulated users (default 2000)")
+    sub.add_argument("--seed", type=int, default=7)
+    sub.add_argument("--web-port", type=int, help="query API port (default 6066)")
+    sub.add_argument("--metrics-port", type=int, help="Prometheus metrics port (default 9464)")
+
+    sub = command("broker", "run the embedded Kafka-compatible broker (noida-db) in the foreground", cmd_broker)
+    sub.add_argument("--port", type=int, default=DEFAULT_BROKER_PORT)
+    sub.add_argument("--data-dir", type=Path, help="where the broker keeps its data (default .standing/broker)")
+
+    sub = command("worker", "run a scoring worker", cmd_worker)
+    kafka(sub)
+    rules(sub)
+    sub.add_argument("--data-dir", type=Path, help="RocksDB tables (default .standing/worker)")
+    sub.add_argument("--web-port", type=int, help="query API port (default 6066)")
+    sub.add_argument("--metrics-port", type=int, help="Prometheus metrics port (default 9464; 0 = off)")
+    sub.add_argument("--loglevel", default="warning", choices=["debug", "info", "warning", "error"])
+
+    sub = command("topics", "create every topic Standing uses (idempotent)", cmd_topics)
+    kafka(sub)
+    sub.add_argument("--timeout", type=float, default=30.0, help="seconds to wait for the broker")
+
+    sub = command("produce", "publish a JSON Lines file of events, validating each", cmd_produce)
+    kafka(sub)
+    sub.add_argument("file", type=Path)
+
+    sub = command("generate", "write a simulated population's events as JSON Lines", cmd_generate)
+    rules(sub)
+    sub.add_argument("--out", type=Path, required=True)
+    sub.add_argument("--users", type=int, default=2000)
+    sub.add_argument("--events", type=int, default=20_000)
+    sub.add_argument("--seed", type=int, default=0)
+    sub.add_argument("--mean-degree", type=float, default=10.0)
+    sub.add_argument("--duplicate-share", type=float, default=0.0)
+    sub.add_argument("--invalid-share", type=float, default=0.0)
+
+    sub = command("wait", "return when everything produced so far is fully processed", cmd_wait)
+    kafka(sub)
+    sub.add_argument("--timeout", type=float, default=3600.0)
+
+    sub = command("dump", "write the current scores as JSON Lines", cmd_dump)
+    kafka(sub)
+    sub.add_argument("--out", type=Path, required=True)
+
+    sub = command("replay", "produce a file, wait, dump; starts and stops what it needs", cmd_replay)
+    kafka(sub)
+    rules(sub)
+    sub.add_argument("file", type=Path)
+    sub.add_argument("--out", type=Path, required=True)
+    sub.add_argument("--summary", type=Path, help="also write the summary as JSON here")
+    sub.add_argument("--timeout", type=float, default=3600.0)
+
+    sub = command("reference", "the batch fixed point of a file of events (no broker)", cmd_reference)
+    rules(sub)
+    sub.add_argument("file", type=Path)
+    sub.add_argument("--out", type=Path, required=True)
+    sub.add_argument("--summary", type=Path)
+
+    sub = command("explain", "why a user's score is what it is (comes with issue #4)", cmd_not_yet("#4 query API"))
+    kafka(sub)
+    sub.add_argument("user")
+
+    sub = command("bench", "the benchmark suite (comes with issue #6)", cmd_not_yet("#6 benchmarks"))
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.handler(args)
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,176 @@
+"""`standing demo`: the whole system on one machine, with live figures.
+
+Starts the embedded broker (unless one answers at --broker) and a worker,
+produces a simulated population's events at a steady rate, follows the
+scores topic, and prints throughput, backlog and the users whose scores
+moved most. Stops everything it started on Ctrl-C or after --seconds.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+import sys
+import time
+from contextlib import ExitStack
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from aiokafka import AIOKafkaConsumer, TopicPartition
+
+from schemas import codec
+from standing import processes
+from standing.broker import EmbeddedBroker, port_is_open
+from standing.population import LiveSimulation, PopulationConfig
+from standing.producer import EventProducer
+from standing.settings import Settings
+from streams import events as ev
+from topology import topics
+from topology.admin import ensure_topics
+
+
+@dataclass
+class Movers:
+    """Latest display score per user and the biggest recent moves."""
+
+    latest: dict[str, float] = field(default_factory=dict)
+    moves: dict[str, tuple[float, float]] = field(default_factory=dict)
+    published: int = 0
+
+    def record(self, user: str, score: float) -> None:
+        self.published += 1
+        previous = self.latest.get(user)
+        self.latest[user] = score
+        if previous is not None and previous != score:
+            first = self.moves.get(user, (previous, score))[0]
+            self.moves[user] = (first, score)
+
+    def top(self, n: int = 5) -> list[tuple[str, float, float]]:
+        ranked = sorted(self.moves.items(), key=lambda item: abs(item[1][1] - item[1][0]), reverse=True)
+        return [(user, before, after) for user, (before, after) in ranked[:n]]
+
+
+def _say(message: str) -> None:
+    print(f"standing demo: {message}", flush=True)
+
+
+def run_demo(
+    settings: Settings,
+    *,
+    rules_path: Path | None,
+    seconds: float | None,
+    rate: float,
+    users: int,
+    seed: int,
+) -> int:
+    host, _, port = settings.bootstrap_servers[0].rpartition(":")
+    with ExitStack() as cleanup:
+        if not port_is_open(host or "127.0.0.1", int(port)):
+            broker = EmbeddedBroker(port=int(port), data_dir=settings.broker_data_dir, host=host or "127.0.0.1")
+            _say(f"starting the embedded broker at {broker.address} (data in {settings.broker_data_dir})")
+            broker.start()
+            cleanup.callback(broker.stop)
+        else:
+            _say(f"using the broker at {settings.broker}")
+        asyncio.run(ensure_topics(settings))
+        log_path = settings.data_dir.parent / "demo-worker.log"
+        worker = processes.start_worker_process(settings, log_path=log_path, rules_path=rules_path)
+        cleanup.callback(processes.stop_process, worker)
+        _say(f"starting a worker (log {log_path})")
+        processes.wait_for_metrics(settings.metrics_port, worker, log_path=log_path)
+        _say(
+            f"query API http://{settings.web_host}:{settings.web_port}/users/<id>  "
+            f"metrics http://{settings.web_host}:{settings.metrics_port}/metrics"
+        )
+        try:
+            asyncio.run(_live(settings, PopulationConfig(users=users, seed=seed, events=10**12), rate, seconds, worker))
+        except KeyboardInterrupt:
+            pass
+        _say("stopping")
+    _say("stopped cleanly")
+    return 0
+
+
+async def _live(settings: Settings, config: PopulationConfig, rate: float, seconds: float | None, worker) -> None:
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    movers = Movers()
+    produced = {"count": 0}
+
+    async def produce() -> None:
+        async with EventProducer(settings) as producer:
+            async for item in LiveSimulation(config, rate):
+                if stop.is_set():
+                    break
+                try:
+                    await producer.send(ev.from_dict(item))
+                    produced["count"] += 1
+                except ev.Rejected:
+                    continue
+
+    async def follow_scores() -> None:
+        consumer = AIOKafkaConsumer(bootstrap_servers=settings.bootstrap_servers, **settings.kafka_client_options())
+        await consumer.start()
+        try:
+            partitions = [TopicPartition(topics.SCORES, p) for p in range(settings.partitions)]
+            consumer.assign(partitions)
+            await consumer.seek_to_end(*partitions)
+            while not stop.is_set():
+                batches = await consumer.getmany(timeout_ms=500, max_records=5000)
+                for records in batches.values():
+                    for record in records:
+                        _, score = codec.decode(record.value, "score")
+                        movers.record(score["user_id"], score["score"])
+        finally:
+            await consumer.stop()
+
+    async def report() -> None:
+        started = time.monotonic()
+        last_count, last_time = 0, started
+        interactive = sys.stdout.isatty()
+        while not stop.is_set():
+            await asyncio.sleep(1.0)
+            now = time.monotonic()
+            if worker.poll() is not None:
+                _say(f"the worker exited with code {worker.returncode}; see its log")
+                stop.set()
+                break
+            try:
+                samples = processes.scrape_metrics(settings.metrics_port, timeout=1.0)
+            except OSError:
+                samples = {}
+            processed = int(processes.sum_samples(samples, "standing_events_in_total"))
+            updates = int(processes.sum_samples(samples, "standing_friend_updates_sent_total"))
+            count = produced["count"]
+            rate_now = (count - last_count) / max(now - last_time, 1e-9)
+            last_count, last_time = count, now
+            lines = [
+                f"t={now - started:5.0f}s  produced {count:>8} ({rate_now:6.0f}/s)  processed {processed:>8}  "
+                f"friend updates {updates:>9}  scores published {movers.published:>8}  users scored {len(movers.latest):>6}",
+                "top movers: "
+                + "  ".join(f"{user} {before:.0f}->{after:.0f}" for user, before, after in movers.top(5)),
+            ]
+            if interactive:
+                print("\x1b[2K" + lines[0] + "\n\x1b[2K" + lines[1] + "\x1b[2A\r", end="", flush=True)
+            elif int(now - started) % 5 == 0:
+                print("\n".join(lines), flush=True)
+            if seconds is not None and now - started >= seconds:
+                stop.set()
+        if interactive:
+            print("\n\n", end="")
+
+    tasks = [asyncio.create_task(produce()), asyncio.create_task(follow_scores())]
+    try:
+        await report()
+    finally:
+        stop.set()
+        for task in tasks:
+            try:
+                await asyncio.wait_for(task, timeout=10)
+            except (asyncio.TimeoutError, asyncio.CancelledError):
+                task.cancel()
+    movers_top = movers.top(5)
+    if movers_top:
+        print("biggest moves this run: " + ", ".join(f"{u} {b:.0f}->{a:.0f}" for u, b, a in movers_top), flush=True)

@@ -1,0 +1,134 @@
+"""Starting and stopping the processes a command needs (and only those).
+
+Commands such as ``replay`` and ``demo`` start a broker or a worker when none
+is running and must stop exactly what they started, even on Ctrl-C.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from contextlib import closing
+from pathlib import Path
+
+from prometheus_client.parser import text_string_to_metric_families
+
+from standing.settings import Settings
+
+_PR_SET_PDEATHSIG = 1
+
+
+def _die_with_parent() -> None:
+    """In the child: get SIGTERM if the parent dies, so nothing is orphaned."""
+    try:
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
+    except OSError:
+        pass
+
+
+def free_port() -> int:
+    with closing(socket.socket(socket.AF_INET, socket.SOCK_STREAM)) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def start_worker_process(settings: Settings, *, log_path: Path, rules_path: Path | None = None) -> subprocess.Popen:
+    """A ``standing worker`` child process with these settings."""
+    command = [
+        sys.executable,
+        "-m",
+        "standing.cli",
+        "worker",
+        "--broker",
+        settings.broker,
+        "--data-dir",
+        str(settings.data_dir),
+        "--web-port",
+        str(settings.web_port),
+        "--metrics-port",
+        str(settings.metrics_port),
+        "--partitions",
+        str(settings.partitions),
+        "--app-id",
+        settings.app_id,
+    ]
+    if rules_path is not None:
+        command += ["--rules", str(rules_path)]
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+    log = log_path.open("ab")
+    return subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, preexec_fn=_die_with_parent)
+
+
+def stop_process(process: subprocess.Popen, timeout: float = 30.0) -> int:
+    """SIGTERM, then SIGKILL after ``timeout``; returns the exit code."""
+    if process.poll() is None:
+        process.send_signal(signal.SIGTERM)
+        try:
+            process.wait(timeout)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+    return process.returncode
+
+
+def scrape_metrics(port: int, host: str = "127.0.0.1", timeout: float = 5.0) -> dict[tuple[str, tuple], float]:
+    """Samples of a metrics endpoint: (name, sorted labels) -> value."""
+    with urllib.request.urlopen(f"http://{host}:{port}/metrics", timeout=timeout) as response:
+        text = response.read().decode()
+    samples: dict[tuple[str, tuple], float] = {}
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            samples[(sample.name, tuple(sorted(sample.labels.items())))] = sample.value
+    return samples
+
+
+def wait_for_metrics(port: int, process: subprocess.Popen | None = None, timeout: float = 60.0, log_path: Path | None = None) -> None:
+    """Wait until a worker serves metrics (it does once it has started)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if process is not None and process.poll() is not None:
+            tail = ""
+            if log_path is not None and log_path.exists():
+                tail = "\n".join(log_path.read_text(errors="replace").splitlines()[-20:])
+            raise RuntimeError(f"the worker exited with code {process.returncode}:\n{tail}")
+        try:
+            scrape_metrics(port, timeout=1.0)
+            return
+        except OSError:
+            time.sleep(0.2)
+    raise RuntimeError(f"the worker did not serve metrics on port {port} within {timeout:.0f} s")
+
+
+def sum_samples(samples: dict[tuple[str, tuple], float], name: str, **labels: str) -> float:
+    """Sum of a metric's samples whose labels include ``labels``."""
+    total = 0.0
+    for (sample_name, sample_labels), value in samples.items():
+        if sample_name != name:
+            continue
+        as_dict = dict(sample_labels)
+        if all(as_dict.get(k) == v for k, v in labels.items()):
+            total += value
+    return total
+
+
+def by_label(samples: dict[tuple[str, tuple], float], name: str, label: str) -> dict[str, float]:
+    result: dict[str, float] = {}
+    for (sample_name, sample_labels), value in samples.items():
+        if sample_name == name:
+            key = dict(sample_labels).get(label, "")
+            result[key] = result.get(key, 0.0) + value
+    return result
+
+
+def pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+        return True
+    except OSError:
+        return False

@@ -1,0 +1,106 @@
+"""One typed settings object for every process, read from the environment.
+
+Command-line flags override the environment by building a copy with
+``dataclasses.replace``; nothing else in the code reads ``os.environ``.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+
+DEFAULT_BROKER_HOST = "127.0.0.1"
+DEFAULT_BROKER_PORT = 9092
+
+
+def _env_int(name: str, default: int) -> int:
+    raw = os.environ.get(name)
+    if raw is None or raw == "":
+        return default
+    try:
+        return int(raw)
+    except ValueError:
+        raise SystemExit(f"{name}={raw!r} is not a whole number; unset it or give e.g. {name}={default}")
+
+
+@dataclass(frozen=True)
+class Settings:
+    #: Kafka bootstrap address, HOST:PORT (several separated by commas).
+    broker: str = f"{DEFAULT_BROKER_HOST}:{DEFAULT_BROKER_PORT}"
+    #: Rules file (TOML); None means the default shipped with the package.
+    rules_path: Path | None = None
+    #: Where the worker keeps its RocksDB tables.
+    data_dir: Path = Path(".standing/worker")
+    #: Where the embedded broker keeps its log segments.
+    broker_data_dir: Path = Path(".standing/broker")
+    #: Partitions of every keyed topic (inputs, friend updates, scores, changelogs).
+    partitions: int = 8
+    #: Faust application id = consumer group = changelog topic prefix.
+    app_id: str = "standing"
+    #: Faust web server (query API) bind address and port.
+    web_host: str = "127.0.0.1"
+    web_port: int = 6066
+    #: Prometheus metrics port (0 disables the metrics server).
+    metrics_port: int = 9464
+    #: How often the worker commits offsets, seconds.
+    commit_interval: float = 0.5
+    #: Largest number of records processed as one batch.
+    batch_size: int = 2000
+    #: How long a batch may wait to fill, seconds.
+    batch_wait: float = 0.05
+    #: Per-subject de-duplication memory: event ids younger than this (event time) are kept.
+    dedup_window_ms: int = 24 * 3600 * 1000
+    #: ... and at least this many of the most recent ids per subject, whatever their age.
+    dedup_min_ids: int = 64
+    #: Kafka security (see README, "Security"); empty means PLAINTEXT.
+    security_protocol: str = "PLAINTEXT"
+    sasl_mechanism: str = ""
+    sasl_username: str = ""
+    sasl_password: str = field(default="", repr=False)
+    ssl_cafile: str = ""
+
+    @classmethod
+    def from_env(cls) -> "Settings":
+        env = os.environ
+        base = cls()
+        return replace(
+            base,
+            broker=env.get("STANDING_BROKER") or base.broker,
+            rules_path=Path(env["STANDING_RULES"]) if env.get("STANDING_RULES") else None,
+            data_dir=Path(env.get("STANDING_DATA_DIR") or base.data_dir),
+            broker_data_dir=Path(env.get("STANDING_BROKER_DATA_DIR") or base.broker_data_dir),
+            partitions=_env_int("STANDING_PARTITIONS", base.partitions),
+            app_id=env.get("STANDING_APP_ID") or base.app_id,
+            web_host=env.get("STANDING_WEB_HOST") or base.web_host,
+            web_port=_env_int("STANDING_WEB_PORT", base.web_port),
+            metrics_port=_env_int("STANDING_METRICS_PORT", base.metrics_port),
+            security_protocol=env.get("STANDING_SECURITY_PROTOCOL") or base.security_protocol,
+            sasl_mechanism=env.get("STANDING_SASL_MECHANISM") or "",
+            sasl_username=env.get("STANDING_SASL_USERNAME") or "",
+            sasl_password=env.get("STANDING_SASL_PASSWORD") or "",
+            ssl_cafile=env.get("STANDING_SSL_CAFILE") or "",
+        )
+
+    def with_overrides(self, **changes) -> "Settings":
+        """A copy with every non-None keyword applied (command-line flags)."""
+        return replace(self, **{k: v for k, v in changes.items() if v is not None})
+
+    @property
+    def bootstrap_servers(self) -> list[str]:
+        return [part.strip() for part in self.broker.split(",") if part.strip()]
+
+    def kafka_client_options(self) -> dict:
+        """Security options in aiokafka's keyword form (empty for PLAINTEXT)."""
+        options: dict = {}
+        if self.security_protocol and self.security_protocol != "PLAINTEXT":
+            options["security_protocol"] = self.security_protocol
+            if self.sasl_mechanism:
+                options["sasl_mechanism"] = self.sasl_mechanism
+                options["sasl_plain_username"] = self.sasl_username
+                options["sasl_plain_password"] = self.sasl_password
+            if self.ssl_cafile:
+                import ssl
+
+                options["ssl_context"] = ssl.create_default_context(cafile=self.ssl_cafile)
+        return options

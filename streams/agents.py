@@ -1,0 +1,422 @@
+"""The Faust agents: where events enter the worker and where scores leave it.
+
+Three agents, each consuming batches (``take_events``) and handing them,
+partition by partition, to the pure batch code of ``streams.processor``:
+
+* ``friendships`` (pair-keyed) -> ``PairBatch`` -> LINK updates to both users;
+* ``purchases``, ``posts`` and ``friend-updates`` (user-keyed, co-partitioned)
+  -> ``UserBatch`` -> estimates to friends and records on ``scores``;
+* ``dead-letters`` -> counted in ``standing_dead_letters_total``.
+
+Every write of a batch is synchronous (no await between reading a state and
+writing it back), so agents never interleave inside one read-modify-write;
+the batch's outputs are delivered before its offsets are acknowledged, and
+Faust flushes the producer before it commits, so at-least-once holds.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections import defaultdict
+from typing import Iterable
+
+import faust
+
+from schemas import codec
+from standing.settings import Settings
+from streams import events as ev
+from streams import metrics
+from streams.processor import EstimateOut, LinkOut, PairBatch, ScoreOut, UserBatch
+from streams.rules import Rules
+from streams.scoring import contributions, network_part
+from streams.tables import create_tables, pair_store, user_store
+from topology import topics
+from topology.routing import pair_key, partition_for
+
+log = logging.getLogger(__name__)
+
+EVENT_TYPES = {topics.PURCHASES: "purchase", topics.POSTS: "post", topics.FRIENDSHIPS: "friendship"}
+
+
+def _now_ms() -> int:
+    return int(time.time() * 1000)
+
+
+class Scorer:
+    """Builds the agents of one worker and holds what they share."""
+
+    def __init__(self, app: faust.App, settings: Settings, rules: Rules) -> None:
+        self.app = app
+        self.settings = settings
+        self.rules = rules
+        users_table, pairs_table = create_tables(app, settings)
+        self.users = user_store(users_table)
+        self.pairs = pair_store(pairs_table)
+
+        def raw_topic(*names: str) -> faust.TopicT:
+            return app.topic(*names, key_type=bytes, value_type=bytes, key_serializer="raw", value_serializer="raw")
+
+        self.user_topics = raw_topic(topics.PURCHASES, topics.POSTS, topics.FRIEND_UPDATES)
+        self.pair_topic = raw_topic(topics.FRIENDSHIPS)
+        self.dead_letter_topic = raw_topic(topics.DEAD_LETTERS)
+        self.outputs = {name: raw_topic(name) for name in (topics.FRIEND_UPDATES, topics.SCORES, topics.DEAD_LETTERS)}
+        batch_size, batch_wait = settings.batch_size, settings.batch_wait
+
+        @app.agent(self.user_topics, name="score_users")
+        async def score_users(stream):
+            async for batch in stream.take_events(batch_size, within=batch_wait):
+                await self.process_user_events(batch)
+
+        @app.agent(self.pair_topic, name="route_friendships")
+        async def route_friendships(stream):
+            async for batch in stream.take_events(batch_size, within=batch_wait):
+                await self.process_friendship_events(batch)
+
+        @app.agent(self.dead_letter_topic, name="count_dead_letters")
+        async def count_dead_letters(stream):
+            async for batch in stream.take_events(batch_size, within=batch_wait):
+                for event in batch:
+                    try:
+                        _, record = codec.decode(event.value, "dead_letter")
+                        metrics.DEAD_LETTERS.labels(record["reason"], record["source"]).inc()
+                    except codec.DecodeError:
+                        metrics.DEAD_LETTERS.labels("not_decodable", "unknown").inc()
+
+        @app.on_rebalance_complete.connect
+        async def on_rebalance_complete(sender, **kwargs) -> None:
+            # Not awaited here: recovery must not wait for the scan.
+            asyncio.ensure_future(self.resend_uncommitted())
+
+    # --- after a crash: re-send what may not have left ----------------------
+
+    async def resend_uncommitted(self) -> None:
+        """Re-send the outputs of states changed by records not yet committed.
+
+        A state write and the messages it causes are not atomic: a worker
+        killed between them leaves a state that already shows an input as
+        applied (so its redelivery is a duplicate) while the friend updates it
+        caused never left. Every state records the offsets of the records that
+        changed it; after a rebalance, states changed at or after the group's
+        committed offset re-send their current estimate, score and links
+        (receivers ignore what they already have) and re-write their changelog
+        record. After a clean hand-over nothing qualifies.
+        """
+        try:
+            committed = await self._committed_offsets()
+        except Exception as error:  # the scan is a safety net: log, don't crash the worker
+            log.warning("could not read committed offsets for the recovery scan: %r", error)
+            return
+        assigned = self.app.assignment.assigned_actives()
+        user_partitions = sorted({tp.partition for tp in assigned if tp.topic in (topics.PURCHASES, topics.POSTS, topics.FRIEND_UPDATES)})
+        pair_partitions = sorted({tp.partition for tp in assigned if tp.topic == topics.FRIENDSHIPS})
+        pending: list[asyncio.Future] = []
+        resent = 0
+        for partition in user_partitions:
+            candidates = [
+                user
+                for user, state in self.users.items(partition)
+                if any(offset >= committed.get((topic, partition), 0) for topic, offset in state.source_offsets.items())
+            ]
+            for start in range(0, len(candidates), 500):
+                for user in candidates[start : start + 500]:
+                    state = self.users.get(partition, user)  # fresh: agents may have moved on
+                    if state is None or state.version == 0:
+                        continue
+                    self.users.put(partition, user, state)
+                    estimates = [
+                        EstimateOut(friend, user, state.published, state.version, state.updated_ts)
+                        for friend in state.current_friends()
+                    ]
+                    pending.extend(self._send_friend_updates(estimates=estimates))
+                    pending.extend(self._send_scores([self._score_of(user, state)], state.updated_ts, observe=False))
+                    resent += 1
+                await asyncio.sleep(0)
+        for partition in pair_partitions:
+            for key, pair in list(self.pairs.items(partition)):
+                if pair.source_offset < committed.get((topics.FRIENDSHIPS, partition), 0):
+                    continue
+                pair = self.pairs.get(partition, key)
+                if pair is None:
+                    continue
+                self.pairs.put(partition, key, pair)
+                if pair.version:
+                    links = [
+                        LinkOut(pair.user_a, pair.user_b, pair.weight, pair.version, 0),
+                        LinkOut(pair.user_b, pair.user_a, pair.weight, pair.version, 0),
+                    ]
+                    pending.extend(self._send_friend_updates(links=links))
+                resent += 1
+        if resent:
+            log.warning("recovery: re-sent the outputs of %d states changed by uncommitted records", resent)
+        await _delivered(pending)
+
+    async def _committed_offsets(self) -> dict[tuple[str, int], int]:
+        from aiokafka.admin import AIOKafkaAdminClient
+
+        admin = AIOKafkaAdminClient(bootstrap_servers=self.settings.bootstrap_servers, **self.settings.kafka_client_options())
+        await admin.start()
+        try:
+            offsets = await admin.list_consumer_group_offsets(self.settings.app_id)
+        finally:
+            await admin.close()
+        return {(tp.topic, tp.partition): meta.offset for tp, meta in offsets.items() if meta.offset >= 0}
+
+    def _score_of(self, user: str, state) -> ScoreOut:
+        rules = self.rules
+        return ScoreOut(
+            user_id=user,
+            raw=state.published,
+            score=rules.display(state.published),
+            own=state.own,
+            network=network_part(state.published, state.own, rules.alpha, state.has_friends()),
+            version=state.version,
+            ts=state.updated_ts,
+            origin_ts=state.updated_ts,
+        )
+
+    # --- friendships: pair partition -> links -------------------------------
+
+    async def process_friendship_events(self, batch: list[faust.EventT]) -> None:
+        started = time.perf_counter()
+        pending: list[asyncio.Future] = []
+        for partition, events in _by_partition(batch).items():
+            pair_batch = PairBatch(
+                lambda key, p=partition: self.pairs.get(p, key),
+                dedup_window_ms=self.settings.dedup_window_ms,
+                dedup_min_ids=self.settings.dedup_min_ids,
+            )
+            for event in events:
+                message = event.message
+                metrics.EVENTS_IN.labels(message.topic).inc()
+                friendship = self._decode_input(event, pending)
+                if friendship is None:
+                    continue
+                key = pair_key(friendship.user_a, friendship.user_b)
+                if not self._on_right_partition(key, message.partition):
+                    pending.append(self._reject(event, "wrong_key", _wrong_key_detail("the pair key", key)))
+                    continue
+                outcome = pair_batch.friendship(
+                    key,
+                    friendship.user_a,
+                    friendship.user_b,
+                    friendship.event_id,
+                    friendship.ts,
+                    friendship.action,
+                    friendship.weight,
+                    message.offset,
+                )
+                (metrics.EVENTS_ACCEPTED if outcome == "accepted" else metrics.EVENTS_DUPLICATE).labels("friendship").inc()
+            output = pair_batch.finish()
+            for key, pair in output.states.items():
+                self.pairs.put(partition, key, pair)
+            pending.extend(self._send_friend_updates(links=output.links))
+        await _delivered(pending)
+        metrics.BATCHES.labels("route_friendships").inc()
+        metrics.BATCH_SECONDS.labels("route_friendships").observe(time.perf_counter() - started)
+
+    # --- users: own part, links, estimates -> publish ------------------------
+
+    async def process_user_events(self, batch: list[faust.EventT]) -> None:
+        started = time.perf_counter()
+        rules = self.rules
+        pending: list[asyncio.Future] = []
+        for partition, events in _by_partition(batch).items():
+            user_batch = UserBatch(
+                rules,
+                lambda user, p=partition: self.users.get(p, user),
+                dedup_window_ms=self.settings.dedup_window_ms,
+                dedup_min_ids=self.settings.dedup_min_ids,
+            )
+            for event in events:
+                message = event.message
+                if message.topic == topics.FRIEND_UPDATES:
+                    self._apply_friend_updates(user_batch, event, pending)
+                    continue
+                metrics.EVENTS_IN.labels(message.topic).inc()
+                accepted = self._decode_input(event, pending)
+                if accepted is None:
+                    continue
+                if not self._on_right_partition(accepted.user_id, message.partition):
+                    pending.append(self._reject(event, "wrong_key", _wrong_key_detail("the user_id", accepted.user_id)))
+                    continue
+                kind = EVENT_TYPES[message.topic]
+                if user_batch.points(
+                    accepted.user_id,
+                    accepted.event_id,
+                    accepted.ts,
+                    contributions(accepted, rules),
+                    message.topic,
+                    message.offset,
+                ):
+                    metrics.EVENTS_ACCEPTED.labels(kind).inc()
+                else:
+                    metrics.EVENTS_DUPLICATE.labels(kind).inc()
+            now = _now_ms()
+            output = user_batch.finish(now)
+            for user, state in output.states.items():
+                self.users.put(partition, user, state)
+            counts = output.counts
+            metrics.FRIEND_UPDATES_RECEIVED.labels("applied").inc(counts.updates_applied)
+            metrics.FRIEND_UPDATES_RECEIVED.labels("stale").inc(counts.updates_stale)
+            pending.extend(self._send_friend_updates(estimates=output.estimates))
+            pending.extend(self._send_scores(output.scores, now))
+        await _delivered(pending)
+        metrics.BATCHES.labels("score_users").inc()
+        metrics.BATCH_SECONDS.labels("score_users").observe(time.perf_counter() - started)
+
+    def _apply_friend_updates(self, user_batch: UserBatch, event: faust.EventT, pending: list[asyncio.Future]) -> None:
+        message = event.message
+        try:
+            _, record = codec.decode(event.value, "friend_update_batch")
+        except codec.DecodeError as error:
+            # Only Standing writes this topic: a bad record here is a bug or a
+            # foreign writer. Keep it (dead letter) and go on.
+            log.error("undecodable friend update at %s[%d]@%d: %s", message.topic, message.partition, message.offset, error.detail)
+            pending.append(self._reject(event, error.reason, error.detail))
+            return
+        for update in record["updates"]:
+            origin_ts = _millis(update["origin_ts"])
+            if update["kind"] == "LINK":
+                user_batch.link(
+                    update["receiver"], update["sender"], update["weight"], update["version"], origin_ts, message.topic, message.offset
+                )
+            else:
+                user_batch.estimate(
+                    update["receiver"], update["sender"], update["estimate"], update["version"], origin_ts, message.topic, message.offset
+                )
+
+    # --- shared plumbing ------------------------------------------------------
+
+    def _decode_input(self, event: faust.EventT, pending: list[asyncio.Future]):
+        """The validated event, or None after sending the record to the dead-letter topic."""
+        try:
+            return ev.from_bytes(event.message.topic, event.value)
+        except ev.Rejected as rejection:
+            pending.append(self._reject(event, rejection.reason, rejection.detail))
+            return None
+
+    def _on_right_partition(self, key: str, partition: int) -> bool:
+        return partition_for(key, self.settings.partitions) == partition
+
+    def _reject(self, event: faust.EventT, reason: str, detail: str) -> asyncio.Future:
+        message = event.message
+        metrics.EVENTS_REJECTED.labels(reason).inc()
+        record = {
+            "reason": reason,
+            "detail": detail,
+            "topic": message.topic,
+            "partition": message.partition,
+            "offset": message.offset,
+            "key": message.key if isinstance(message.key, bytes) else None,
+            "original": event.value if isinstance(event.value, bytes) else b"",
+            "received_ts": _now_ms(),
+            "source": "worker",
+        }
+        return self._send(topics.DEAD_LETTERS, message.key if isinstance(message.key, bytes) else None, codec.encode("dead_letter", record), None)
+
+    def _send_friend_updates(
+        self, *, estimates: Iterable[EstimateOut] = (), links: Iterable[LinkOut] = ()
+    ) -> list[asyncio.Future]:
+        """One message per receiving partition, carrying all of its updates."""
+        partitions = self.settings.partitions
+        by_partition: dict[int, list[dict]] = defaultdict(list)
+        for out in estimates:
+            by_partition[partition_for(out.receiver, partitions)].append(
+                {
+                    "kind": "ESTIMATE",
+                    "receiver": out.receiver,
+                    "sender": out.sender,
+                    "estimate": out.estimate,
+                    "version": out.version,
+                    "weight": 0.0,
+                    "origin_ts": out.origin_ts,
+                }
+            )
+        link_count = 0
+        for out in links:
+            link_count += 1
+            by_partition[partition_for(out.receiver, partitions)].append(
+                {
+                    "kind": "LINK",
+                    "receiver": out.receiver,
+                    "sender": out.sender,
+                    "estimate": 0.0,
+                    "version": out.version,
+                    "weight": out.weight,
+                    "origin_ts": out.origin_ts,
+                }
+            )
+        sent = []
+        total = 0
+        for partition, updates in by_partition.items():
+            total += len(updates)
+            value = codec.encode("friend_update_batch", {"partition": partition, "updates": updates})
+            sent.append(self._send(topics.FRIEND_UPDATES, None, value, partition))
+        if by_partition:
+            metrics.FRIEND_UPDATES_SENT.labels("link").inc(link_count)
+            metrics.FRIEND_UPDATES_SENT.labels("estimate").inc(total - link_count)
+            metrics.FRIEND_UPDATE_MESSAGES_SENT.inc(len(by_partition))
+        return sent
+
+    def _send_scores(self, scores: list[ScoreOut], now_ms: int, *, observe: bool = True) -> list[asyncio.Future]:
+        sent = []
+        for score in scores:
+            value = codec.encode(
+                "score",
+                {
+                    "user_id": score.user_id,
+                    "raw": score.raw,
+                    "score": score.score,
+                    "own": score.own,
+                    "network": score.network,
+                    "version": score.version,
+                    "ts": score.ts,
+                },
+            )
+            sent.append(self._send(topics.SCORES, score.user_id.encode(), value, None))
+            if observe:
+                metrics.EVENT_TO_SCORE_SECONDS.observe(max(0.0, (now_ms - score.origin_ts) / 1000.0))
+        if observe:
+            metrics.SCORES_PUBLISHED.inc(len(scores))
+        return sent
+
+    def _send(self, topic: str, key: bytes | None, value: bytes, partition: int | None) -> asyncio.Future:
+        """Queue a record without awaiting (the caller awaits delivery at batch end).
+
+        ``send_soon`` is synchronous, so a batch's state writes and the queuing
+        of its outputs happen with no await between them: records for one
+        partition leave in the order they were decided.
+        """
+        return self.outputs[topic].send_soon(key=key, value=value, partition=partition)
+
+
+def _by_partition(batch: Iterable[faust.EventT]) -> dict[int, list[faust.EventT]]:
+    """Split a batch by partition, keeping each partition's order."""
+    grouped: dict[int, list[faust.EventT]] = defaultdict(list)
+    for event in batch:
+        grouped[event.message.partition].append(event)
+    return grouped
+
+
+async def _delivered(pending: list[asyncio.Future]) -> None:
+    """Wait until every record of the batch is acknowledged by the broker.
+
+    The batch's input events are acknowledged (and later committed) only
+    after this returns; a failed send raises here and crashes the agent
+    instead of being lost behind a committed offset.
+    """
+    if pending:
+        await asyncio.gather(*pending)
+
+
+def _wrong_key_detail(what: str, key: str) -> str:
+    return (
+        f"the record is on a partition that does not own its subject; its Kafka key must be {what} "
+        f"({key!r}) so the default partitioner routes it; re-publish it with that key"
+    )
+
+
+def _millis(value) -> int:
+    return value if isinstance(value, int) else int(value.timestamp() * 1000)

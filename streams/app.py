@@ -1,0 +1,58 @@
+"""The Faust application: configuration only (agents live in ``streams.agents``).
+
+Faust is used for what it does well — consumer groups and rebalancing,
+RocksDB tables with changelog topics and their recovery, the web server —
+while the per-record work is done in batches by pure code
+(``streams.processor``), which is where the throughput comes from.
+"""
+
+from __future__ import annotations
+
+import faust
+
+from standing.settings import Settings
+
+
+def create_app(settings: Settings) -> faust.App:
+    return faust.App(
+        settings.app_id,
+        broker=[f"kafka://{server}" for server in settings.bootstrap_servers],
+        broker_credentials=_credentials(settings),
+        store="rocksdb://",
+        datadir=str(settings.data_dir),
+        autodiscover=False,
+        # Every topic is created by topology.admin with its configs before the
+        # worker starts; Faust must not create any with defaults of its own.
+        topic_allow_declare=False,
+        topic_disable_leader=True,
+        topic_partitions=settings.partitions,
+        topic_replication_factor=1,
+        consumer_auto_offset_reset="earliest",
+        processing_guarantee="at_least_once",
+        broker_commit_interval=settings.commit_interval,
+        producer_acks=-1,
+        producer_linger_ms=1,
+        stream_buffer_maxsize=max(4 * settings.batch_size, 4096),
+        web_enabled=True,
+        web_host=settings.web_host,
+        web_bind=settings.web_host,
+        web_port=settings.web_port,
+        web_in_thread=False,
+        logging_config=None,
+    )
+
+
+def _credentials(settings: Settings):
+    if settings.security_protocol in ("", "PLAINTEXT"):
+        return None
+    import ssl
+
+    context = ssl.create_default_context(cafile=settings.ssl_cafile or None)
+    if settings.sasl_mechanism:
+        return faust.SASLCredentials(
+            username=settings.sasl_username,
+            password=settings.sasl_password,
+            mechanism=settings.sasl_mechanism,
+            ssl_context=context if settings.security_protocol == "SASL_SSL" else None,
+        )
+    return faust.SSLCredentials(context)

@@ -1,0 +1,45 @@
+"""Standing's own Prometheus metrics (``standing_*``, base units: seconds, bytes).
+
+Faust's built-in monitor reports milliseconds and has no lag gauge, so the
+worker defines what operators need here and serves it with prometheus-client.
+"""
+
+from __future__ import annotations
+
+from prometheus_client import Counter, Histogram
+
+EVENTS_IN = Counter("standing_events_in_total", "Records consumed from the input topics.", ["topic"])
+EVENTS_ACCEPTED = Counter("standing_events_accepted_total", "Input events applied to state.", ["type"])
+EVENTS_DUPLICATE = Counter(
+    "standing_events_duplicate_total", "Input events recognised as duplicates by event_id (changed nothing).", ["type"]
+)
+EVENTS_REJECTED = Counter(
+    "standing_events_rejected_total", "Input records the worker rejected to the dead-letter topic.", ["reason"]
+)
+DEAD_LETTERS = Counter(
+    "standing_dead_letters_total",
+    "Records on the dead-letter topic, whoever rejected them (the producer's edge or a worker).",
+    ["reason", "source"],
+)
+FRIEND_UPDATES_SENT = Counter(
+    "standing_friend_updates_sent_total", "Friend updates (estimates and link changes) sent.", ["kind"]
+)
+FRIEND_UPDATE_MESSAGES_SENT = Counter(
+    "standing_friend_update_messages_sent_total", "Kafka messages carrying friend updates (one per receiving partition per batch)."
+)
+FRIEND_UPDATES_RECEIVED = Counter(
+    "standing_friend_updates_received_total", "Friend updates received, by outcome.", ["outcome"]
+)
+SCORES_PUBLISHED = Counter("standing_scores_published_total", "Score records published to the scores topic.")
+BATCHES = Counter("standing_batches_total", "Batches processed, by agent.", ["agent"])
+BATCH_SECONDS = Histogram(
+    "standing_batch_duration_seconds",
+    "Time to process one batch, by agent.",
+    ["agent"],
+    buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5),
+)
+EVENT_TO_SCORE_SECONDS = Histogram(
+    "standing_event_to_score_seconds",
+    "Latency from an input event's time to the score it caused being published.",
+    buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0),
+)

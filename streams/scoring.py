@@ -1,0 +1,204 @@
+"""The pure scoring model: per-user state and how one user reacts to its inputs.
+
+Nothing here knows about Kafka or Faust, so the maths is unit-testable (and
+property-tested against the batch fixed point) without a broker. The model is
+spec section 4: each user keeps its own part ``b``, its published estimate
+``p`` with a version, and for every friend the link weight and the latest
+estimate received. Its target is
+
+    t = (1 - alpha) * b + alpha * sum_v w_v p_v / sum_v w_v
+
+and it publishes ``p := t`` (to every friend) when ``|t - p| >= epsilon``.
+
+Idempotence: estimates carry the sender's version and links carry the pair's
+version; anything not newer than what is stored changes nothing, so
+at-least-once delivery, duplicates and replays are harmless.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Iterable
+
+from streams.rules import Rules
+
+HISTORY_LENGTH = 20
+
+
+@dataclass(slots=True)
+class FriendEntry:
+    """What a user knows of one friend (or former friend: weight 0)."""
+
+    weight: float = 0.0
+    estimate: float = 0.0
+    has_estimate: bool = False
+    #: the friend's version of ``estimate``
+    version: int = 0
+    #: the pair version of the last link change applied
+    link_version: int = 0
+
+
+@dataclass(slots=True)
+class UserState:
+    own: float = 0.0
+    own_by_rule: dict[str, float] = field(default_factory=dict)
+    published: float = 0.0
+    #: 0 = never published; every publish increments it
+    version: int = 0
+    friends: dict[str, FriendEntry] = field(default_factory=dict)
+    #: de-duplication memory: event_id -> event time (ms)
+    recent_events: dict[str, int] = field(default_factory=dict)
+    #: recent published scores, oldest first: (ts, raw)
+    history: list[tuple[int, float]] = field(default_factory=list)
+    #: topic -> last offset of that topic applied to this state (crash recovery)
+    source_offsets: dict[str, int] = field(default_factory=dict)
+    updated_ts: int = 0
+
+    def has_friends(self) -> bool:
+        return any(entry.weight > 0 for entry in self.friends.values())
+
+    def current_friends(self) -> Iterable[str]:
+        return (friend for friend, entry in self.friends.items() if entry.weight > 0)
+
+
+@dataclass(slots=True)
+class PairState:
+    """A friendship as the pair's own partition sees it (order of events per pair)."""
+
+    user_a: str
+    user_b: str
+    weight: float = 0.0
+    version: int = 0
+    recent_events: dict[str, int] = field(default_factory=dict)
+    source_offset: int = -1
+
+
+# --- the target and its parts ------------------------------------------------
+
+
+def network_mean(state: UserState) -> float | None:
+    """Weighted mean of the friends' estimates received so far (None: none yet).
+
+    A friend whose first estimate has not arrived yet is left out rather than
+    counted as 0: the estimate is on its way (every new link makes both sides
+    send theirs), and leaving it out avoids publishing a dip that is undone a
+    moment later.
+    """
+    total_weight = 0.0
+    weighted = 0.0
+    for entry in state.friends.values():
+        if entry.weight > 0 and entry.has_estimate:
+            total_weight += entry.weight
+            weighted += entry.weight * entry.estimate
+    if total_weight <= 0:
+        return None
+    return weighted / total_weight
+
+
+def target(state: UserState, alpha: float) -> float:
+    mean = network_mean(state)
+    if mean is None:
+        return state.own
+    return (1.0 - alpha) * state.own + alpha * mean
+
+
+def network_part(raw: float, own: float, alpha: float, has_friends: bool) -> float:
+    """The spec's ``network`` field: raw - (1 - alpha) * own for users with friends."""
+    return raw - (1.0 - alpha) * own if has_friends else 0.0
+
+
+# --- applying inputs -----------------------------------------------------------
+
+
+def remember_event(state_events: dict[str, int], event_id: str, ts: int, window_ms: int, min_ids: int) -> bool:
+    """Record ``event_id``; False if it was already there (a duplicate).
+
+    The memory keeps every id younger than ``window_ms`` (event time, against
+    the newest id seen) and at least the ``min_ids`` most recent ones. Pruning
+    runs only when the memory has doubled, so it is amortised O(1).
+    """
+    if event_id in state_events:
+        return False
+    state_events[event_id] = ts
+    if len(state_events) > 2 * min_ids:
+        newest = max(state_events.values())
+        by_age = sorted(state_events.items(), key=lambda item: item[1], reverse=True)
+        keep = {
+            eid: when for index, (eid, when) in enumerate(by_age) if index < min_ids or when >= newest - window_ms
+        }
+        state_events.clear()
+        state_events.update(keep)
+    return True
+
+
+def apply_points(state: UserState, contributions: Iterable[tuple[str, float]]) -> None:
+    """Add an accepted event's points to the own part, kept per reason code."""
+    for reason, points in contributions:
+        if points == 0:
+            continue
+        state.own += points
+        state.own_by_rule[reason] = state.own_by_rule.get(reason, 0.0) + points
+
+
+def apply_link(state: UserState, friend: str, weight: float, link_version: int) -> str | None:
+    """Apply a link change from the pair's partition.
+
+    Returns None when ignored (not newer than the last change of this pair),
+    "new" when it makes a friend of someone who was not one, "changed"
+    otherwise. A removal of a link never seen is kept as a weight-0 entry with
+    its version, so an older add delivered late cannot resurrect it.
+    """
+    entry = state.friends.get(friend)
+    if entry is None:
+        state.friends[friend] = FriendEntry(weight=max(weight, 0.0), link_version=link_version)
+        return "new" if weight > 0 else "changed"
+    if link_version <= entry.link_version:
+        return None
+    was_friend = entry.weight > 0
+    entry.weight = weight if weight > 0 else 0.0
+    entry.link_version = link_version
+    return "new" if weight > 0 and not was_friend else "changed"
+
+
+def apply_estimate(state: UserState, sender: str, estimate: float, version: int) -> bool:
+    """Store a friend's estimate if it is newer than the one held; True if stored.
+
+    An estimate from someone who is not (yet) a friend is kept with weight 0:
+    the link may still be on its way from the pair's partition, and the
+    sender will not send this estimate again.
+    """
+    entry = state.friends.get(sender)
+    if entry is None:
+        state.friends[sender] = FriendEntry(estimate=estimate, has_estimate=True, version=version)
+        return True
+    if entry.has_estimate and version <= entry.version:
+        return False
+    entry.estimate = estimate
+    entry.has_estimate = True
+    entry.version = version
+    return True
+
+
+def should_publish(state: UserState, rules: Rules) -> tuple[bool, float]:
+    """(publish?, target). A user publishes once on creation, then on moves >= epsilon."""
+    new_target = target(state, rules.alpha)
+    if state.version == 0:
+        return True, new_target
+    return abs(new_target - state.published) >= rules.epsilon, new_target
+
+
+def publish(state: UserState, value: float, ts: int) -> None:
+    state.published = value
+    state.version += 1
+    state.history.append((ts, value))
+    if len(state.history) > HISTORY_LENGTH:
+        del state.history[: len(state.history) - HISTORY_LENGTH]
+
+
+def contributions(event, rules: Rules) -> list[tuple[str, float]]:
+    """The (reason code, points) an accepted purchase or post adds to the own part."""
+    from streams.events import Purchase  # local: keeps this module import-light
+
+    if isinstance(event, Purchase):
+        return [(rules.purchase_reason(event.category), rules.purchase_points(event.category, event.amount))]
+    return rules.post_contributions(event.labels)

@@ -1,0 +1,87 @@
+"""The worker's state: two Faust tables (RocksDB + changelog) and fast access to them.
+
+``users``: user_id -> UserState (own part, published estimate, friends, recent ids).
+``pairs``: unordered pair key -> PairState (the friendship as its own partition orders it).
+
+Faust's ``table[key] = value`` needs the "current event" to pick a partition
+and costs a full trip through its bookkeeping per key. Our agents process a
+batch of one partition at a time and already know the partition, so
+``PartitionedStore`` writes straight into that partition's RocksDB and sends
+the same changelog record Faust would: recovery, standbys and rebalancing
+keep working unchanged.
+"""
+
+from __future__ import annotations
+
+from typing import Callable, Generic, Iterator, TypeVar
+
+import faust
+
+from standing.settings import Settings
+from streams import state as state_codec
+from streams.scoring import PairState, UserState
+from topology.topics import PAIRS_TABLE, USERS_TABLE, changelog_topic
+
+T = TypeVar("T")
+
+
+def create_tables(app: faust.App, settings: Settings) -> tuple[faust.Table, faust.Table]:
+    def table(name: str) -> faust.Table:
+        return app.Table(
+            name,
+            partitions=settings.partitions,
+            key_type=bytes,
+            value_type=bytes,
+            key_serializer="raw",
+            value_serializer="raw",
+            changelog_topic=app.topic(
+                changelog_topic(settings.app_id, name),
+                partitions=settings.partitions,
+                key_serializer="raw",
+                value_serializer="raw",
+                compacting=True,
+                deleting=False,
+            ),
+        )
+
+    return table(USERS_TABLE), table(PAIRS_TABLE)
+
+
+class PartitionedStore(Generic[T]):
+    """Typed get/put on one Faust table, by explicit partition."""
+
+    def __init__(self, table: faust.Table, decode: Callable[[bytes], T], encode: Callable[[T], bytes]) -> None:
+        self._table = table
+        self._decode = decode
+        self._encode = encode
+
+    def _db(self, partition: int):
+        # The RocksDB store opens one database per partition on demand.
+        return self._table.data._db_for_partition(partition)
+
+    def get(self, partition: int, key: str) -> T | None:
+        raw = self._db(partition).get(key.encode())
+        return None if raw is None else self._decode(raw)
+
+    def put(self, partition: int, key: str, value: T) -> None:
+        key_bytes = key.encode()
+        value_bytes = self._encode(value)
+        self._db(partition).put(key_bytes, value_bytes)
+        self._table.send_changelog(partition, key_bytes, value_bytes)
+
+    def items(self, partition: int) -> Iterator[tuple[str, T]]:
+        for key, raw in self._db(partition).items():
+            if key.startswith(b"__faust"):
+                continue  # Faust's own bookkeeping (persisted offsets)
+            yield key.decode(), self._decode(raw)
+
+    def partitions(self) -> list[int]:
+        return sorted(self._table.data._dbs)
+
+
+def user_store(table: faust.Table) -> PartitionedStore[UserState]:
+    return PartitionedStore(table, state_codec.decode_user, state_codec.encode_user)
+
+
+def pair_store(table: faust.Table) -> PartitionedStore[PairState]:
+    return PartitionedStore(table, state_codec.decode_pair, state_codec.encode_pair)

@@ -1,0 +1,67 @@
+"""Running one worker process: broker check, topics, metrics server, Faust worker."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import sys
+
+import faust
+from prometheus_client import start_http_server
+
+from standing.settings import Settings
+from streams.agents import Scorer
+from streams.app import create_app
+from streams.rules import Rules
+from topology.admin import TopologyError, ensure_topics, wait_for_broker
+
+log = logging.getLogger("standing.worker")
+
+
+def build(settings: Settings, rules: Rules) -> tuple[faust.App, Scorer]:
+    app = create_app(settings)
+    return app, Scorer(app, settings, rules)
+
+
+def run_worker(settings: Settings, rules: Rules, *, loglevel: str = "warning", broker_timeout: float = 60.0) -> int:
+    """Run until SIGINT/SIGTERM; returns the process exit code."""
+    loop = asyncio.new_event_loop()
+    asyncio.set_event_loop(loop)
+
+    def say(message: str) -> None:
+        print(f"standing worker: {message}", file=sys.stderr, flush=True)
+
+    try:
+        loop.run_until_complete(wait_for_broker(settings, timeout=broker_timeout, log=say))
+        created = loop.run_until_complete(ensure_topics(settings))
+    except TopologyError as error:
+        say(str(error))
+        return 2
+    if created:
+        say(f"created topics: {', '.join(created)}")
+    if settings.metrics_port:
+        try:
+            start_http_server(settings.metrics_port, addr=settings.web_host)
+        except OSError as error:
+            say(f"cannot serve metrics on {settings.web_host}:{settings.metrics_port} ({error}); pass --metrics-port")
+            return 2
+    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    app, _ = build(settings, rules)
+    say(
+        f"consuming from {settings.broker} as group {settings.app_id!r}; "
+        f"API http://{settings.web_host}:{settings.web_port}, "
+        f"metrics http://{settings.web_host}:{settings.metrics_port}/metrics; rules {rules.source}"
+    )
+    worker = faust.Worker(
+        app,
+        loop=loop,
+        loglevel=loglevel,
+        quiet=True,
+        redirect_stdouts=False,
+        override_logging=True,
+    )
+    try:
+        worker.execute_from_commandline()
+    except SystemExit as exit_:
+        return int(exit_.code or 0)
+    return 0

@@ -1,0 +1,82 @@
+"""The one declaration of every Kafka topic Standing reads or writes.
+
+Creation (``topology.admin``), the Faust app (``streams.app``), the producers
+and ``docker-compose.yml``'s topic creator all take names and settings from
+here, so partition counts cannot drift apart (Faust raises PartitionsMismatch
+when co-partitioned topics disagree).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from standing.settings import Settings
+
+# Input topics: producers publish here.
+PURCHASES = "purchases"
+POSTS = "posts"
+FRIENDSHIPS = "friendships"
+INPUT_TOPICS = (PURCHASES, POSTS, FRIENDSHIPS)
+
+# Internal: link changes and friend estimates, batched per receiving partition.
+FRIEND_UPDATES = "friend-updates"
+# Outputs.
+SCORES = "scores"
+DEAD_LETTERS = "dead-letters"
+
+# Faust tables (their changelog topics are named "<app_id>-<table>-changelog").
+USERS_TABLE = "users"
+PAIRS_TABLE = "pairs"
+TABLES = (USERS_TABLE, PAIRS_TABLE)
+
+DAY_MS = 24 * 3600 * 1000
+
+
+def changelog_topic(app_id: str, table: str) -> str:
+    return f"{app_id}-{table}-changelog"
+
+
+@dataclass(frozen=True)
+class TopicSpec:
+    name: str
+    partitions: int
+    #: "delete" or "compact"
+    cleanup_policy: str = "delete"
+    #: retention.ms; -1 keeps forever.
+    retention_ms: int = 7 * DAY_MS
+    doc: str = ""
+    extra: dict = field(default_factory=dict)
+
+    @property
+    def configs(self) -> dict[str, str]:
+        configs = {"cleanup.policy": self.cleanup_policy, "retention.ms": str(self.retention_ms)}
+        configs.update(self.extra)
+        return configs
+
+
+def declared_topics(settings: Settings) -> list[TopicSpec]:
+    """Every topic, with its partitions and configs, for these settings."""
+    n = settings.partitions
+    return [
+        TopicSpec(PURCHASES, n, doc="purchase events, keyed by user_id"),
+        TopicSpec(POSTS, n, doc="post events, keyed by user_id"),
+        TopicSpec(FRIENDSHIPS, n, doc="friendship events, keyed by the unordered pair"),
+        TopicSpec(
+            FRIEND_UPDATES,
+            n,
+            retention_ms=DAY_MS,
+            doc="internal: link changes and friends' estimates, one batch per receiving partition",
+        ),
+        TopicSpec(SCORES, n, cleanup_policy="compact", retention_ms=-1, doc="latest score per user_id"),
+        TopicSpec(DEAD_LETTERS, n, retention_ms=30 * DAY_MS, doc="rejected events with their reason"),
+        *(
+            TopicSpec(
+                changelog_topic(settings.app_id, table),
+                n,
+                cleanup_policy="compact",
+                retention_ms=-1,
+                doc=f"changelog of the {table} table (Faust recovery)",
+            )
+            for table in TABLES
+        ),
+    ]
