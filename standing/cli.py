@@ -162,6 +162,30 @@ def cmd_demo(args: argparse.Namespace) -> int:
     )
 
 
+def cmd_explain(args: argparse.Namespace) -> int:
+    import urllib.error
+    import urllib.parse
+    import urllib.request
+
+    from streams.explain import render_text
+
+    settings = Settings.from_env()
+    base = (args.api or f"http://{settings.web_host}:{settings.web_port}").rstrip("/")
+    url = f"{base}/users/{urllib.parse.quote(args.user, safe='')}"
+    try:
+        with urllib.request.urlopen(url, timeout=10) as response:
+            explanation = json.loads(response.read())
+    except urllib.error.HTTPError as error:
+        body = json.loads(error.read() or b"{}")
+        print(f"standing explain: {body.get('error', error.reason)}: {args.user} ({body.get('detail', '')})", file=sys.stderr)
+        return 1
+    except OSError as error:
+        print(f"standing explain: no worker answers at {base} ({error}); start one or pass --api URL", file=sys.stderr)
+        return 2
+    print(json.dumps(explanation, indent=2) if args.json else render_text(explanation))
+    return 0
+
+
 def cmd_not_yet(issue: str):
     def run(args: argparse.Namespace) -> int:
         print(f"standing {args.command}: not built yet; it comes with the issue {issue!r}", file=sys.stderr)
@@ -257,9 +281,10 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_argument("--out", type=Path, required=True)
     sub.add_argument("--summary", type=Path)
 
-    sub = command("explain", "why a user's score is what it is (comes with issue #4)", cmd_not_yet("#4 query API"))
-    kafka(sub)
+    sub = command("explain", "why a user's score is what it is (asks a worker's query API)", cmd_explain)
     sub.add_argument("user")
+    sub.add_argument("--api", metavar="URL", help="a worker's query API (default http://127.0.0.1:$STANDING_WEB_PORT, port 6066)")
+    sub.add_argument("--json", action="store_true", help="print the API's JSON instead of text")
 
     sub = command("bench", "the benchmark suite (comes with issue #6)", cmd_not_yet("#6 benchmarks"))
     return parser

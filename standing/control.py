@@ -97,7 +97,8 @@ async def wait_until_quiescent(
             now = time.monotonic()
             if state.total == 0:
                 if progress is not None and last_print:
-                    print(f"\rquiescent after {now - started:.1f} s{' ' * 40}", file=progress, flush=True)
+                    prefix = "\r" if progress.isatty() else ""
+                    print(f"{prefix}quiescent after {now - started:.1f} s{' ' * 40}", file=progress, flush=True)
                 return now - started
             if state.members == 0:
                 no_worker_since = no_worker_since or now
@@ -110,9 +111,11 @@ async def wait_until_quiescent(
                 no_worker_since = None
             if now - started > timeout:
                 raise ControlError(f"still {state.total} records to process after {timeout:.0f} s ({state.per_topic})")
-            if progress is not None and now - last_print >= 0.5:
+            interactive = progress is not None and progress.isatty()
+            if progress is not None and now - last_print >= (0.5 if interactive else 5.0):
                 detail = ", ".join(f"{topic} {count}" for topic, count in state.per_topic.items() if count)
-                print(f"\rwaiting: {state.total} records to process ({detail})   ", end="", file=progress, flush=True)
+                text = f"waiting: {state.total} records to process ({detail})"
+                print("\r" + text + "   " if interactive else text, end="" if interactive else "\n", file=progress, flush=True)
                 last_print = now
             await asyncio.sleep(poll)
     finally:

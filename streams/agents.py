@@ -51,9 +51,11 @@ class Scorer:
         self.app = app
         self.settings = settings
         self.rules = rules
-        users_table, pairs_table = create_tables(app, settings)
-        self.users = user_store(users_table)
-        self.pairs = pair_store(pairs_table)
+        self.users_table, self.pairs_table = create_tables(app, settings)
+        self.users = user_store(self.users_table)
+        self.pairs = pair_store(self.pairs_table)
+        #: True once the tables of the current assignment are recovered
+        self.ready = False
 
         def raw_topic(*names: str) -> faust.TopicT:
             return app.topic(*names, key_type=bytes, value_type=bytes, key_serializer="raw", value_serializer="raw")
@@ -86,8 +88,13 @@ class Scorer:
 
         @app.on_rebalance_complete.connect
         async def on_rebalance_complete(sender, **kwargs) -> None:
+            self.ready = True
             # Not awaited here: recovery must not wait for the scan.
             asyncio.ensure_future(self.resend_uncommitted())
+
+        @app.on_partitions_revoked.connect
+        async def on_partitions_revoked(sender, revoked, **kwargs) -> None:
+            self.ready = False
 
     # --- after a crash: re-send what may not have left ----------------------
 

@@ -30,10 +30,7 @@ def create_tables(app: faust.App, settings: Settings) -> tuple[faust.Table, faus
         return app.Table(
             name,
             partitions=settings.partitions,
-            key_type=bytes,
-            value_type=bytes,
-            key_serializer="raw",
-            value_serializer="raw",
+            schema=faust.Schema(key_type=bytes, value_type=bytes, key_serializer="raw", value_serializer="raw"),
             changelog_topic=app.topic(
                 changelog_topic(settings.app_id, name),
                 partitions=settings.partitions,

@@ -11,6 +11,7 @@ from prometheus_client import start_http_server
 
 from standing.settings import Settings
 from streams.agents import Scorer
+from streams.api import install_api
 from streams.app import create_app
 from streams.rules import Rules
 from topology.admin import TopologyError, ensure_topics, wait_for_broker
@@ -20,7 +21,9 @@ log = logging.getLogger("standing.worker")
 
 def build(settings: Settings, rules: Rules) -> tuple[faust.App, Scorer]:
     app = create_app(settings)
-    return app, Scorer(app, settings, rules)
+    scorer = Scorer(app, settings, rules)
+    install_api(scorer)
+    return app, scorer
 
 
 def run_worker(settings: Settings, rules: Rules, *, loglevel: str = "warning", broker_timeout: float = 60.0) -> int:

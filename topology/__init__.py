@@ -1,0 +1,1 @@
+"""Topics (declarations and creation) and routing (keys and partitions)."""
