@@ -85,8 +85,18 @@ def generate_events(config: PopulationConfig, rules: Rules | None = None) -> Ite
     """The population's events in the spec's JSON form (a bad line may be a raw string)."""
     rules = rules or load_rules()
     rng = random.Random(config.seed)
-    categories = sorted(rules.purchase_weights) + ["garden", "fashion"]
-    labels = sorted(rules.post_labels) + ["meme", "news"]
+    # Most behaviour is ordinary: categories and labels that cost points are
+    # picked one time in eight.
+    good_categories = [c for c, w in sorted(rules.purchase_weights.items()) if w >= 0] + ["garden", "fashion"]
+    bad_categories = [c for c, w in sorted(rules.purchase_weights.items()) if w < 0] or good_categories
+    good_labels = [l for l, p in sorted(rules.post_labels.items()) if p >= 0] + ["meme", "news"]
+    bad_labels = [l for l, p in sorted(rules.post_labels.items()) if p < 0] or good_labels
+
+    def category() -> str:
+        return rng.choice(bad_categories if rng.random() < 0.125 else good_categories)
+
+    def label() -> str:
+        return rng.choice(bad_labels if rng.random() < 0.125 else good_labels)
     # Activity skew: a Zipf-like weight per user.
     activity = [1.0 / (rank + 1) ** 0.8 for rank in range(config.users)]
     rng.shuffle(activity)
@@ -144,7 +154,7 @@ def generate_events(config: PopulationConfig, rules: Rules | None = None) -> Ite
                 "event_id": f"e{config.seed}-{produced}",
                 "ts": ts,
                 "user_id": active_user(),
-                "category": rng.choice(categories),
+                "category": category(),
                 "amount": round(rng.lognormvariate(3.0, 1.0), 2),
             }
             if rng.random() < 0.5:
@@ -156,7 +166,7 @@ def generate_events(config: PopulationConfig, rules: Rules | None = None) -> Ite
                 "ts": ts,
                 "user_id": active_user(),
                 "post_id": f"p{produced}",
-                "labels": [rng.choice(labels) for _ in range(rng.choice((0, 1, 1, 2, 3)))],
+                "labels": [label() for _ in range(rng.choice((0, 1, 1, 2, 3)))],
             }
         else:
             kind = rng.random()

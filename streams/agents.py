@@ -115,7 +115,7 @@ class Scorer:
         except Exception as error:  # the scan is a safety net: log, don't crash the worker
             log.warning("could not read committed offsets for the recovery scan: %r", error)
             return
-        assigned = self.app.assignment.assigned_actives()
+        assigned = self.app.assignor.assigned_actives()
         user_partitions = sorted({tp.partition for tp in assigned if tp.topic in (topics.PURCHASES, topics.POSTS, topics.FRIEND_UPDATES)})
         pair_partitions = sorted({tp.partition for tp in assigned if tp.topic == topics.FRIENDSHIPS})
         pending: list[asyncio.Future] = []

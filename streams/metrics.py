@@ -6,7 +6,9 @@ worker defines what operators need here and serves it with prometheus-client.
 
 from __future__ import annotations
 
-from prometheus_client import Counter, Histogram
+from prometheus_client import Counter, Gauge, Histogram, disable_created_metrics
+
+disable_created_metrics()  # the *_created series only add noise to dashboards
 
 EVENTS_IN = Counter("standing_events_in_total", "Records consumed from the input topics.", ["topic"])
 EVENTS_ACCEPTED = Counter("standing_events_accepted_total", "Input events applied to state.", ["type"])
@@ -43,3 +45,15 @@ EVENT_TO_SCORE_SECONDS = Histogram(
     "Latency from an input event's time to the score it caused being published.",
     buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0),
 )
+
+# --- gauges refreshed by streams.monitoring every few seconds ------------------
+CONSUMER_LAG = Gauge(
+    "standing_consumer_lag_records",
+    "Records on a partition this worker owns not yet committed by its group (end offset - committed offset).",
+    ["topic", "partition"],
+)
+TABLE_KEYS = Gauge("standing_table_keys", "Keys held in a state table on this worker (RocksDB estimate).", ["table"])
+TABLE_BYTES = Gauge("standing_table_bytes", "Bytes on disk of a state table on this worker.", ["table"])
+ASSIGNED_PARTITIONS = Gauge("standing_assigned_partitions", "Partitions of the input topics this worker owns.", ["topic"])
+REBALANCES = Counter("standing_rebalances_total", "Rebalances this worker went through (partition assignments).")
+READY = Gauge("standing_ready", "1 when the worker holds recovered partitions and is processing, else 0.")

@@ -12,6 +12,7 @@ from prometheus_client import start_http_server
 from standing.settings import Settings
 from streams.agents import Scorer
 from streams.api import install_api
+from streams.monitoring import install_monitoring
 from streams.app import create_app
 from streams.rules import Rules
 from topology.admin import TopologyError, ensure_topics, wait_for_broker
@@ -23,6 +24,7 @@ def build(settings: Settings, rules: Rules) -> tuple[faust.App, Scorer]:
     app = create_app(settings)
     scorer = Scorer(app, settings, rules)
     install_api(scorer)
+    install_monitoring(scorer)
     return app, scorer
 
 
