@@ -1,0 +1,196 @@
+"""A real worker process on the real broker: bad records from any producer never
+stop it and are never dropped silently; the query API explains scores."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import random
+import urllib.error
+import urllib.request
+
+import pytest
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+
+from schemas import codec
+from standing import processes
+from standing.control import read_scores, wait_until_quiescent
+from standing.reference import compute_reference
+from streams import events as ev
+from streams.rules import load_rules
+from topology import topics
+from topology.routing import pair_key
+
+RULES = load_rules()
+
+
+@pytest.fixture
+def worker(fresh_settings, tmp_path):
+    log_path = tmp_path / "worker.log"
+    process = processes.start_worker_process(fresh_settings, log_path=log_path)
+    try:
+        processes.wait_for_metrics(fresh_settings.metrics_port, process, log_path=log_path)
+        yield process
+    finally:
+        processes.stop_process(process)
+
+
+GOOD = [
+    ev.Friendship("f1", 1, "ann", "bob", "add", 1.0),
+    ev.Purchase("p1", 2, "ann", "groceries", 200.0),
+    ev.Post("q1", 3, "bob", "x", ("spam",)),
+    ev.Post("q2", 4, "cid", "y", ("helpful",)),
+]
+
+
+def _bad_records(rng: random.Random) -> list[tuple[str, bytes | None, bytes, str]]:
+    """(topic, key, value, expected reason)"""
+    purchase = ev.to_bytes(GOOD[1])
+    bad = [
+        (topics.PURCHASES, b"ann", b"", "not_decodable"),
+        (topics.PURCHASES, b"ann", b"\x00\x00\x00\x00\x01garbage", "not_decodable"),
+        (topics.POSTS, b"bob", b"\x00\x00\x00\x30\x39" + purchase[5:], "unknown_schema_id"),
+        (topics.POSTS, b"bob", purchase, "wrong_schema"),
+        (topics.PURCHASES, b"ann", codec.encode("purchase", {**ev.to_record(GOOD[1])[1], "event_id": "neg", "amount": -4.0}), "bad_amount"),
+        (topics.FRIENDSHIPS, pair_key("ann", "ann").encode(), codec.encode("friendship", {**ev.to_record(GOOD[0])[1], "user_b": "ann"}), "self_friendship"),
+        (topics.FRIENDSHIPS, pair_key("ann", "bob").encode(), codec.encode("friendship", {**ev.to_record(GOOD[0])[1], "event_id": "w", "weight": 0.0}), "bad_weight"),
+        (topics.FRIENDSHIPS, pair_key("ann", "bob").encode(), codec.encode("friendship", {**ev.to_record(GOOD[0])[1], "event_id": "z", "action": "poke"}), "unknown_action"),
+    ]
+    # random and mutated bytes on every input topic (the fuzz part)
+    for topic in topics.INPUT_TOPICS:
+        for _ in range(15):
+            if rng.random() < 0.5:
+                value = bytes(rng.randrange(256) for _ in range(rng.randrange(0, 40)))
+            else:
+                value = bytearray(purchase)
+                for _ in range(rng.randrange(1, 4)):
+                    value[rng.randrange(5, len(value))] = rng.randrange(256)
+                value = bytes(value)
+            bad.append((topic, b"ann" if topic != topics.FRIENDSHIPS else pair_key("ann", "bob").encode(), value, ""))
+    return bad
+
+
+async def _send(settings, records) -> None:
+    producer = AIOKafkaProducer(bootstrap_servers=settings.broker)
+    await producer.start()
+    try:
+        for topic, key, value in records:
+            await producer.send(topic, value, key=key)
+        await producer.flush()
+    finally:
+        await producer.stop()
+
+
+async def _dead_letters(settings) -> list[dict]:
+    consumer = AIOKafkaConsumer(bootstrap_servers=settings.broker, enable_auto_commit=False)
+    await consumer.start()
+    try:
+        partitions = [TopicPartition(topics.DEAD_LETTERS, p) for p in range(settings.partitions)]
+        consumer.assign(partitions)
+        await consumer.seek_to_beginning(*partitions)
+        ends = await consumer.end_offsets(partitions)
+        letters = []
+        while len(letters) < sum(ends.values()):
+            for records in (await consumer.getmany(timeout_ms=2000)).values():
+                letters += [codec.decode(record.value, "dead_letter")[1] for record in records]
+        return letters
+    finally:
+        await consumer.stop()
+
+
+def test_bad_records_from_any_producer_go_to_dead_letters_and_the_worker_goes_on(fresh_settings, worker):
+    rng = random.Random(42)
+    bad = _bad_records(rng)
+    good = [(ev.topic_for(e), ev.key_for(e).encode(), ev.to_bytes(e)) for e in GOOD]
+    mixed = [(t, k, v) for t, k, v, _ in bad] + good
+    rng.shuffle(mixed)
+    asyncio.run(_send(fresh_settings, mixed))
+    asyncio.run(wait_until_quiescent(fresh_settings, timeout=120, progress=None))
+    assert worker.poll() is None, "the worker is still running"
+
+    # Every record either scored or was dead-lettered with where it came from.
+    letters = asyncio.run(_dead_letters(fresh_settings))
+    samples = processes.scrape_metrics(fresh_settings.metrics_port)
+    accepted = processes.sum_samples(samples, "standing_events_accepted_total")
+    duplicates = processes.sum_samples(samples, "standing_events_duplicate_total")
+    rejected = processes.sum_samples(samples, "standing_events_rejected_total")
+    assert accepted + duplicates + rejected == len(mixed)
+    assert rejected == len(letters) >= len([b for b in bad if b[3]])
+    originals = {(letter["topic"], letter["original"]) for letter in letters}
+    for topic, key, value, reason in bad:
+        if reason:
+            assert (topic, value) in originals, reason
+            assert any(l["reason"] == reason and l["original"] == value for l in letters), reason
+    for letter in letters:
+        assert letter["source"] == "worker" and letter["offset"] is not None and letter["partition"] is not None
+        assert letter["reason"] in ev.REASONS and letter["detail"]
+
+    # Scores are exactly the reference's for what was valid: the good events plus
+    # any mutated record that still decodes to a valid event under its key.
+    # (in the order sent: a mutated copy may share an event_id with a good event,
+    # and the first one applied wins)
+    valid = []
+    for topic, key, value in mixed:
+        try:
+            event = ev.from_bytes(topic, value)
+        except ev.Rejected:
+            continue
+        if ev.key_for(event).encode() == key:
+            valid.append(event)
+    expected = compute_reference([json.dumps(ev.to_json_dict(e)) for e in valid], RULES).raw
+    scores = asyncio.run(read_scores(fresh_settings))
+    assert set(scores) == set(expected)
+    for user, raw in expected.items():
+        assert abs(scores[user]["raw"] - raw) <= RULES.error_bound
+
+
+def _get(url: str) -> tuple[int, dict]:
+    try:
+        with urllib.request.urlopen(url, timeout=10) as response:
+            return response.status, json.loads(response.read())
+    except urllib.error.HTTPError as error:
+        return error.code, json.loads(error.read() or b"{}")
+
+
+def test_query_api_explains_scores(fresh_settings, worker):
+    events = [
+        ev.Friendship("f1", 1, "ann", "bob", "add", 1.0),
+        ev.Friendship("f2", 2, "ann", "cid", "add", 3.0),
+        ev.Purchase("p1", 3, "bob", "groceries", 300.0),
+        ev.Post("q1", 4, "cid", "x", ("spam", "spam")),
+        ev.Post("q2", 5, "ann", "y", ("helpful",)),
+    ]
+    asyncio.run(_send(fresh_settings, [(ev.topic_for(e), ev.key_for(e).encode(), ev.to_bytes(e)) for e in events]))
+    asyncio.run(wait_until_quiescent(fresh_settings, timeout=120, progress=None))
+    base = f"http://127.0.0.1:{fresh_settings.web_port}"
+
+    status, ann = _get(f"{base}/users/ann")
+    assert status == 200
+    assert set(ann) >= {"score", "band", "raw", "own", "network", "reasons", "history"}
+    assert ann["own"] == 2.0 and ann["friends"] == 2
+    assert RULES.display_min <= ann["score"] <= RULES.display_max
+    kinds = {(r["kind"], r.get("user_id") or r.get("code")) for r in ann["reasons"]}
+    assert kinds == {("friend", "bob"), ("friend", "cid"), ("rule", "post:helpful")}
+    assert abs(sum(r["contribution"] for r in ann["reasons"]) - ann["raw"]) <= RULES.error_bound
+    cid_reason = next(r for r in ann["reasons"] if r.get("user_id") == "cid")
+    assert cid_reason["contribution"] < 0 and cid_reason["weight"] == 3.0
+
+    assert _get(f"{base}/users/nobody") == (
+        404, {"error": "unknown user", "user_id": "nobody", "detail": "no accepted event has named this user"}
+    )  # fmt: skip
+    assert _get(f"{base}/users/{'x' * 300}")[0] == 400
+    assert _get(f"{base}/health") == (200, {"status": "ok"})
+    assert _get(f"{base}/ready") == (200, {"status": "ready"})
+    request = urllib.request.Request(f"{base}/users/ann", method="POST", data=b"{}")
+    with pytest.raises(urllib.error.HTTPError) as error:
+        urllib.request.urlopen(request, timeout=10)
+    assert error.value.code == 405
+
+    import subprocess
+    import sys
+
+    done = subprocess.run(
+        [sys.executable, "-m", "standing", "explain", "ann", "--api", base], capture_output=True, text=True, timeout=30
+    )
+    assert done.returncode == 0, done.stderr
+    assert "ann:" in done.stdout and "friend cid" in done.stdout and "post:helpful" in done.stdout
