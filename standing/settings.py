@@ -45,6 +45,8 @@ class Settings:
     metrics_port: int = 9464
     #: How often the worker commits offsets, seconds.
     commit_interval: float = 0.5
+    #: Seconds without heartbeats before a worker counts as dead and its partitions move.
+    session_timeout: float = 10.0
     #: Largest number of records processed as one batch.
     batch_size: int = 2000
     #: How long a batch may wait to fill, seconds.

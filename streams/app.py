@@ -30,6 +30,9 @@ def create_app(settings: Settings) -> faust.App:
         consumer_auto_offset_reset="earliest",
         processing_guarantee="at_least_once",
         broker_commit_interval=settings.commit_interval,
+        # A killed worker's partitions move after this long without heartbeats.
+        broker_session_timeout=settings.session_timeout,
+        broker_heartbeat_interval=max(0.5, settings.session_timeout / 10),
         producer_acks=-1,
         producer_linger_ms=1,
         stream_buffer_maxsize=max(4 * settings.batch_size, 4096),

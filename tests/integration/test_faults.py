@@ -1,0 +1,188 @@
+"""Nothing lost: workers killed with SIGKILL mid-replay, restarted on the same or an
+empty data directory, a second worker taking over, the broker restarted, every
+event sent twice. Each run must end within epsilon/(1-alpha) of the reference."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import signal
+import time
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+from aiokafka.admin import AIOKafkaAdminClient
+from aiokafka import AIOKafkaConsumer
+
+from standing import processes
+from standing.control import backlog, read_scores, wait_until_quiescent
+from standing.population import PopulationConfig, generate_events, write_jsonl
+from standing.producer import produce_file
+from standing.reference import reference_file
+from streams.rules import load_rules
+from tests.helpers import free_port
+
+RULES = load_rules()
+
+
+@pytest.fixture
+def events_file(tmp_path) -> Path:
+    config = PopulationConfig(users=600, events=6000, seed=23, duplicate_share=0.02, invalid_share=0.01)
+    path = tmp_path / "events.jsonl"
+    write_jsonl(path, generate_events(config, RULES))
+    return path
+
+
+class Workers:
+    """Worker processes of one test, each with its own ports; all stopped at the end."""
+
+    def __init__(self, settings, tmp_path: Path) -> None:
+        self.settings = settings
+        self.tmp_path = tmp_path
+        self.started: list = []
+
+    def start(self, data_dir: Path):
+        settings = replace(self.settings, data_dir=data_dir, web_port=free_port(), metrics_port=free_port())
+        log_path = self.tmp_path / f"worker-{len(self.started)}.log"
+        process = processes.start_worker_process(settings, log_path=log_path)
+        self.started.append(process)
+        processes.wait_for_metrics(settings.metrics_port, process, log_path=log_path)
+        return process
+
+    def stop_all(self) -> None:
+        for process in self.started:
+            processes.stop_process(process)
+
+
+@pytest.fixture
+def workers(fresh_settings, tmp_path):
+    group = Workers(fresh_settings, tmp_path)
+    yield group
+    group.stop_all()
+
+
+async def _remaining(settings) -> dict[str, int]:
+    admin = AIOKafkaAdminClient(bootstrap_servers=settings.bootstrap_servers)
+    consumer = AIOKafkaConsumer(bootstrap_servers=settings.bootstrap_servers)
+    await admin.start()
+    await consumer.start()
+    try:
+        return (await backlog(settings, admin, consumer)).per_topic
+    finally:
+        await consumer.stop()
+        await admin.close()
+
+
+def _wait_for(settings, condition, timeout: float = 60.0) -> dict[str, int]:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        state = asyncio.run(_remaining(settings))
+        if condition(state):
+            return state
+        time.sleep(0.05)
+    raise AssertionError(f"condition not reached; backlog {state}")
+
+
+def _assert_exact(settings, events: Path) -> None:
+    asyncio.run(wait_until_quiescent(settings, timeout=300, progress=None))
+    expected = reference_file(events, RULES)
+    scores = asyncio.run(read_scores(settings))
+    assert set(scores) == set(expected.raw)
+    worst = max(abs(scores[user]["raw"] - raw) for user, raw in expected.raw.items())
+    assert worst <= RULES.error_bound, worst
+
+
+def _kill(process) -> None:
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+
+
+INPUTS = ("purchases", "posts", "friendships")
+
+# Two defects of the embedded broker (noida-db 0.2.3), reproduced without
+# Standing or Faust (plain aiokafka); see the issue's closing note. Apache
+# Kafka does not have them. These tests stay here, not run, until the broker
+# is fixed or worked around: they are the acceptance tests of that work.
+GROUP_BUG = pytest.mark.xfail(
+    run=False,
+    reason="noida-db 0.2.3: after a group member is SIGKILLed, a new member's JoinGroup completes "
+    "without electing it leader and it never gets an assignment (re-joins every session timeout, forever)",
+)
+DURABILITY_BUG = pytest.mark.xfail(
+    run=False,
+    reason="noida-db 0.2.3: records acknowledged (acks=all) just before the broker stops are missing after "
+    "restart; Faust then refuses to recover a changelog whose high watermark went backwards (ConsistencyError)",
+)
+
+
+@GROUP_BUG
+@pytest.mark.parametrize("restart_dir", ["same", "empty"])
+@pytest.mark.parametrize("moment", ["intake", "propagation"])
+def test_sigkill_then_restart_ends_exact(fresh_settings, workers, events_file, tmp_path, moment, restart_dir):
+    first = workers.start(tmp_path / "data-1")
+    asyncio.run(produce_file(fresh_settings, events_file, progress=False))
+    total = sum(asyncio.run(_remaining(fresh_settings))[topic] for topic in INPUTS)
+    if moment == "intake":
+        _wait_for(fresh_settings, lambda s: 0 < sum(s[t] for t in INPUTS) < total * 0.7)
+    else:
+        _wait_for(fresh_settings, lambda s: sum(s[t] for t in INPUTS) == 0 and s["friend-updates"] > 0)
+    _kill(first)
+    workers.start(tmp_path / ("data-1" if restart_dir == "same" else "data-2"))
+    _assert_exact(fresh_settings, events_file)
+
+
+@GROUP_BUG
+def test_killed_during_a_rebalance_and_a_survivor_takes_over(fresh_settings, workers, events_file, tmp_path):
+    first = workers.start(tmp_path / "data-1")
+    asyncio.run(produce_file(fresh_settings, events_file, progress=False))
+    _wait_for(fresh_settings, lambda s: sum(s[t] for t in INPUTS) > 0)
+    second = workers.start(tmp_path / "data-2")  # joins: the group rebalances
+    time.sleep(0.5)
+    _kill(first)  # dies while partitions move
+    _assert_exact(fresh_settings, events_file)
+    assert second.poll() is None
+
+
+@GROUP_BUG
+def test_two_workers_share_a_replay_and_one_is_killed(fresh_settings, workers, events_file, tmp_path):
+    first = workers.start(tmp_path / "data-1")
+    second = workers.start(tmp_path / "data-2")
+    time.sleep(2)  # both in the group
+    asyncio.run(produce_file(fresh_settings, events_file, progress=False))
+    _wait_for(fresh_settings, lambda s: sum(s[t] for t in INPUTS) < 4000)
+    _kill(second)
+    _assert_exact(fresh_settings, events_file)
+    assert first.poll() is None
+
+
+def test_clean_sigterm_commits_and_exits_promptly(fresh_settings, workers, events_file, tmp_path):
+    first = workers.start(tmp_path / "data-1")
+    asyncio.run(produce_file(fresh_settings, events_file, progress=False))
+    _wait_for(fresh_settings, lambda s: sum(s[t] for t in INPUTS) < 3000)
+    started = time.monotonic()
+    first.send_signal(signal.SIGTERM)
+    assert first.wait(timeout=30) == 0
+    assert time.monotonic() - started < 15
+    workers.start(tmp_path / "data-1")
+    _assert_exact(fresh_settings, events_file)
+
+
+def test_every_event_sent_twice_ends_at_the_same_scores(fresh_settings, workers, events_file, tmp_path):
+    doubled = tmp_path / "doubled.jsonl"
+    lines = events_file.read_text().splitlines(keepends=True)
+    doubled.write_text("".join(line + line for line in lines))
+    workers.start(tmp_path / "data-1")
+    asyncio.run(produce_file(fresh_settings, doubled, progress=False))
+    _assert_exact(fresh_settings, events_file)
+
+
+@DURABILITY_BUG
+def test_broker_restarted_mid_replay(fresh_broker, fresh_settings, workers, events_file, tmp_path):
+    workers.start(tmp_path / "data-1")
+    asyncio.run(produce_file(fresh_settings, events_file, progress=False))
+    _wait_for(fresh_settings, lambda s: sum(s[t] for t in INPUTS) < 4000)
+    fresh_broker.stop()
+    time.sleep(2)
+    fresh_broker.start()
+    _assert_exact(fresh_settings, events_file)
