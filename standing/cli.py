@@ -186,12 +186,11 @@ def cmd_explain(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_not_yet(issue: str):
-    def run(args: argparse.Namespace) -> int:
-        print(f"standing {args.command}: not built yet; it comes with the issue {issue!r}", file=sys.stderr)
-        return 3
+def cmd_bench(args: argparse.Namespace) -> int:
+    from standing.bench import run_bench
 
-    return run
+    run_bench(users=args.users, events=args.events, seed=args.seed, partitions=args.partitions, baselines=not args.no_baselines)
+    return 0
 
 
 # --- argument parsing --------------------------------------------------------
@@ -286,7 +285,12 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_argument("--api", metavar="URL", help="a worker's query API (default http://127.0.0.1:$STANDING_WEB_PORT, port 6066)")
     sub.add_argument("--json", action="store_true", help="print the API's JSON instead of text")
 
-    sub = command("bench", "the benchmark suite (comes with issue #6)", cmd_not_yet("#6 benchmarks"))
+    sub = command("bench", "the scorer against baselines on the same events (prints a table, writes JSON)", cmd_bench)
+    sub.add_argument("--users", type=int, default=10_000)
+    sub.add_argument("--events", type=int, default=100_000)
+    sub.add_argument("--seed", type=int, default=1)
+    sub.add_argument("--partitions", type=int, default=8)
+    sub.add_argument("--no-baselines", action="store_true", help="measure the scorer only")
     return parser
 
 

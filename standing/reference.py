@@ -1,37 +1,52 @@
 """`standing reference`: the batch fixed point of a file of events (no broker).
 
-The ground truth the streaming scorer is tested against, so it implements the
-spec's semantics directly and shares nothing with the incremental algorithm
-but the rules and the event validation:
+This is the ground truth the streaming scorer is tested against, so it
+implements the spec's semantics directly and shares nothing with the
+incremental algorithm but the rules and the event validation. It replays the
+file into own parts and a friendship graph, then solves
 
-    s = (1 - alpha) b + alpha W s   <=>   (I - alpha W) s = (1 - alpha) b
+    s = (1 - alpha) b + alpha W s,   W = D^-1 A   (friendless rows: s = b)
 
-solved with scipy's sparse direct solver. ``I - alpha W`` is strictly
-diagonally dominant (rows of W sum to 1, alpha < 1), so the solution is unique
-and the solve well conditioned.
+Multiplying by D gives (D - alpha A) s = (1 - alpha) D b, a symmetric,
+strictly diagonally dominant system. With y = D^1/2 s it becomes
+(I - alpha N) y = (1 - alpha) D^1/2 b with N = D^-1/2 A D^-1/2, whose
+eigenvalues lie in [1 - alpha, 1 + alpha]: conjugate gradients converge in a
+few dozen sparse products even on a 100k-user power-law graph, where a sparse
+LU factorisation drowns in fill-in around the hubs. The answer is then
+*certified*: ``max |s - (1-alpha) b - alpha W s| / (1 - alpha)`` bounds the
+error of every score, and the solver refines until that bound is negligible.
 """
 
 from __future__ import annotations
 
 import json
+import os
 from collections import Counter
+from itertools import chain
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterable, Iterator, Mapping
 
 import numpy as np
-from scipy.sparse import csr_matrix, identity
-from scipy.sparse.linalg import spsolve
+from scipy.sparse import coo_matrix, diags, identity
+from scipy.sparse.linalg import cg
 
 from streams import events as ev
 from streams.rules import Rules
 
+#: Certified error of every raw score, relative to max(1, max |b|). The
+#: streaming bound epsilon / (1 - alpha) is ten orders of magnitude larger.
+CERTIFIED_TOLERANCE = 1e-10
+_REFINEMENTS = 8
+
 
 @dataclass
 class ReferenceSummary:
+    """What happened to the lines: the same counts `standing replay` reports."""
+
     accepted: int = 0
     duplicates: int = 0
-    rejected: Counter = field(default_factory=Counter)
+    rejected: Counter[str] = field(default_factory=Counter)
 
     def as_dict(self) -> dict:
         return {"accepted": self.accepted, "duplicates": self.duplicates, "rejected": dict(sorted(self.rejected.items()))}
@@ -44,114 +59,200 @@ class ReferenceResult:
     summary: ReferenceSummary
 
 
-def compute_reference(lines: Iterable[str], rules: Rules) -> ReferenceResult:
+def _subject(event: ev.Event) -> str | tuple[str, str]:
+    """What an event_id is unique within: its user, or the unordered pair of a friendship."""
+    if isinstance(event, ev.Friendship):
+        a, b = event.user_a, event.user_b
+        return (a, b) if a <= b else (b, a)
+    return event.user_id
+
+
+def _decode(line: str | bytes) -> str | None:
+    """The text of a line, None for a blank one. Undecodable bytes are invalid JSON, as for `produce`."""
+    if isinstance(line, bytes):
+        line = line.rstrip(b"\r\n")
+        if not line.strip():
+            return None
+        try:
+            return line.decode("utf-8")
+        except UnicodeDecodeError:
+            raise ev.Rejected("invalid_json", "the line is not UTF-8 text") from None
+    return line if line.strip() else None
+
+
+def compute_reference(lines: Iterable[str | bytes], rules: Rules) -> ReferenceResult:
+    """Replay JSON Lines (text or raw bytes) in order and solve the fixed point."""
     summary = ReferenceSummary()
-    seen: set[tuple[str, str]] = set()  # (subject, event_id)
+    seen: set[tuple[str | tuple[str, str], str]] = set()
     own: dict[str, float] = {}
     edges: dict[tuple[str, str], float] = {}  # (smaller id, larger id) -> weight
     for line in lines:
-        if not line.strip():
-            continue
         try:
-            event = ev.from_json_line(line)
+            text = _decode(line)
+            if text is None:
+                continue
+            event = ev.from_json_line(text)
         except ev.Rejected as rejection:
             summary.rejected[rejection.reason] += 1
             continue
-        identity_ = (ev.subject(event), event.event_id)
-        if identity_ in seen:
+        subject = _subject(event)
+        if (subject, event.event_id) in seen:
             summary.duplicates += 1
             continue
-        seen.add(identity_)
+        seen.add((subject, event.event_id))
         summary.accepted += 1
         if isinstance(event, ev.Purchase):
             own[event.user_id] = own.get(event.user_id, 0.0) + rules.purchase_points(event.category, event.amount)
         elif isinstance(event, ev.Post):
             own[event.user_id] = own.get(event.user_id, 0.0) + rules.post_points(event.labels)
+        elif event.action == "add":
+            edges[subject] = event.weight
+            own.setdefault(event.user_a, 0.0)
+            own.setdefault(event.user_b, 0.0)
         else:
-            pair = tuple(sorted((event.user_a, event.user_b)))
-            if event.action == "add":
-                edges[pair] = event.weight
-                own.setdefault(event.user_a, 0.0)
-                own.setdefault(event.user_b, 0.0)
-            else:
-                edges.pop(pair, None)
+            edges.pop(subject, None)  # removing what does not exist changes nothing
     return ReferenceResult(solve(own, edges, rules.alpha), own, summary)
 
 
 def solve(own: Mapping[str, float], edges: Mapping[tuple[str, str], float], alpha: float) -> dict[str, float]:
-    """The fixed point for own parts ``own`` and undirected weighted ``edges``."""
-    users = sorted(own)
-    index = {user: i for i, user in enumerate(users)}
+    """The fixed point for own parts ``own`` and undirected weighted ``edges`` (endpoints default to b = 0)."""
+    users = sorted(set(own).union(chain.from_iterable(edges)))
     n = len(users)
     if n == 0:
         return {}
-    rows: list[int] = []
-    cols: list[int] = []
-    weights: list[float] = []
-    for (a, b), weight in edges.items():
-        i, j = index[a], index[b]
-        rows += [i, j]
-        cols += [j, i]
-        weights += [weight, weight]
-    adjacency = csr_matrix((weights, (rows, cols)), shape=(n, n))
-    degree = np.asarray(adjacency.sum(axis=1)).ravel()
+    index = {user: i for i, user in enumerate(users)}
+    m = len(edges)
+    heads = np.fromiter((index[a] for a, _ in edges), np.int64, m)
+    tails = np.fromiter((index[b] for _, b in edges), np.int64, m)
+    weights = np.fromiter(edges.values(), np.float64, m)
+    rows, cols = np.concatenate([heads, tails]), np.concatenate([tails, heads])
+    adjacency = coo_matrix((np.concatenate([weights, weights]), (rows, cols)), shape=(n, n)).tocsr()
+    degree = np.bincount(rows, weights=np.concatenate([weights, weights]), minlength=n)
     friendless = degree == 0
-    scale = np.where(friendless, 0.0, 1.0 / np.where(friendless, 1.0, degree))
-    w = csr_matrix(adjacency.multiply(scale[:, None]))
-    w = w + csr_matrix((friendless.astype(float), (np.arange(n), np.arange(n))), shape=(n, n))
-    b = np.array([own[user] for user in users])
-    system = (identity(n, format="csc") - alpha * w).tocsc()
-    s = spsolve(system, (1.0 - alpha) * b)
-    s = np.atleast_1d(s)
-    return {user: float(s[i]) for i, user in enumerate(users)}
+    b = np.fromiter((own.get(user, 0.0) for user in users), np.float64, n)
+
+    root = np.sqrt(np.where(friendless, 1.0, degree))
+    system = (identity(n, format="csr") - alpha * (diags(1.0 / root) @ adjacency @ diags(1.0 / root))).tocsr()
+    # Friendless rows of `system` are the identity: y = b there gives s = b exactly.
+    rhs = np.where(friendless, b, (1.0 - alpha) * root * b)
+    tolerance = CERTIFIED_TOLERANCE * max(1.0, float(np.abs(b).max()))
+
+    def error_bound(s: np.ndarray) -> float:
+        network = np.divide(adjacency @ s, degree, out=np.zeros(n), where=~friendless)
+        target = np.where(friendless, b, (1.0 - alpha) * b + alpha * network)
+        return float(np.abs(s - target).max()) / (1.0 - alpha)
+
+    y = np.zeros(n)
+    bound = float("inf")
+    for _ in range(_REFINEMENTS):
+        correction, _info = cg(system, rhs - system @ y, rtol=1e-14, atol=0.0, maxiter=10 * n + 100)
+        y = y + correction
+        bound = error_bound(y / root)
+        if bound <= tolerance:
+            break
+    else:
+        raise RuntimeError(f"the reference solve stopped at a certified error of {bound:.3g} (wanted <= {tolerance:.3g}); alpha = {alpha} may be too close to 1")
+    s = y / root
+    s[friendless] = b[friendless]
+    return dict(zip(users, s.tolist()))
 
 
-def _lines(path: Path) -> Iterator[str]:
-    with path.open(encoding="utf-8", errors="surrogateescape") as file:
+def _lines(path: Path) -> Iterator[bytes]:
+    with path.open("rb") as file:
         yield from file
 
 
 def reference_file(path: Path, rules: Rules) -> ReferenceResult:
-    return compute_reference(_lines(path), rules)
+    """The reference of a JSON Lines file, read as bytes exactly as `standing produce` reads it."""
+    return compute_reference(_lines(Path(path)), rules)
 
 
 def write_scores(path: Path, raw: Mapping[str, float], rules: Rules) -> None:
+    """JSON Lines ``{"user_id", "raw", "score"}`` sorted by user_id: the format of `dump` and `replay`."""
+    path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    with path.open("w") as out:
+    partial = path.with_name(path.name + ".partial")
+    with partial.open("w", encoding="utf-8") as out:
         for user in sorted(raw):
-            out.write(json.dumps({"user_id": user, "raw": raw[user], "score": rules.display(raw[user])}) + "\n")
+            value = raw[user]
+            out.write(json.dumps({"user_id": user, "raw": value, "score": rules.display(value)}) + "\n")
+    os.replace(partial, path)  # a reader never sees half a file
 
 
 def read_scores(path: Path) -> dict[str, float]:
     """user_id -> raw of a scores file (dump, replay or reference output)."""
     scores: dict[str, float] = {}
-    with path.open() as file:
-        for line in file:
-            if line.strip():
+    with Path(path).open(encoding="utf-8") as file:
+        for number, line in enumerate(file, start=1):
+            if not line.strip():
+                continue
+            try:
                 record = json.loads(line)
-                scores[record["user_id"]] = record["raw"]
+                scores[record["user_id"]] = float(record["raw"])
+            except (ValueError, KeyError, TypeError) as error:
+                raise ValueError(f"{path}:{number}: not a score line {{\"user_id\", \"raw\", \"score\"}} ({error})") from None
     return scores
 
 
 @dataclass
 class Comparison:
+    """How far one set of raw scores is from another (NaN counts as infinitely far)."""
+
     max_abs_diff: float
     worst_user: str | None
-    missing_actual: list[str]
-    missing_expected: list[str]
+    missing_actual: list[str]  # users expected but absent from actual
+    missing_expected: list[str]  # users in actual that were not expected
+    compared: int = 0
+    worst_actual: float | None = None
+    worst_expected: float | None = None
+
+    def within(self, bound: float) -> bool:
+        """Same users, and every score within ``bound``."""
+        return not self.missing_actual and not self.missing_expected and self.max_abs_diff <= bound
+
+    def __str__(self) -> str:
+        text = f"{self.compared} users compared, max |diff| {self.max_abs_diff:.3g}"
+        if self.worst_user is not None:
+            text += f" at {self.worst_user} (actual {self.worst_actual!r}, expected {self.worst_expected!r})"
+        for name, users in (("missing from actual", self.missing_actual), ("not expected", self.missing_expected)):
+            if users:
+                shown = ", ".join(users[:5]) + (", ..." if len(users) > 5 else "")
+                text += f"; {len(users)} {name}: {shown}"
+        return text
 
 
 def compare(actual: Mapping[str, float], expected: Mapping[str, float]) -> Comparison:
     worst_user, worst = None, 0.0
+    compared = 0
     for user, value in expected.items():
-        if user in actual and abs(actual[user] - value) >= worst:
-            worst_user, worst = user, abs(actual[user] - value)
+        if user not in actual:
+            continue
+        compared += 1
+        diff = abs(actual[user] - value)
+        if diff != diff:  # NaN
+            diff = float("inf")
+        if worst_user is None or diff > worst:
+            worst_user, worst = user, diff
     return Comparison(
         max_abs_diff=worst,
         worst_user=worst_user,
         missing_actual=sorted(set(expected) - set(actual)),
         missing_expected=sorted(set(actual) - set(expected)),
+        compared=compared,
+        worst_actual=actual[worst_user] if worst_user is not None else None,
+        worst_expected=expected[worst_user] if worst_user is not None else None,
     )
 
 
-__all__ = ["ReferenceResult", "ReferenceSummary", "compute_reference", "reference_file", "write_scores", "read_scores", "compare"]
+__all__ = [
+    "CERTIFIED_TOLERANCE",
+    "Comparison",
+    "ReferenceResult",
+    "ReferenceSummary",
+    "compare",
+    "compute_reference",
+    "read_scores",
+    "reference_file",
+    "solve",
+    "write_scores",
+]

@@ -6,6 +6,7 @@ Refreshed on a timer rather than per event, so the hot path stays free of it.
 from __future__ import annotations
 
 import logging
+import time
 from pathlib import Path
 
 from aiokafka import AIOKafkaConsumer, TopicPartition
@@ -19,6 +20,7 @@ log = logging.getLogger(__name__)
 
 CONSUMED = (topics.PURCHASES, topics.POSTS, topics.FRIENDSHIPS, topics.FRIEND_UPDATES)
 INTERVAL_S = 5.0
+KEY_COUNT_INTERVAL_S = 15.0  # a key scan; cheap, but not every 5 s on a big table
 
 
 def _dir_bytes(path: Path) -> int:
@@ -31,6 +33,7 @@ def install_monitoring(scorer: Scorer) -> None:
     app = scorer.app
     settings = scorer.settings
     clients: dict[str, object] = {}
+    last_count = [float("-inf")]
 
     @app.on_partitions_assigned.connect
     async def on_assigned(sender, assigned, **kwargs) -> None:
@@ -43,14 +46,18 @@ def install_monitoring(scorer: Scorer) -> None:
         assigned = app.assignor.assigned_actives()
         for topic in CONSUMED:
             metrics.ASSIGNED_PARTITIONS.labels(topic).set(sum(1 for tp in assigned if tp.topic == topic))
+        now = time.monotonic()
+        if now - last_count[0] >= KEY_COUNT_INTERVAL_S:
+            last_count[0] = now
+            for name, store in ((topics.USERS_TABLE, scorer.users), (topics.PAIRS_TABLE, scorer.pairs)):
+                keys = 0
+                for partition in store.partitions():
+                    try:
+                        keys += store.count(partition)
+                    except Exception:  # a DB closing during a rebalance
+                        pass
+                metrics.TABLE_KEYS.labels(name).set(keys)
         for name, table in ((topics.USERS_TABLE, scorer.users_table), (topics.PAIRS_TABLE, scorer.pairs_table)):
-            keys = 0
-            for db in list(table.data._dbs.values()):
-                try:
-                    keys += int(db.property_int_value("rocksdb.estimate-num-keys") or 0)
-                except Exception:  # a closing DB during a rebalance
-                    pass
-            metrics.TABLE_KEYS.labels(name).set(keys)
             store = table.data
             metrics.TABLE_BYTES.labels(name).set(sum(_dir_bytes(Path(store.partition_path(p))) for p in list(store._dbs)))
         mine = [TopicPartition(tp.topic, tp.partition) for tp in assigned if tp.topic in CONSUMED]

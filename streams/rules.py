@@ -1,24 +1,32 @@
-"""The rules file (TOML, spec section 2): what behaviour is worth, and the network's knobs."""
+"""The rules file (TOML, spec section 2): what behaviour is worth, and the network's knobs.
+
+Loading is strict on purpose: an unknown table or key is an error naming it,
+because a typo (``alhpa = 0.5``) that silently fell back to a default would
+score everyone with rules nobody wrote.
+"""
 
 from __future__ import annotations
 
+import difflib
 import math
 import tomllib
 from dataclasses import dataclass, field
+from importlib import resources
 from pathlib import Path
 from types import MappingProxyType
-from typing import Mapping, Sequence
+from typing import Any, Mapping, Sequence
 
 
 class RulesError(Exception):
-    pass
+    """A rules file that cannot be used; the message names the file and the key."""
 
 
 def default_rules_path() -> Path:
-    return Path(__file__).resolve().parent.parent / "standing" / "default_rules.toml"
+    """The rules shipped with Standing (package data of ``standing``)."""
+    return Path(str(resources.files("standing").joinpath("default_rules.toml")))
 
 
-#: table -> key -> default (None: a table of name -> number)
+#: table -> key -> default (the spec's example); None marks a table of name = number
 _SHAPE: dict[str, dict[str, float | None]] = {
     "network": {"alpha": 0.3, "epsilon": 0.01},
     "display": {"min": 350.0, "max": 950.0, "scale": 50.0},
@@ -27,8 +35,14 @@ _SHAPE: dict[str, dict[str, float | None]] = {
 }
 
 
+def _frozen(mapping: Mapping[str, float]) -> Mapping[str, float]:
+    return mapping if isinstance(mapping, MappingProxyType) else MappingProxyType(dict(mapping))
+
+
 @dataclass(frozen=True, slots=True)
 class Rules:
+    """Validated rules. Build with ``load_rules``; the defaults are the spec's example."""
+
     alpha: float = 0.3
     epsilon: float = 0.01
     display_min: float = 350.0
@@ -40,88 +54,140 @@ class Rules:
     post_labels: Mapping[str, float] = field(default_factory=dict)
     source: str = "default"
 
+    def __post_init__(self) -> None:
+        # Read-only tables: rules are shared by every agent of a worker.
+        object.__setattr__(self, "purchase_weights", _frozen(self.purchase_weights))
+        object.__setattr__(self, "post_labels", _frozen(self.post_labels))
+
+    def __reduce__(self):  # mappingproxy does not pickle; rebuild from plain dicts
+        values = {name: getattr(self, name) for name in self.__dataclass_fields__}
+        values["purchase_weights"] = dict(self.purchase_weights)
+        values["post_labels"] = dict(self.post_labels)
+        return (_rebuild, (values,))
+
     def purchase_points(self, category: str, amount: float) -> float:
+        """clamp(weight(category) * amount, -max_points, max_points)."""
         points = self.purchase_weights.get(category, self.purchase_default_weight) * amount
         cap = self.purchase_max_points
         return -cap if points < -cap else cap if points > cap else points
 
     def purchase_reason(self, category: str) -> str:
+        """The reason code explanations group a purchase under."""
         return f"purchase:{category}" if category in self.purchase_weights else "purchase:other"
 
     def post_contributions(self, labels: Sequence[str]) -> list[tuple[str, float]]:
+        """``("post:<label>", points)`` per label with a rule, repeats included; unknown labels add nothing."""
         table = self.post_labels
         return [(f"post:{label}", table[label]) for label in labels if label in table]
 
     def post_points(self, labels: Sequence[str]) -> float:
-        return sum(points for _, points in self.post_contributions(labels))
+        """The points of one post: the sum over its labels (unknown labels 0)."""
+        table = self.post_labels
+        return sum(table.get(label, 0.0) for label in labels)
 
     def display(self, raw: float) -> float:
-        x = -raw / self.display_scale
-        if x > 700:  # exp would overflow: the score is at the bottom of the scale
-            return self.display_min
-        return self.display_min + (self.display_max - self.display_min) / (1.0 + math.exp(x))
+        """min + (max - min) / (1 + exp(-raw / scale)), without overflow for any raw."""
+        x = raw / self.display_scale
+        span = self.display_max - self.display_min
+        if x >= 0:
+            return self.display_min + span / (1.0 + math.exp(-x))
+        e = math.exp(x)  # x < 0: no overflow, and exact where 1/(1+exp(-x)) would lose digits
+        return self.display_min + span * e / (1.0 + e)
 
     @property
     def error_bound(self) -> float:
-        """epsilon / (1 - alpha): how far a published raw score may be from the exact one."""
+        """epsilon / (1 - alpha): how far a published raw score may be from the exact fixed point."""
         return self.epsilon / (1.0 - self.alpha)
 
 
-def _number(source: str, path: str, value) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
-        raise RulesError(f"{source}: {path} = {value!r} must be a finite number")
+def _rebuild(values: dict[str, Any]) -> Rules:
+    return Rules(**values)
+
+
+def _unknown(name: str, choices: Sequence[str]) -> str:
+    close = difflib.get_close_matches(name, choices, n=1)
+    hint = f"did you mean {close[0]!r}? " if close else ""
+    return f"{hint}expected one of: {', '.join(choices)}"
+
+
+def _number(where: str, key: str, value: Any) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise RulesError(f"{where}: {key} = {value!r} must be a number")
+    if not math.isfinite(value):
+        raise RulesError(f"{where}: {key} = {value!r} must be finite")
     return float(value)
 
 
-def load_rules(path: Path | str | None = None) -> Rules:
-    """Read and check a rules file; None means the default shipped with Standing."""
-    file = Path(path) if path is not None else default_rules_path()
-    source = str(file) if path is not None else "default"
+def _read(file: Path) -> dict[str, Any]:
     try:
-        data = tomllib.loads(file.read_text())
+        with file.open("rb") as handle:
+            return tomllib.load(handle)
     except FileNotFoundError:
-        raise RulesError(f"rules file {file} not found") from None
+        raise RulesError(f"rules file {file} not found; pass an existing TOML file or omit --rules for the defaults") from None
     except tomllib.TOMLDecodeError as error:
         raise RulesError(f"{file}: not valid TOML: {error}") from None
+    except UnicodeDecodeError:
+        raise RulesError(f"{file}: not valid TOML: the file is not UTF-8 text") from None
+    except OSError as error:
+        raise RulesError(f"rules file {file} cannot be read: {error.strerror or error}") from None
+
+
+def _check_shape(where: str, data: dict[str, Any]) -> None:
     for table, content in data.items():
         if table not in _SHAPE:
-            raise RulesError(f"{file}: unknown table [{table}]; expected one of {', '.join(_SHAPE)}")
+            raise RulesError(f"{where}: unknown table [{table}]; {_unknown(table, list(_SHAPE))}")
         if not isinstance(content, dict):
-            raise RulesError(f"{file}: {table} must be a table")
-        for key in content:
+            raise RulesError(f"{where}: {table} = {content!r} must be a table [{table}]")
+        for key, value in content.items():
             if key not in _SHAPE[table]:
-                raise RulesError(f"{file}: unknown key {table}.{key}; expected one of {', '.join(_SHAPE[table])}")
+                raise RulesError(f"{where}: unknown key {table}.{key}; {_unknown(key, list(_SHAPE[table]))}")
+            is_table = _SHAPE[table][key] is None
+            if is_table and not isinstance(value, dict):
+                raise RulesError(f"{where}: {table}.{key} = {value!r} must be a table [{table}.{key}] of name = number")
+
+
+def load_rules(path: Path | str | None = None) -> Rules:
+    """Read and check a rules file; None means the default shipped with Standing.
+
+    Missing scalar keys take the spec's example values; a missing
+    ``[purchase.weights]`` or ``[post.labels]`` table means no such rules.
+    """
+    file = Path(path) if path is not None else default_rules_path()
+    where = str(file)
+    data = _read(file)
+    _check_shape(where, data)
 
     def scalar(table: str, key: str) -> float:
-        value = data.get(table, {}).get(key, _SHAPE[table][key])
-        return _number(str(file), f"{table}.{key}", value)
+        return _number(where, f"{table}.{key}", data.get(table, {}).get(key, _SHAPE[table][key]))
 
-    def mapping(table: str, key: str) -> Mapping[str, float]:
+    def mapping(table: str, key: str) -> dict[str, float]:
         content = data.get(table, {}).get(key, {})
-        if not isinstance(content, dict):
-            raise RulesError(f"{file}: [{table}.{key}] must be a table of name = number")
-        return MappingProxyType({name: _number(str(file), f"{table}.{key}.{name}", v) for name, v in content.items()})
+        return {name: _number(where, f"{table}.{key}.{name}", value) for name, value in content.items()}
 
-    rules = Rules(
-        alpha=scalar("network", "alpha"),
-        epsilon=scalar("network", "epsilon"),
-        display_min=scalar("display", "min"),
-        display_max=scalar("display", "max"),
-        display_scale=scalar("display", "scale"),
-        purchase_default_weight=scalar("purchase", "default_weight"),
-        purchase_max_points=scalar("purchase", "max_points"),
-        purchase_weights=mapping("purchase", "weights"),
-        post_labels=mapping("post", "labels"),
-        source=source,
-    )
+    alpha = scalar("network", "alpha")
+    epsilon = scalar("network", "epsilon")
+    low, high = scalar("display", "min"), scalar("display", "max")
+    scale = scalar("display", "scale")
+    max_points = scalar("purchase", "max_points")
     checks = [
-        (0 <= rules.alpha < 1, f"network.alpha = {rules.alpha} must satisfy 0 <= alpha < 1"),
-        (rules.epsilon > 0, f"network.epsilon = {rules.epsilon} must be > 0"),
-        (rules.display_min < rules.display_max, f"display.min = {rules.display_min} must be below display.max = {rules.display_max}"),
-        (rules.display_scale > 0, f"display.scale = {rules.display_scale} must be > 0"),
-        (rules.purchase_max_points >= 0, f"purchase.max_points = {rules.purchase_max_points} must be >= 0"),
+        (0 <= alpha < 1, f"network.alpha = {alpha:g} must satisfy 0 <= alpha < 1"),
+        (epsilon > 0, f"network.epsilon = {epsilon:g} must be > 0"),
+        (low < high, f"display.min = {low:g} must be below display.max = {high:g}"),
+        (scale > 0, f"display.scale = {scale:g} must be > 0"),
+        (max_points >= 0, f"purchase.max_points = {max_points:g} must be >= 0"),
     ]
     for ok, message in checks:
         if not ok:
-            raise RulesError(f"{file}: {message}")
-    return rules
+            raise RulesError(f"{where}: {message}")
+    return Rules(
+        alpha=alpha,
+        epsilon=epsilon,
+        display_min=low,
+        display_max=high,
+        display_scale=scale,
+        purchase_default_weight=scalar("purchase", "default_weight"),
+        purchase_max_points=max_points,
+        purchase_weights=mapping("purchase", "weights"),
+        post_labels=mapping("post", "labels"),
+        source="default" if path is None else where,
+    )

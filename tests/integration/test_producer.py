@@ -4,32 +4,41 @@ on the dead-letter topic with their reason, and never a false success."""
 from __future__ import annotations
 
 import asyncio
+import io
 import json
 import subprocess
 import sys
+import time
 from dataclasses import replace
 
 import pytest
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
 from schemas import codec
-from standing.producer import ProduceError, produce_file
+from standing.producer import MAX_PRINTED_REJECTIONS, EventProducer, ProduceError, produce_file, produce_file_sync
 from streams import events as ev
-from topology import topics
-from topology.routing import pair_key, partition_for
 from tests.helpers import free_port
+from topology import topics
+from topology.admin import end_offsets
+from topology.routing import pair_key, partition_for
 
-LINES = [
+GOOD = [
     {"type": "purchase", "event_id": "p1", "ts": 1, "user_id": "ann", "category": "books", "amount": 10.0},
     {"type": "post", "event_id": "q1", "ts": 2, "user_id": "bob", "post_id": "x", "labels": ["helpful"]},
     {"type": "friendship", "event_id": "f1", "ts": 3, "user_a": "bob", "user_b": "ann", "action": "add"},
-    {"type": "purchase", "event_id": "p2", "ts": 4, "user_id": "ann", "category": "books", "amount": -10.0},
-    "this is not json",
-    {"type": "friendship", "event_id": "f2", "ts": 5, "user_a": "ann", "user_b": "ann", "action": "add"},
-]
+    {"type": "purchase", "event_id": "p3", "ts": 6, "user_id": "Zoë", "category": "books", "amount": 1, "merchant_id": "m"},
+    {"type": "friendship", "event_id": "f3", "ts": 7, "user_a": "ann", "user_b": "cid", "action": "remove", "weight": 2},
+]  # fmt: skip
+BAD = [  # (line, reason)
+    (json.dumps({"type": "purchase", "event_id": "p2", "ts": 4, "user_id": "ann", "category": "books", "amount": -10.0}), "bad_amount"),
+    ("this is not json", "invalid_json"),
+    (json.dumps({"type": "friendship", "event_id": "f2", "ts": 5, "user_a": "ann", "user_b": "ann", "action": "add"}), "self_friendship"),
+    (json.dumps({"type": "review", "event_id": "r1", "ts": 5}), "unknown_type"),
+]  # fmt: skip
 
 
 async def _read(settings, topic: str) -> list:
+    """Every record of a topic, from the beginning to its current end."""
     consumer = AIOKafkaConsumer(bootstrap_servers=settings.broker, enable_auto_commit=False)
     await consumer.start()
     try:
@@ -38,43 +47,124 @@ async def _read(settings, topic: str) -> list:
         await consumer.seek_to_beginning(*partitions)
         ends = await consumer.end_offsets(partitions)
         records = []
-        while sum(ends.values()) > len(records):
-            batch = await consumer.getmany(timeout_ms=2000)
+        deadline = time.monotonic() + 30
+        while sum(ends.values()) > len(records) and time.monotonic() < deadline:
+            batch = await consumer.getmany(timeout_ms=1000)
             for values in batch.values():
                 records += values
+        assert sum(ends.values()) == len(records), f"read {len(records)} of {sum(ends.values())} records of {topic}"
         return records
     finally:
         await consumer.stop()
 
 
-def test_produce_publishes_good_events_and_dead_letters_bad_lines(fresh_settings, tmp_path):
+def _write_lines(path, lines: list[str]) -> None:
+    path.write_bytes("".join(line + "\n" for line in lines).encode())
+
+
+def test_produce_publishes_good_events_once_and_dead_letters_bad_lines(fresh_settings, tmp_path):
     path = tmp_path / "events.jsonl"
-    path.write_text("".join((line if isinstance(line, str) else json.dumps(line)) + "\n" for line in LINES) + "\n")
-    summary = asyncio.run(produce_file(fresh_settings, path, progress=False))
-    assert (summary.lines, summary.sent) == (6, 3)
-    assert summary.rejected == {"bad_amount": 1, "invalid_json": 1, "self_friendship": 1}
+    # Interleave good and bad lines, with blank and whitespace-only lines that are not events.
+    lines = [json.dumps(GOOD[0]), BAD[0][0], "", json.dumps(GOOD[1]), BAD[1][0], json.dumps(GOOD[2]), "   ", BAD[2][0]]
+    lines += [json.dumps(GOOD[3]), BAD[3][0], json.dumps(GOOD[4]), "\r"]
+    _write_lines(path, lines)
+    out = io.StringIO()
+    summary = asyncio.run(produce_file(fresh_settings, path, stream=out))
+    assert (summary.lines, summary.sent) == (9, 5)
+    assert summary.rejected == {"bad_amount": 1, "invalid_json": 1, "self_friendship": 1, "unknown_type": 1}
+    printed = out.getvalue().splitlines()
+    assert printed[0].startswith("line 2: bad_amount: amount is -10.0")
+    assert printed[1].startswith("line 5: invalid_json: ")
+    assert printed[-1].startswith("produce: 9 lines (5 sent, 4 rejected)")
 
-    purchases = asyncio.run(_read(fresh_settings, topics.PURCHASES))
-    assert [(r.key, codec.decode(r.value)[1]["event_id"]) for r in purchases] == [(b"ann", "p1")]
-    assert purchases[0].partition == partition_for("ann", fresh_settings.partitions)
-    friendships = asyncio.run(_read(fresh_settings, topics.FRIENDSHIPS))
-    assert [r.key for r in friendships] == [pair_key("ann", "bob").encode()]
-    assert ev.from_bytes(topics.FRIENDSHIPS, friendships[0].value).user_a == "bob"
-    assert len(asyncio.run(_read(fresh_settings, topics.POSTS))) == 1
+    by_topic = {name: asyncio.run(_read(fresh_settings, name)) for name in (*topics.INPUT_TOPICS, topics.DEAD_LETTERS)}
+    arrived = {}
+    for name in topics.INPUT_TOPICS:
+        for record in by_topic[name]:
+            event = ev.from_bytes(name, record.value)
+            assert record.key == ev.key_for(event).encode()
+            assert record.partition == partition_for(record.key, fresh_settings.partitions)
+            assert event.event_id not in arrived, "delivered twice"
+            arrived[event.event_id] = (name, event)
+    assert arrived == {
+        line["event_id"]: (topics.INPUT_TOPICS[("purchase", "post", "friendship").index(line["type"])], ev.from_dict(line))
+        for line in GOOD
+    }
+    friendship_keys = {record.key for record in by_topic[topics.FRIENDSHIPS]}
+    assert friendship_keys == {pair_key("ann", "bob").encode(), pair_key("ann", "cid").encode()}
 
-    letters = [codec.decode(r.value, "dead_letter")[1] for r in asyncio.run(_read(fresh_settings, topics.DEAD_LETTERS))]
-    assert sorted(letter["reason"] for letter in letters) == ["bad_amount", "invalid_json", "self_friendship"]
-    by_reason = {letter["reason"]: letter for letter in letters}
-    assert by_reason["invalid_json"]["original"] == b"this is not json"
-    assert by_reason["bad_amount"]["source"] == "produce"
-    assert "line 4" in by_reason["bad_amount"]["detail"]
+    letters = [codec.decode(record.value, "dead_letter")[1] for record in by_topic[topics.DEAD_LETTERS]]
+    assert sorted((letter["reason"], letter["original"]) for letter in letters) == sorted(
+        (reason, line.encode()) for line, reason in BAD
+    )
+    for letter in letters:
+        assert letter["source"] == "produce" and letter["topic"] is None and letter["offset"] is None
+        assert letter["detail"].startswith("line ") and "events.jsonl" in letter["detail"]
+
+
+def test_producer_api_sends_events_and_dead_letters_with_their_origin(fresh_settings):
+    purchase = ev.from_dict(GOOD[0])
+
+    async def produce() -> None:
+        async with EventProducer(fresh_settings) as producer:
+            await producer.send(purchase)
+            await producer.send_dead_letter(
+                b"\x00\x00\x00\x00\x01junk", "not_decodable", "the body is not a purchase",
+                source="worker", topic=topics.PURCHASES, partition=2, offset=41, key=b"ann",
+            )  # fmt: skip
+
+    asyncio.run(produce())
+    [sent] = asyncio.run(_read(fresh_settings, topics.PURCHASES))
+    assert (sent.key, ev.from_bytes(topics.PURCHASES, sent.value)) == (b"ann", purchase)
+    [letter] = asyncio.run(_read(fresh_settings, topics.DEAD_LETTERS))
+    assert letter.key == b"ann"
+    record = codec.decode(letter.value, "dead_letter")[1]
+    assert record["received_ts"] > 0
+    assert {k: v for k, v in record.items() if k != "received_ts"} == {
+        "reason": "not_decodable", "detail": "the body is not a purchase", "topic": topics.PURCHASES,
+        "partition": 2, "offset": 41, "key": b"ann", "original": b"\x00\x00\x00\x00\x01junk", "source": "worker",
+    }  # fmt: skip
+
+
+def test_produce_creates_missing_topics_with_the_configured_partitions(fresh_broker, settings, tmp_path):
+    """Otherwise the broker auto-creates them with one partition and the worker
+    cannot co-partition them."""
+    fresh = replace(settings, broker=fresh_broker.address, partitions=3)
+    path = tmp_path / "events.jsonl"
+    _write_lines(path, [json.dumps(GOOD[0]), BAD[0][0]])
+    summary = produce_file_sync(fresh, path, progress=False, stream=io.StringIO())
+    assert (summary.sent, summary.rejected.total()) == (1, 1)
+    offsets = asyncio.run(end_offsets(fresh, [*topics.INPUT_TOPICS, topics.DEAD_LETTERS]))
+    for name in (*topics.INPUT_TOPICS, topics.DEAD_LETTERS):
+        assert sorted(tp.partition for tp in offsets if tp.topic == name) == [0, 1, 2], name
+
+
+def test_produce_refuses_topics_with_another_partition_count(fresh_settings, tmp_path):
+    path = tmp_path / "events.jsonl"
+    _write_lines(path, [json.dumps(GOOD[0])])
+    with pytest.raises(ProduceError, match="partitions"):
+        produce_file_sync(replace(fresh_settings, partitions=fresh_settings.partitions + 1), path, progress=False)
+    assert asyncio.run(_read(fresh_settings, topics.PURCHASES)) == []
+
+
+def test_only_the_first_rejections_are_printed_but_all_are_dead_lettered(fresh_settings, tmp_path):
+    path = tmp_path / "events.jsonl"
+    extra = 5
+    _write_lines(path, [f"bad line {n}" for n in range(MAX_PRINTED_REJECTIONS + extra)])
+    out = io.StringIO()
+    summary = produce_file_sync(fresh_settings, path, progress=False, stream=out)
+    assert summary.rejected == {"invalid_json": MAX_PRINTED_REJECTIONS + extra}
+    printed = out.getvalue().splitlines()
+    assert [line.split(":")[0] for line in printed[:-1]] == [f"line {n}" for n in range(1, MAX_PRINTED_REJECTIONS + 1)]
+    assert printed[-1] == f"... and {extra} more rejected lines (all on the dead-letter topic)"
+    assert len(asyncio.run(_read(fresh_settings, topics.DEAD_LETTERS))) == MAX_PRINTED_REJECTIONS + extra
 
 
 def test_produce_against_a_dead_broker_fails_clearly(settings, tmp_path):
     path = tmp_path / "events.jsonl"
-    path.write_text(json.dumps(LINES[0]) + "\n")
+    _write_lines(path, [json.dumps(GOOD[0])])
     dead = replace(settings, broker=f"127.0.0.1:{free_port()}")
-    with pytest.raises(ProduceError, match="cannot reach Kafka"):
+    with pytest.raises(ProduceError, match=f"cannot reach Kafka at {dead.broker}; start it with `standing broker`"):
         asyncio.run(produce_file(dead, path, progress=False))
     done = subprocess.run(
         [sys.executable, "-m", "standing", "produce", str(path), "--broker", dead.broker],

@@ -3,6 +3,7 @@ ends within epsilon/(1-alpha) of `standing reference` for every user."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import subprocess
 import sys
@@ -87,3 +88,10 @@ def test_replay_with_custom_rules_and_the_command_line(fresh_settings, tmp_path)
     expected = reference_file(events, rules)
     write_scores(tmp_path / "again.jsonl", expected.raw, rules)
     assert reference_out.read_text() == (tmp_path / "again.jsonl").read_text()
+
+    # The README's example consumer, reading the compacted scores topic with
+    # aiokafka + fastavro only, sees the same current scores as `dump`.
+    from examples.consume_scores import latest_scores
+
+    consumed = asyncio.run(latest_scores(fresh_settings.broker, idle_ms=1500))
+    assert {user: record["raw"] for user, record in consumed.items()} == scores

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import random
 import struct
 
 import avro.schema
@@ -38,6 +39,8 @@ SAMPLES = {
 
 def test_every_schema_has_a_sample_and_documents_every_field():
     assert set(SAMPLES) == set(codec.SCHEMA_NAMES)
+    for name in codec.SCHEMA_NAMES:
+        assert codec.schema_json(name)["namespace"] == "standing", name
 
     def check(schema: dict) -> None:
         if isinstance(schema, dict) and schema.get("type") == "record":
@@ -66,6 +69,27 @@ def test_round_trip_with_confluent_framing(name):
     assert record == SAMPLES[name]
 
 
+def test_timestamps_are_documented_as_timestamp_millis_but_stay_ints():
+    assert codec.schema_json("purchase")["fields"][1]["type"] == {"type": "long", "logicalType": "timestamp-millis"}
+    for name, field in [("purchase", "ts"), ("score", "ts"), ("dead_letter", "received_ts")]:
+        _, record = codec.decode(codec.encode(name, SAMPLES[name]))
+        assert type(record[field]) is int and record[field] == SAMPLES[name][field]
+
+
+def test_decode_accepts_any_bytes_like_and_a_tuple_of_expected_names():
+    data = codec.encode("score", SAMPLES["score"])
+    assert codec.decode(memoryview(data), ("purchase", "score")) == ("score", SAMPLES["score"])
+    assert codec.decode(bytearray(data), "score")[1] == SAMPLES["score"]
+    with pytest.raises(codec.DecodeError) as error:
+        codec.decode(data, ("purchase", "post"))
+    assert error.value.reason == "wrong_schema"
+
+
+def test_encoding_with_an_unknown_schema_name_says_which_exist():
+    with pytest.raises(ValueError, match="purchase"):
+        codec.encode("purchases", SAMPLES["purchase"])
+
+
 def test_registry_ids_are_unique_and_files_exist():
     registry = json.loads((codec.SCHEMA_DIR / "registry.json").read_text())
     ids = [entry["id"] for entry in registry["schemas"]]
@@ -89,6 +113,44 @@ def test_garbage_gives_a_reason_never_a_crash(data, reason):
         codec.decode(data, "purchase")
     assert error.value.reason == reason
     assert error.value.detail
+
+
+def test_every_truncation_of_every_schema_is_not_decodable():
+    for name, sample in SAMPLES.items():
+        data = codec.encode(name, sample)
+        for end in range(len(data)):
+            with pytest.raises(codec.DecodeError) as error:
+                codec.decode(data[:end])
+            assert error.value.reason == "not_decodable", (name, end)
+
+
+def test_corrupted_bytes_never_raise_anything_but_decode_error():
+    """Deterministic fuzzing: overwrite, insert and append bytes in valid records
+    (lengths and counts become absurd), plus pure noise behind a valid header."""
+    rng = random.Random(1234)
+    outcomes: dict[str, int] = {}
+    for _ in range(20_000):
+        name = rng.choice(sorted(SAMPLES))
+        data = bytearray(codec.encode(name, SAMPLES[name]))
+        mode = rng.randrange(4)
+        if mode == 0:
+            data[5:] = rng.randbytes(rng.randrange(40))
+        elif mode == 1:
+            for _ in range(rng.randrange(1, 4)):
+                data[rng.randrange(5, len(data))] = rng.randrange(256)
+        elif mode == 2:
+            at = rng.randrange(5, len(data))
+            data[at:at] = b"\xff" * rng.randrange(1, 10) + bytes([rng.randrange(128)])
+        else:
+            data += rng.randbytes(rng.randrange(1, 5))
+        try:
+            codec.decode(bytes(data))
+            outcome = "decoded"
+        except codec.DecodeError as error:
+            assert error.reason == "not_decodable" and error.detail
+            outcome = error.reason
+        outcomes[outcome] = outcomes.get(outcome, 0) + 1
+    assert outcomes["not_decodable"] > 10_000
 
 
 def test_trailing_bytes_and_wrong_schema_are_rejected():
@@ -121,11 +183,23 @@ def test_current_schema_can_read_the_previous_release(name):
     assert _compatible(codec.schema_json(name), previous)
 
 
+def test_every_registered_version_is_readable_as_the_newest():
+    """Any id in registry.json can be read: the newest version of its name must
+    be able to read every older one."""
+    registry = json.loads((codec.SCHEMA_DIR / "registry.json").read_text())
+    for entry in registry["schemas"]:
+        written = json.loads((codec.SCHEMA_DIR / entry["file"]).read_text())
+        assert _compatible(codec.schema_json(entry["name"]), written), entry
+
+
 def test_the_gate_catches_an_incompatible_change():
     previous = codec.schema_json("purchase")
     broken = json.loads(json.dumps(previous))
     broken["fields"].append({"name": "channel", "type": "string", "doc": "new, without a default"})
     assert not _compatible(broken, previous)
+    retyped = json.loads(json.dumps(previous))
+    retyped["fields"][4]["type"] = "string"  # amount: double -> string
+    assert not _compatible(retyped, previous)
     fixed = json.loads(json.dumps(previous))
     fixed["fields"].append({"name": "channel", "type": "string", "default": "web", "doc": "new, with a default"})
     assert _compatible(fixed, previous)
