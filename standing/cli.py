@@ -21,6 +21,7 @@ def _settings(args: argparse.Namespace) -> Settings:
         metrics_port=getattr(args, "metrics_port", None),
         partitions=getattr(args, "partitions", None),
         app_id=getattr(args, "app_id", None),
+        worker_id=getattr(args, "worker_id", None),
     )
 
 
@@ -238,6 +239,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_argument("--data-dir", type=Path, help="RocksDB tables (default .standing/worker)")
     sub.add_argument("--web-port", type=int, help="query API port (default 6066)")
     sub.add_argument("--metrics-port", type=int, help="Prometheus metrics port (default 9464; 0 = off)")
+    sub.add_argument("--worker-id", help="stable identity in the consumer group (default: host + data directory)")
     sub.add_argument("--loglevel", default="warning", choices=["debug", "info", "warning", "error"])
 
     sub = command("topics", "create every topic Standing uses (idempotent)", cmd_topics)
@@ -296,6 +298,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    from standing.redaction import install_secret_redaction
+
+    install_secret_redaction(Settings.from_env())
     try:
         return args.handler(args)
     except KeyboardInterrupt:

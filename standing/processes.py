@@ -60,6 +60,8 @@ def start_worker_process(settings: Settings, *, log_path: Path, rules_path: Path
     ]
     if rules_path is not None:
         command += ["--rules", str(rules_path)]
+    if settings.worker_id:
+        command += ["--worker-id", settings.worker_id]
     log_path.parent.mkdir(parents=True, exist_ok=True)
     log = log_path.open("ab")
     return subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, preexec_fn=_die_with_parent)

@@ -24,6 +24,17 @@ def _env_int(name: str, default: int) -> int:
         raise SystemExit(f"{name}={raw!r} is not a whole number; unset it or give e.g. {name}={default}")
 
 
+def _env_bool(name: str) -> bool | None:
+    value = os.environ.get(name, "").strip().lower()
+    if value in ("", "auto"):
+        return None
+    if value in ("1", "true", "yes", "on"):
+        return True
+    if value in ("0", "false", "no", "off"):
+        return False
+    raise ValueError(f"{name}={value!r}: expected 1/0, true/false or auto")
+
+
 @dataclass(frozen=True)
 class Settings:
     #: Kafka bootstrap address, HOST:PORT (several separated by commas).
@@ -38,6 +49,17 @@ class Settings:
     partitions: int = 8
     #: Faust application id = consumer group = changelog topic prefix.
     app_id: str = "standing"
+    #: This worker's stable identity in the consumer group (Kafka static
+    #: membership, group.instance.id). A restarted worker with the same id takes
+    #: its partitions back at once, without a rebalance or waiting for the old
+    #: session to expire. Empty: derived from the host name and the data
+    #: directory (two workers never share a data directory). Give each replica
+    #: of a deployment its own (a StatefulSet pod name, for instance).
+    worker_id: str = ""
+    #: Remove group members whose worker stopped answering (see
+    #: streams/reaper.py): a workaround for brokers that never expire dead
+    #: members (noida-db 0.2.3). None = only when the broker is on loopback.
+    reap_dead_members: bool | None = None
     #: Faust web server (query API) bind address and port.
     web_host: str = "127.0.0.1"
     web_port: int = 6066
@@ -74,6 +96,8 @@ class Settings:
             broker_data_dir=Path(env.get("STANDING_BROKER_DATA_DIR") or base.broker_data_dir),
             partitions=_env_int("STANDING_PARTITIONS", base.partitions),
             app_id=env.get("STANDING_APP_ID") or base.app_id,
+            worker_id=env.get("STANDING_WORKER_ID") or "",
+            reap_dead_members=_env_bool("STANDING_REAP_DEAD_MEMBERS"),
             web_host=env.get("STANDING_WEB_HOST") or base.web_host,
             web_port=_env_int("STANDING_WEB_PORT", base.web_port),
             metrics_port=_env_int("STANDING_METRICS_PORT", base.metrics_port),
@@ -87,6 +111,17 @@ class Settings:
     def with_overrides(self, **changes) -> "Settings":
         """A copy with every non-None keyword applied (command-line flags)."""
         return replace(self, **{k: v for k, v in changes.items() if v is not None})
+
+    @property
+    def group_instance_id(self) -> str:
+        """The worker's group.instance.id: ``worker_id``, else host + data directory."""
+        if self.worker_id:
+            return f"{self.app_id}-{self.worker_id}"
+        import hashlib
+        import socket
+
+        where = hashlib.sha1(str(Path(self.data_dir).resolve()).encode()).hexdigest()[:10]
+        return f"{self.app_id}-{socket.gethostname()}-{where}"
 
     @property
     def bootstrap_servers(self) -> list[str]:

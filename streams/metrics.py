@@ -55,5 +55,9 @@ CONSUMER_LAG = Gauge(
 TABLE_KEYS = Gauge("standing_table_keys", "Keys held in a state table on this worker: users, or friendship pairs (exact count, refreshed every 15 s).", ["table"])
 TABLE_BYTES = Gauge("standing_table_bytes", "Bytes on disk of a state table on this worker.", ["table"])
 ASSIGNED_PARTITIONS = Gauge("standing_assigned_partitions", "Partitions of the input topics this worker owns.", ["topic"])
+MEMBERS_EVICTED = Counter(
+    "standing_group_members_evicted_total",
+    "Dead consumer-group members this worker removed (brokers that never expire them; streams/reaper.py).",
+)
 REBALANCES = Counter("standing_rebalances_total", "Rebalances this worker went through (partition assignments).")
 READY = Gauge("standing_ready", "1 when the worker holds recovered partitions and is processing, else 0.")

@@ -13,6 +13,7 @@ from standing.settings import Settings
 from streams.agents import Scorer
 from streams.api import install_api
 from streams.monitoring import install_monitoring
+from streams.reaper import install_reaper
 from streams.app import create_app
 from streams.rules import Rules
 from topology.admin import TopologyError, ensure_topics, wait_for_broker
@@ -52,6 +53,7 @@ def run_worker(settings: Settings, rules: Rules, *, loglevel: str = "warning", b
             return 2
     settings.data_dir.mkdir(parents=True, exist_ok=True)
     app, _ = build(settings, rules)
+    install_reaper(app, settings, loop)
     say(
         f"consuming from {settings.broker} as group {settings.app_id!r}; "
         f"API http://{settings.web_host}:{settings.web_port}, "
