@@ -26,6 +26,7 @@ test-integration: install
 	$(BIN)/pytest -q tests/integration
 
 bench: install
+	$(BIN)/pip install --quiet -e '.[test,bench]'
 	$(BIN)/standing bench $(ARGS)
 
 clean:

@@ -4,11 +4,19 @@ Every figure is measured in the same run on the same broker and reported as a
 ratio against a baseline of that run (machines are noisy; ratios travel).
 Results go to ops/bench/results/latest.json and a line of history.jsonl.
 
-Baselines (each consumes the same pre-produced events from offset 0):
+Phases, one broker, one run: pre-produce the population's events; the scorer
+from start to quiescence (events/s, amplification, state size, peak RSS);
+recovery of a worker with the same identity on an empty data directory; the
+event-to-score latency at half the measured rate (from the worker's histogram,
+interpolated like Prometheus' histogram_quantile); a celebrity whose change
+reaches all their friends. Then the baselines on the same events from offset 0:
 * plain Faust: one agent, a RocksDB Table with a per-key running sum, one
   output record per input record (the usual way to write it);
+* quixstreams with RocksDB state (a bench-only extra: `pip install quixstreams`);
 * raw aiokafka: a consume -> dict -> produce loop (an upper bound for Python).
-quixstreams is not a dependency of Standing; it is measured only if installed.
+
+`standing bench --soak SECONDS` instead runs a steady rate and prints memory
+and backlog over time (issue #5's soak).
 """
 
 from __future__ import annotations
@@ -29,8 +37,9 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 
 from standing import processes
 from standing.broker import EmbeddedBroker
-from standing.control import wait_until_quiescent
-from standing.population import PopulationConfig, generate_events
+from standing.control import backlog, wait_until_quiescent
+from standing.population import LiveSimulation, PopulationConfig, generate_events
+from standing.producer import EventProducer
 from standing.settings import Settings
 from streams import events as ev
 from topology import topics
@@ -58,7 +67,7 @@ PLAIN_FAUST_APP = textwrap.dedent(
             seen["n"] += 1
             if seen["n"] == total:
                 print("DONE", flush=True)
-    faust.Worker(app, loglevel="error", quiet=True, redirect_stdouts=False).execute_from_commandline()
+    faust.Worker(app, loglevel="info", quiet=True, redirect_stdouts=False).execute_from_commandline()
     """
 )
 
@@ -119,110 +128,508 @@ async def _raw_aiokafka_loop(settings: Settings, total: int) -> float:
         await producer.stop()
 
 
-def _plain_faust(settings: Settings, workdir: Path, total: int) -> float:
+def _plain_faust(settings: Settings, workdir: Path, total: int) -> float | None:
+    """Seconds to consume every event, or None (with the reason printed) on failure."""
     script = workdir / "plain_faust.py"
     script.write_text(PLAIN_FAUST_APP)
+    log_path = workdir / "plain-faust.log"
+    limit = max(120.0, total / 200)  # the baseline does ~1k events/s; 5x slack
     started = time.monotonic()
-    process = subprocess.Popen(
-        [sys.executable, str(script), settings.broker, str(workdir / "plain-data"), "bench-plain", str(total), str(settings.partitions)],
-        stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
-    )  # fmt: skip
+    with log_path.open("w") as log:
+        process = subprocess.Popen(
+            [sys.executable, str(script), settings.broker, str(workdir / "plain-data"), "bench-plain", str(total), str(settings.partitions)],
+            stdout=subprocess.PIPE, stderr=log, text=True,
+        )  # fmt: skip
+        try:
+            done = _first_line(process, "DONE", limit)
+        finally:
+            processes.stop_process(process)
+    if done:
+        return time.monotonic() - started
+    _say(f"plain Faust baseline did not finish within {limit:.0f} s; its log: {log_path}")
+    _say(log_path.read_text()[-2000:])
+    return None
+
+
+def _first_line(process: subprocess.Popen, prefix: str, limit: float) -> bool:
+    """Whether ``process`` prints a line starting with ``prefix`` within ``limit`` seconds."""
+    import selectors
+
+    deadline = time.monotonic() + limit
+    selector = selectors.DefaultSelector()
+    selector.register(process.stdout, selectors.EVENT_READ)
+    buffered = ""
+    while time.monotonic() < deadline:
+        if not selector.select(timeout=max(0.0, min(1.0, deadline - time.monotonic()))):
+            if process.poll() is not None:
+                return False
+            continue
+        chunk = os.read(process.stdout.fileno(), 65536).decode(errors="replace")
+        if not chunk:
+            return False
+        buffered += chunk
+        if any(line.startswith(prefix) for line in buffered.splitlines()):
+            return True
+    return False
+
+
+QUIX_APP = textwrap.dedent(
+    """
+    import sys
+    from quixstreams import Application
+    broker, state_dir, group, total = sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4])
+    app = Application(broker_address=broker, consumer_group=group, auto_offset_reset="earliest", state_dir=state_dir,
+                      auto_create_topics=True, loglevel="ERROR")
+    seen = {"n": 0}
+    def running_sum(value, key, timestamp, headers, state):
+        total_bytes = state.get("sum", 0) + len(value)
+        state.set("sum", total_bytes)
+        seen["n"] += 1
+        if seen["n"] == total:
+            print("DONE", flush=True)
+        return str(total_bytes).encode()
+    out = app.topic("bench-quix-out", value_serializer="bytes", key_serializer="bytes")
+    for name in ("purchases", "posts", "friendships"):
+        sdf = app.dataframe(app.topic(name, value_deserializer="bytes", key_deserializer="bytes"))
+        sdf = sdf.apply(running_sum, stateful=True, metadata=True)
+        sdf.to_topic(out)
+    app.run()
+    """
+)
+
+
+def _quixstreams(settings: Settings, workdir: Path, total: int) -> float | None:
     try:
-        for line in process.stdout:
-            if line.startswith("DONE"):
-                return time.monotonic() - started
-        raise RuntimeError(f"the plain Faust baseline exited with {process.wait()} before consuming {total} events")
-    finally:
-        processes.stop_process(process)
-
-
-def _scorer(settings: Settings, workdir: Path) -> tuple[float, dict, int]:
-    log_path = workdir / "worker.log"
+        import quixstreams  # noqa: F401  (a bench-only extra)
+    except ImportError:
+        return None
+    script = workdir / "quix_app.py"
+    script.write_text(QUIX_APP)
+    log_path = workdir / "quix.log"
     started = time.monotonic()
-    worker = processes.start_worker_process(settings, log_path=log_path)
-    try:
-        processes.wait_for_metrics(settings.metrics_port, worker, log_path=log_path)
-        peak_rss = asyncio.run(_quiescent_sampling_rss(settings))
-        elapsed = time.monotonic() - started  # includes the worker's start-up (~2 s)
-        return elapsed, processes.scrape_metrics(settings.metrics_port), peak_rss
-    finally:
-        processes.stop_process(worker)
+    with log_path.open("w") as log:
+        process = subprocess.Popen(
+            [sys.executable, str(script), settings.broker, str(workdir / "quix-state"), "bench-quix", str(total)],
+            stdout=subprocess.PIPE, stderr=log, text=True,
+        )  # fmt: skip
+        try:
+            done = _first_line(process, "DONE", max(120.0, total / 500))
+        finally:
+            processes.stop_process(process)
+    if done:
+        return time.monotonic() - started
+    _say(f"quixstreams baseline did not finish; its log: {log_path}")
+    return None
 
 
-async def _quiescent_sampling_rss(settings: Settings) -> int:
+def state_sizes(data_dir: Path) -> dict[str, tuple[int, int, int]]:
+    """Per table: (keys, bytes of encoded keys + values, bytes of RocksDB data files).
+
+    Data files are the SST files and the write-ahead log; RocksDB's own LOG,
+    OPTIONS and MANIFEST files (~40 KB per partition whatever its size) are left
+    out so the figure scales with users, not partitions.
+    """
+    from rocksdict import AccessType, Options, Rdict
+
+    sizes: dict[str, tuple[int, int, int]] = {}
+    for table in ("users", "pairs"):
+        keys = encoded = on_disk = 0
+        for path in sorted(Path(data_dir).glob(f"v*/tables/{table}-*.db")):
+            db = Rdict(str(path), options=Options(raw_mode=True), access_type=AccessType.read_only())
+            try:
+                for key, value in db.items():
+                    if not key.startswith(b"__faust"):
+                        keys += 1
+                        encoded += len(key) + len(value)
+            finally:
+                db.close()
+            on_disk += sum(file.stat().st_size for file in path.iterdir() if file.suffix in (".sst", ".log") and file.name != "LOG")
+        sizes[table] = (keys, encoded, on_disk)
+    return sizes
+
+
+class ScorerUnderTest:
+    """One worker process of the scorer, with its own ports; stopped by the bench."""
+
+    def __init__(self, settings: Settings, workdir: Path) -> None:
+        self.settings = settings
+        self.workdir = workdir
+        self.process = None
+
+    def start(self, data_dir: Path, name: str) -> float:
+        """Start a worker on ``data_dir``; returns when its metrics answer."""
+        self.settings = replace(self.settings, data_dir=data_dir)
+        log_path = self.workdir / f"{name}.log"
+        started = time.monotonic()
+        self.process = processes.start_worker_process(self.settings, log_path=log_path)
+        processes.wait_for_metrics(self.settings.metrics_port, self.process, log_path=log_path)
+        return started
+
+    def samples(self) -> dict:
+        return processes.scrape_metrics(self.settings.metrics_port)
+
+    def value(self, name: str, **labels: str) -> float:
+        return processes.sum_samples(self.samples(), name, **labels)
+
+    def stop(self) -> None:
+        if self.process is not None:
+            processes.stop_process(self.process)
+            self.process = None
+
+
+async def _quiescent_sampling_rss(worker: ScorerUnderTest, progress=sys.stderr) -> int:
     peak = 0
 
     async def sample() -> None:
         nonlocal peak
         while True:
             try:
-                samples = processes.scrape_metrics(settings.metrics_port, timeout=1)
-                peak = max(peak, int(processes.sum_samples(samples, "process_resident_memory_bytes")))
+                peak = max(peak, int(worker.value("process_resident_memory_bytes")))
             except OSError:
                 pass
             await asyncio.sleep(0.5)
 
     sampler = asyncio.create_task(sample())
     try:
-        await wait_until_quiescent(settings, timeout=3600, progress=sys.stderr)
+        await wait_until_quiescent(worker.settings, timeout=7200, progress=progress)
     finally:
         sampler.cancel()
     return peak
 
 
-def run_bench(*, users: int, events: int, seed: int, partitions: int, out_dir: Path = RESULTS_DIR, baselines: bool = True) -> dict:
+def histogram_buckets(samples: dict, name: str) -> list[tuple[float, float]]:
+    """(upper bound, cumulative count) of a Prometheus histogram, sorted."""
+    buckets = []
+    for (sample_name, labels), value in samples.items():
+        if sample_name == f"{name}_bucket":
+            bound = dict(labels)["le"]
+            buckets.append((float("inf") if bound == "+Inf" else float(bound), value))
+    return sorted(buckets)
+
+
+def histogram_quantile(q: float, before: list[tuple[float, float]], after: list[tuple[float, float]]) -> float | None:
+    """Prometheus' histogram_quantile over the observations between two scrapes."""
+    earlier = dict(before)
+    buckets = [(bound, count - earlier.get(bound, 0.0)) for bound, count in after]
+    if not buckets or buckets[-1][1] <= 0:
+        return None
+    rank = q * buckets[-1][1]
+    lower_bound, lower_count = 0.0, 0.0
+    for bound, count in buckets:
+        if count >= rank:
+            if bound == float("inf"):
+                return lower_bound
+            if count == lower_count:
+                return bound
+            return lower_bound + (bound - lower_bound) * (rank - lower_count) / (count - lower_count)
+        lower_bound, lower_count = bound, count
+    return None
+
+
+def histogram_max_bound(before: list[tuple[float, float]], after: list[tuple[float, float]]) -> float | None:
+    """Upper bound of the highest bucket that gained observations (a histogram keeps no max)."""
+    earlier = dict(before)
+    previous = 0.0
+    highest = None
+    for bound, count in after:
+        gained = count - earlier.get(bound, 0.0)
+        if gained > previous:
+            highest = bound
+        previous = gained
+    return highest
+
+
+async def _offer(settings: Settings, config: PopulationConfig, rate: float, seconds: float) -> int:
+    """Produce the population's events at ``rate`` per second, stamped now, for ``seconds``."""
+    sent = 0
+    deadline = time.monotonic() + seconds
+    steady = replace(config, initial_graph=False)  # no unpaced burst of the initial friendships
+    async with EventProducer(settings, create_topics=False) as producer:
+        async for item in LiveSimulation(steady, rate):
+            if time.monotonic() >= deadline:
+                break
+            try:
+                await producer.send(ev.from_dict(item))
+                sent += 1
+            except ev.Rejected:
+                continue
+    return sent
+
+
+def _latency_at(worker: ScorerUnderTest, config: PopulationConfig, rate: float, seconds: float) -> dict:
+    before = histogram_buckets(worker.samples(), "standing_event_to_score_seconds")
+    offered = asyncio.run(_offer(worker.settings, config, rate, seconds))
+    asyncio.run(wait_until_quiescent(worker.settings, timeout=600, progress=None))
+    time.sleep(0.2)
+    after = histogram_buckets(worker.samples(), "standing_event_to_score_seconds")
+    return {
+        "latency_offered_events_per_s": offered / seconds,
+        "latency_p50_s": histogram_quantile(0.50, before, after),
+        "latency_p99_s": histogram_quantile(0.99, before, after),
+        "latency_max_bucket_s": histogram_max_bound(before, after),
+    }
+
+
+async def _produce_events(settings: Settings, events: list) -> None:
+    async with EventProducer(settings, create_topics=False) as producer:
+        for event in events:
+            await producer.send(event)
+
+
+def _celebrity(worker: ScorerUnderTest, users: int, friends: int, seed: int) -> dict:
+    """One user befriends ``friends`` others; then one purchase of theirs moves every friend."""
+    now = int(time.time() * 1000)
+    celebrity = "celebrity"
+    adds = [
+        ev.from_dict({"type": "friendship", "event_id": f"celeb-add-{i}", "ts": now, "user_a": celebrity,
+                      "user_b": f"u{i % users:06d}" if i < users else f"fan{i:07d}", "action": "add"})
+        for i in range(friends)
+    ]  # fmt: skip
+    started = time.monotonic()
+    asyncio.run(_produce_events(worker.settings, adds))
+    asyncio.run(wait_until_quiescent(worker.settings, timeout=3600, progress=None))
+    set_up = time.monotonic() - started
+    before = histogram_buckets(worker.samples(), "standing_event_to_score_seconds")
+    purchase = ev.from_dict({"type": "purchase", "event_id": "celeb-buy", "ts": int(time.time() * 1000),
+                             "user_id": celebrity, "category": "groceries", "amount": 400.0})  # fmt: skip
+    started = time.monotonic()
+
+    async def ordinary_meanwhile() -> None:
+        config = PopulationConfig(users=users, events=10**9, seed=seed + 2)
+        await _offer(worker.settings, config, 50.0, 3.0)
+
+    async def both() -> None:
+        await asyncio.gather(_produce_events(worker.settings, [purchase]), ordinary_meanwhile())
+
+    asyncio.run(both())
+    asyncio.run(wait_until_quiescent(worker.settings, timeout=3600, progress=None))
+    quiescent = time.monotonic() - started
+    after = histogram_buckets(worker.samples(), "standing_event_to_score_seconds")
+    return {
+        "celebrity_friends": friends,
+        "celebrity_befriending_s": set_up,
+        "celebrity_change_to_quiescence_s": quiescent,
+        "celebrity_meanwhile_p99_s": histogram_quantile(0.99, before, after),
+    }
+
+
+def _wait_ready(worker: ScorerUnderTest, started: float, timeout: float = 3600) -> float:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            if worker.value("standing_ready") >= 1:
+                return time.monotonic() - started
+        except OSError:
+            pass
+        time.sleep(0.1)
+    raise RuntimeError(f"the worker was not ready after {timeout:.0f} s")
+
+
+def run_bench(
+    *,
+    users: int,
+    events: int,
+    seed: int,
+    partitions: int,
+    out_dir: Path = RESULTS_DIR,
+    baselines: bool = True,
+    latency_seconds: float = 30.0,
+    celebrity_friends: int | None = None,
+) -> dict:
     config = PopulationConfig(users=users, events=events, seed=seed)
+    celebrity_friends = users if celebrity_friends is None else celebrity_friends
+    figures: dict = {"events": 0, "users": users, "partitions": partitions}
     with tempfile.TemporaryDirectory(prefix="standing-bench-") as tmp:
         workdir = Path(tmp)
         broker = EmbeddedBroker(port=processes.free_port(), data_dir=workdir / "broker").start()
+        worker = None
         try:
             settings = replace(
                 Settings(), broker=broker.address, app_id="bench", data_dir=workdir / "worker", partitions=partitions,
-                web_port=processes.free_port(), metrics_port=processes.free_port(),
+                web_port=processes.free_port(), metrics_port=processes.free_port(), worker_id="bench-1",
             )  # fmt: skip
             asyncio.run(ensure_topics(settings))
             _say(f"pre-producing {events} events of {users} users (seed {seed})")
             total = asyncio.run(_preproduce(settings, config))
-            _say("scorer: one worker, from the first event to quiescence")
-            scorer_s, samples, peak_rss = _scorer(settings, workdir)
-            figures: dict = {"events": total, "users": users, "partitions": partitions}
+            figures["events"] = total
+
+            _say("scorer: one worker, from start to quiescence")
+            worker = ScorerUnderTest(settings, workdir)
+            started = worker.start(workdir / "worker-1", "worker-1")
+            peak_rss = asyncio.run(_quiescent_sampling_rss(worker))
+            scorer_s = time.monotonic() - started  # includes the worker's start-up (~2 s)
+            samples = worker.samples()
             figures["scorer_events_per_s"] = total / scorer_s
             accepted = processes.sum_samples(samples, "standing_events_accepted_total") or 1
             figures["friend_updates_per_event"] = processes.sum_samples(samples, "standing_friend_updates_sent_total") / accepted
             figures["kafka_messages_per_event"] = processes.sum_samples(samples, "standing_friend_update_messages_sent_total") / accepted
             figures["scores_per_event"] = processes.sum_samples(samples, "standing_scores_published_total") / accepted
-            user_keys = processes.sum_samples(samples, "standing_table_keys", table="users") or 1
-            figures["state_bytes_per_user"] = processes.sum_samples(samples, "standing_table_bytes", table="users") / user_keys
+            worker.stop()  # the tables are measured closed, as they are on disk
+            sizes = state_sizes(worker.settings.data_dir)
+            users_held, user_bytes, user_disk = sizes["users"]
+            pairs_held, pair_bytes, pair_disk = sizes["pairs"]
+            figures["users_held"] = users_held
+            figures["pairs_held"] = pairs_held
+            figures["state_encoded_bytes_per_user"] = user_bytes / max(1, users_held)
+            figures["state_encoded_bytes_per_pair"] = pair_bytes / max(1, pairs_held)
+            figures["state_disk_bytes_per_user"] = user_disk / max(1, users_held)
+            figures["state_disk_bytes_per_pair"] = pair_disk / max(1, pairs_held)
             figures["worker_peak_rss_bytes"] = peak_rss
+
+            _say("recovery: the same worker identity on an empty data directory, until ready")
+            started = worker.start(workdir / "worker-2", "worker-2")
+            figures["recovery_to_ready_s"] = _wait_ready(worker, started)
+
+            rate = max(10.0, figures["scorer_events_per_s"] / 2)
+            _say(f"latency: {latency_seconds:.0f} s at {rate:.0f} events/s (half the measured maximum)")
+            figures.update(_latency_at(worker, replace(config, seed=seed + 1, events=10**9), rate, latency_seconds))
+
+            _say(f"celebrity: one user with {celebrity_friends} friends changes")
+            figures.update(_celebrity(worker, users, celebrity_friends, seed))
+            worker.stop()
+            worker = None
+
             if baselines:
                 _say("baseline: raw aiokafka loop")
                 figures["raw_aiokafka_events_per_s"] = total / asyncio.run(_raw_aiokafka_loop(settings, total))
                 _say("baseline: plain Faust agent + RocksDB table")
-                figures["plain_faust_events_per_s"] = total / _plain_faust(settings, workdir, total)
-                figures["ratio_scorer_over_plain_faust"] = figures["scorer_events_per_s"] / figures["plain_faust_events_per_s"]
-                figures["ratio_scorer_over_aiokafka"] = figures["scorer_events_per_s"] / figures["raw_aiokafka_events_per_s"]
+                plain_s = _plain_faust(settings, workdir, total)
+                figures["plain_faust_events_per_s"] = total / plain_s if plain_s else None
+                _say("baseline: quixstreams + RocksDB state (if installed)")
+                quix_s = _quixstreams(settings, workdir, total)
+                figures["quixstreams_events_per_s"] = total / quix_s if quix_s else None
+                for name, key in (("quixstreams", "quixstreams_events_per_s"), ("plain_faust", "plain_faust_events_per_s"), ("aiokafka", "raw_aiokafka_events_per_s")):
+                    figures[f"ratio_scorer_over_{name}"] = figures["scorer_events_per_s"] / figures[key] if figures.get(key) else None
         finally:
+            if worker is not None:
+                worker.stop()
             broker.stop()
     result = {
         "when": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-        "machine": {"cpus": os.cpu_count(), "python": platform.python_version(), "platform": platform.platform()},
-        "config": {"users": users, "events": events, "seed": seed, "partitions": partitions},
+        "machine": {"cpus": os.cpu_count(), "python": platform.python_version(), "platform": platform.platform(), "broker": "noida-db (embedded)"},
+        "config": {"users": users, "events": events, "seed": seed, "partitions": partitions, "latency_seconds": latency_seconds},
         "figures": figures,
-        "not_measured": [
-            "quixstreams baseline (not installed)",
-            "latency at half load",
-            "recovery time from an empty data directory",
-            "celebrity user",
-        ],
+        "targets": _targets(figures),
     }
-    _print_table(figures)
+    _print_table(figures, result["targets"])
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / "latest.json").write_text(json.dumps(result, indent=2) + "\n")
-    with (out_dir / "history.jsonl").open("a") as history:
-        history.write(json.dumps(result) + "\n")
+    history = out_dir / "history.jsonl"
+    lines = history.read_text().splitlines() if history.exists() else []
+    history.write_text("\n".join((lines + [json.dumps(result)])[-50:]) + "\n")  # a short history
     return result
 
 
-def _print_table(figures: dict) -> None:
-    width = max(len(name) for name in figures)
-    print("\n".join(f"{name:<{width}}  {value:,.3f}" if isinstance(value, float) else f"{name:<{width}}  {value:,}" for name, value in figures.items()))
+def _targets(figures: dict) -> dict:
+    """Each target of issue #6 against this run's figures: met, missed or not measured."""
+
+    def check(value, limit, above: bool):
+        if value is None:
+            return "not measured"
+        return "met" if (value >= limit if above else value <= limit) else "missed"
+
+    users, pairs = figures.get("users_held", 0), figures.get("pairs_held", 0)
+    bytes_budget = 300 * users + 40 * pairs
+    state_bytes = figures.get("state_disk_bytes_per_user", 0) * users + figures.get("state_disk_bytes_per_pair", 0) * pairs
+    return {
+        "scorer >= 1.0x quixstreams": check(figures.get("ratio_scorer_over_quixstreams"), 1.0, True),
+        "scorer >= 15x plain Faust": check(figures.get("ratio_scorer_over_plain_faust"), 15.0, True),
+        "p99 <= 100 ms at half load": check(figures.get("latency_p99_s"), 0.1, False),
+        "state <= 300 B/user + 40 B/friendship": check(state_bytes if figures.get("users_held") else None, bytes_budget, False),
+        "celebrity quiescence <= 1 s": check(figures.get("celebrity_change_to_quiescence_s"), 1.0, False),
+        "recovery <= 30 s (scaled to 100k users)": check(
+            figures["recovery_to_ready_s"] * 100_000 / max(1, figures.get("users_held", 1)) if figures.get("recovery_to_ready_s") else None, 30.0, False
+        ),
+    }
+
+
+def _print_table(figures: dict, targets: dict) -> None:
+    width = max(len(name) for name in list(figures) + list(targets))
+    for name, value in figures.items():
+        if value is None:
+            shown = "not measured"
+        elif isinstance(value, float):
+            shown = f"{value:,.3f}"
+        else:
+            shown = f"{value:,}"
+        print(f"{name:<{width}}  {shown}")
+    print()
+    for name, verdict in targets.items():
+        print(f"{name:<{width}}  {verdict}")
+
+
+def run_soak(*, seconds: float, rate: float, users: int, seed: int, partitions: int, sample_every: float = 10.0) -> dict:
+    """A steady offered rate for ``seconds``: memory and lag must stay flat.
+
+    Prints one line per sample (RSS, total backlog) and the slopes of a
+    least-squares line through the second half of the samples.
+    """
+    config = PopulationConfig(users=users, events=10**9, seed=seed)
+    samples: list[tuple[float, float, float]] = []
+    with tempfile.TemporaryDirectory(prefix="standing-soak-") as tmp:
+        workdir = Path(tmp)
+        broker = EmbeddedBroker(port=processes.free_port(), data_dir=workdir / "broker").start()
+        worker = None
+        try:
+            settings = replace(
+                Settings(), broker=broker.address, app_id="soak", partitions=partitions, worker_id="soak-1",
+                web_port=processes.free_port(), metrics_port=processes.free_port(),
+            )  # fmt: skip
+            asyncio.run(ensure_topics(settings))
+            worker = ScorerUnderTest(settings, workdir)
+            worker.start(workdir / "worker", "worker")
+
+            async def soak() -> None:
+                producer = asyncio.create_task(_offer(settings, config, rate, seconds))
+                started = time.monotonic()
+                admin, consumer = await _clients(settings)
+                try:
+                    while not producer.done():
+                        await asyncio.sleep(sample_every)
+                        rss = worker.value("process_resident_memory_bytes")
+                        left = (await backlog(settings, admin, consumer)).total
+                        elapsed = time.monotonic() - started
+                        samples.append((elapsed, rss, left))
+                        print(f"soak: {elapsed:6.0f} s  rss {rss / 2**20:7.1f} MiB  backlog {left:7d}", flush=True)
+                    await producer
+                finally:
+                    await consumer.stop()
+                    await admin.close()
+
+            asyncio.run(soak())
+        finally:
+            if worker is not None:
+                worker.stop()
+            broker.stop()
+    half = samples[len(samples) // 2 :] or samples
+    figures = {
+        "seconds": seconds,
+        "offered_events_per_s": rate,
+        "rss_start_mib": samples[0][1] / 2**20 if samples else None,
+        "rss_end_mib": samples[-1][1] / 2**20 if samples else None,
+        "rss_slope_mib_per_min": _slope([(t, r / 2**20) for t, r, _ in half]) * 60,
+        "backlog_max": max((left for _, _, left in samples), default=None),
+        "backlog_slope_per_min": _slope([(t, left) for t, _, left in half]) * 60,
+    }
+    _print_table(figures, {})
+    return figures
+
+
+def _slope(points: list[tuple[float, float]]) -> float:
+    if len(points) < 2:
+        return 0.0
+    n = len(points)
+    mean_t = sum(t for t, _ in points) / n
+    mean_v = sum(v for _, v in points) / n
+    spread = sum((t - mean_t) ** 2 for t, _ in points)
+    return sum((t - mean_t) * (v - mean_v) for t, v in points) / spread if spread else 0.0
+
+
+async def _clients(settings: Settings):
+    from aiokafka.admin import AIOKafkaAdminClient
+
+    admin = AIOKafkaAdminClient(bootstrap_servers=settings.bootstrap_servers, **settings.kafka_client_options())
+    consumer = AIOKafkaConsumer(bootstrap_servers=settings.bootstrap_servers, **settings.kafka_client_options())
+    await admin.start()
+    await consumer.start()
+    return admin, consumer

@@ -188,9 +188,15 @@ def cmd_explain(args: argparse.Namespace) -> int:
 
 
 def cmd_bench(args: argparse.Namespace) -> int:
-    from standing.bench import run_bench
+    from standing.bench import run_bench, run_soak
 
-    run_bench(users=args.users, events=args.events, seed=args.seed, partitions=args.partitions, baselines=not args.no_baselines)
+    if args.soak:
+        run_soak(seconds=args.soak, rate=args.rate, users=args.users, seed=args.seed, partitions=args.partitions)
+        return 0
+    run_bench(
+        users=args.users, events=args.events, seed=args.seed, partitions=args.partitions, baselines=not args.no_baselines,
+        latency_seconds=args.latency_seconds, celebrity_friends=args.celebrity_friends,
+    )  # fmt: skip
     return 0
 
 
@@ -288,11 +294,15 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_argument("--json", action="store_true", help="print the API's JSON instead of text")
 
     sub = command("bench", "the scorer against baselines on the same events (prints a table, writes JSON)", cmd_bench)
-    sub.add_argument("--users", type=int, default=10_000)
-    sub.add_argument("--events", type=int, default=100_000)
+    sub.add_argument("--users", type=int, default=100_000, help="simulated users (default 100,000)")
+    sub.add_argument("--events", type=int, default=1_000_000, help="pre-produced events (default 1,000,000)")
     sub.add_argument("--seed", type=int, default=1)
     sub.add_argument("--partitions", type=int, default=8)
     sub.add_argument("--no-baselines", action="store_true", help="measure the scorer only")
+    sub.add_argument("--latency-seconds", type=float, default=30.0, help="length of the half-load latency phase")
+    sub.add_argument("--celebrity-friends", type=int, help="friends of the celebrity (default: every user)")
+    sub.add_argument("--soak", type=float, metavar="SECONDS", help="instead: a steady rate for SECONDS; memory and backlog over time")
+    sub.add_argument("--rate", type=float, default=300.0, help="events/s offered during --soak (default 300)")
     return parser
 
 
