@@ -131,7 +131,7 @@ class Scorer:
                     state = self.users.get(partition, user)  # fresh: agents may have moved on
                     if state is None or state.version == 0:
                         continue
-                    self.users.put(partition, user, state)
+                    pending.append(self.users.put(partition, user, state))
                     estimates = [
                         EstimateOut(friend, user, state.published, state.version, state.updated_ts)
                         for friend in state.current_friends()
@@ -147,7 +147,7 @@ class Scorer:
                 pair = self.pairs.get(partition, key)
                 if pair is None:
                     continue
-                self.pairs.put(partition, key, pair)
+                pending.append(self.pairs.put(partition, key, pair))
                 if pair.version:
                     links = [
                         LinkOut(pair.user_a, pair.user_b, pair.weight, pair.version, 0),
@@ -217,7 +217,7 @@ class Scorer:
                 (metrics.EVENTS_ACCEPTED if outcome == "accepted" else metrics.EVENTS_DUPLICATE).labels("friendship").inc()
             output = pair_batch.finish()
             for key, pair in output.states.items():
-                self.pairs.put(partition, key, pair)
+                pending.append(self.pairs.put(partition, key, pair))
             pending.extend(self._send_friend_updates(links=output.links))
         await _delivered(pending)
         metrics.BATCHES.labels("route_friendships").inc()
@@ -263,7 +263,7 @@ class Scorer:
             now = _now_ms()
             output = user_batch.finish(now)
             for user, state in output.states.items():
-                self.users.put(partition, user, state)
+                pending.append(self.users.put(partition, user, state))
             counts = output.counts
             metrics.FRIEND_UPDATES_RECEIVED.labels("applied").inc(counts.updates_applied)
             metrics.FRIEND_UPDATES_RECEIVED.labels("stale").inc(counts.updates_stale)

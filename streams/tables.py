@@ -13,6 +13,8 @@ keep working unchanged.
 
 from __future__ import annotations
 
+import asyncio
+
 from typing import Callable, Generic, Iterator, TypeVar
 
 import faust
@@ -60,11 +62,19 @@ class PartitionedStore(Generic[T]):
         raw = self._db(partition).get(key.encode())
         return None if raw is None else self._decode(raw)
 
-    def put(self, partition: int, key: str, value: T) -> None:
+    def put(self, partition: int, key: str, value: T) -> asyncio.Future:
+        """Write locally and queue the changelog record; returns its delivery future.
+
+        Callers await it with the batch's other outputs before the batch's input
+        events are acknowledged: Faust's own pre-commit producer flush gives up
+        after 0.1 s without a send (ProducerBuffer.flush_atmost), so relying on
+        it let input offsets be committed ahead of their changelog records, and
+        a worker killed then and restored from the changelog lost those states.
+        """
         key_bytes = key.encode()
         value_bytes = self._encode(value)
         self._db(partition).put(key_bytes, value_bytes)
-        self._table.send_changelog(partition, key_bytes, value_bytes)
+        return self._table.send_changelog(partition, key_bytes, value_bytes)
 
     def items(self, partition: int) -> Iterator[tuple[str, T]]:
         for key, raw in self._db(partition).items():
