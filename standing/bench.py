@@ -67,7 +67,7 @@ PLAIN_FAUST_APP = textwrap.dedent(
             seen["n"] += 1
             if seen["n"] == total:
                 print("DONE", flush=True)
-    faust.Worker(app, loglevel="info", quiet=True, redirect_stdouts=False).execute_from_commandline()
+    faust.Worker(app, loglevel="error", quiet=True, redirect_stdouts=False).execute_from_commandline()
     """
 )
 
