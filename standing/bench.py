@@ -141,7 +141,7 @@ def _plain_faust(settings: Settings, workdir: Path, total: int) -> float | None:
             stdout=subprocess.PIPE, stderr=log, text=True,
         )  # fmt: skip
         try:
-            done = _first_line(process, "DONE", limit)
+            done = _printed(process, "DONE", limit)
         finally:
             processes.stop_process(process)
     if done:
@@ -151,8 +151,13 @@ def _plain_faust(settings: Settings, workdir: Path, total: int) -> float | None:
     return None
 
 
-def _first_line(process: subprocess.Popen, prefix: str, limit: float) -> bool:
-    """Whether ``process`` prints a line starting with ``prefix`` within ``limit`` seconds."""
+def _printed(process: subprocess.Popen, token: str, limit: float) -> bool:
+    """Whether ``process`` prints ``token`` on its stdout within ``limit`` seconds.
+
+    Searched anywhere in a line, not at its start: Faust's worker writes
+    terminal escape codes (its spinner hides the cursor) to stdout at log
+    levels above INFO, so the token arrives as "\\x1b[?25l\\x1b[?25hDONE".
+    """
     import selectors
 
     deadline = time.monotonic() + limit
@@ -168,7 +173,7 @@ def _first_line(process: subprocess.Popen, prefix: str, limit: float) -> bool:
         if not chunk:
             return False
         buffered += chunk
-        if any(line.startswith(prefix) for line in buffered.splitlines()):
+        if token in buffered:
             return True
     return False
 
@@ -213,7 +218,7 @@ def _quixstreams(settings: Settings, workdir: Path, total: int) -> float | None:
             stdout=subprocess.PIPE, stderr=log, text=True,
         )  # fmt: skip
         try:
-            done = _first_line(process, "DONE", max(120.0, total / 500))
+            done = _printed(process, "DONE", max(120.0, total / 500))
         finally:
             processes.stop_process(process)
     if done:
