@@ -49,7 +49,9 @@ RESULTS_DIR = Path(__file__).resolve().parent.parent / "ops" / "bench" / "result
 
 PLAIN_FAUST_APP = textwrap.dedent(
     """
-    import sys, faust
+    import os, sys, faust
+    from standing import fetch_pacing  # the same client-side long poll as the scorer (noida-db answers empty fetches at once)
+    fetch_pacing.install(int(os.environ.get("STANDING_EMPTY_FETCH_PAUSE_MS", "10")))
     broker, datadir, group, total = sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4])
     app = faust.App(group, broker=f"kafka://{broker}", store="rocksdb://", datadir=datadir, topic_allow_declare=True,
                     topic_disable_leader=True, consumer_auto_offset_reset="earliest", web_enabled=False,

@@ -310,7 +310,11 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     from standing.redaction import install_secret_redaction
 
-    install_secret_redaction(Settings.from_env())
+    from standing import fetch_pacing
+
+    settings = Settings.from_env()
+    install_secret_redaction(settings)
+    fetch_pacing.install(settings.empty_fetch_pause_ms)
     try:
         return args.handler(args)
     except KeyboardInterrupt:

@@ -73,6 +73,9 @@ class Settings:
     batch_size: int = 2000
     #: How long a batch may wait to fill, seconds.
     batch_wait: float = 0.05
+    #: After an empty fetch, wait this long before fetching from that broker
+    #: again (standing/fetch_pacing.py: noida-db does not long-poll); 0 = off.
+    empty_fetch_pause_ms: int = 10
     #: Per-subject de-duplication memory: event ids younger than this (event time) are kept.
     dedup_window_ms: int = 24 * 3600 * 1000
     #: ... and at least this many of the most recent ids per subject, whatever their age.
@@ -98,6 +101,7 @@ class Settings:
             app_id=env.get("STANDING_APP_ID") or base.app_id,
             worker_id=env.get("STANDING_WORKER_ID") or "",
             reap_dead_members=_env_bool("STANDING_REAP_DEAD_MEMBERS"),
+            empty_fetch_pause_ms=_env_int("STANDING_EMPTY_FETCH_PAUSE_MS", base.empty_fetch_pause_ms),
             web_host=env.get("STANDING_WEB_HOST") or base.web_host,
             web_port=_env_int("STANDING_WEB_PORT", base.web_port),
             metrics_port=_env_int("STANDING_METRICS_PORT", base.metrics_port),

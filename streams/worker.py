@@ -9,6 +9,7 @@ import sys
 import faust
 from prometheus_client import start_http_server
 
+from standing import fetch_pacing
 from standing.settings import Settings
 from streams.agents import Scorer
 from streams.api import install_api
@@ -31,6 +32,7 @@ def build(settings: Settings, rules: Rules) -> tuple[faust.App, Scorer]:
 
 def run_worker(settings: Settings, rules: Rules, *, loglevel: str = "warning", broker_timeout: float = 60.0) -> int:
     """Run until SIGINT/SIGTERM; returns the process exit code."""
+    fetch_pacing.install(settings.empty_fetch_pause_ms)
     loop = asyncio.new_event_loop()
     asyncio.set_event_loop(loop)
 

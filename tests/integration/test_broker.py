@@ -100,3 +100,56 @@ def test_standing_broker_command_stops_cleanly_on_sigterm(tmp_path):
     from standing.broker import port_is_open
 
     assert not port_is_open("127.0.0.1", port)
+
+
+async def test_fetch_pacing_calms_idle_consumers_and_still_delivers(broker):
+    """noida-db answers an empty fetch at once (no long poll): an idle consumer
+    re-fetches in a tight loop. With pacing, an idle consumer asks about once
+    per pause, and a record produced while it idles still arrives."""
+    from aiokafka.consumer import fetcher
+
+    from standing import fetch_pacing
+
+    topic = f"pacing-{time.time_ns()}"
+    await _produce(broker.address, topic, [b"first"])
+    fetches = 0
+
+    def counting(inner):
+        async def proc(self, *args):
+            nonlocal fetches
+            fetches += 1
+            return await inner(self, *args)
+
+        return proc
+
+    async def idle_fetches(pause_ms: int) -> tuple[int, list[bytes]]:
+        nonlocal fetches
+        fetch_pacing.install(pause_ms)
+        paced = fetcher.Fetcher._proc_fetch_request
+        fetcher.Fetcher._proc_fetch_request = counting(paced)
+        consumer = AIOKafkaConsumer(bootstrap_servers=broker.address, enable_auto_commit=False)
+        try:
+            await consumer.start()
+            tp = TopicPartition(topic, 0)
+            consumer.assign([tp])
+            await consumer.seek_to_beginning(tp)
+            received = [r.value for r in (await consumer.getmany(tp, timeout_ms=5000)).get(tp, [])]
+            fetches = 0
+            await asyncio.sleep(1.0)  # idle: nothing new on the topic
+            idle = fetches
+            await _produce(broker.address, topic, [b"second"])
+            deadline = time.monotonic() + 10
+            while len(received) < 2 and time.monotonic() < deadline:
+                received += [r.value for r in (await consumer.getmany(tp, timeout_ms=500)).get(tp, [])]
+            return idle, received
+        finally:
+            await consumer.stop()
+            fetcher.Fetcher._proc_fetch_request = paced
+            fetch_pacing.install(0)
+
+    unpaced_idle, _ = await idle_fetches(0)
+    paced_idle, received = await idle_fetches(20)
+    assert received == [b"first", b"second"]
+    assert paced_idle <= 1000 / 20 * 1.5, paced_idle  # about one fetch per pause
+    # If this fails, the broker now long-polls and standing/fetch_pacing.py can go.
+    assert unpaced_idle > 5 * paced_idle, (unpaced_idle, paced_idle)
