@@ -101,6 +101,8 @@ class Settings:
             app_id=env.get("STANDING_APP_ID") or base.app_id,
             worker_id=env.get("STANDING_WORKER_ID") or "",
             reap_dead_members=_env_bool("STANDING_REAP_DEAD_MEMBERS"),
+            batch_size=_env_int("STANDING_BATCH_SIZE", base.batch_size),
+            batch_wait=_env_int("STANDING_BATCH_WAIT_MS", int(base.batch_wait * 1000)) / 1000.0,
             empty_fetch_pause_ms=_env_int("STANDING_EMPTY_FETCH_PAUSE_MS", base.empty_fetch_pause_ms),
             web_host=env.get("STANDING_WEB_HOST") or base.web_host,
             web_port=_env_int("STANDING_WEB_PORT", base.web_port),

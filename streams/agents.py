@@ -383,8 +383,8 @@ class Scorer:
                 },
             )
             sent.append(self._send(topics.SCORES, score.user_id.encode(), value, None))
-            if observe:
-                metrics.EVENT_TO_SCORE_SECONDS.observe(max(0.0, (now_ms - score.origin_ts) / 1000.0))
+            if observe and score.direct_ts is not None:
+                metrics.EVENT_TO_SCORE_SECONDS.observe(max(0.0, (now_ms - score.direct_ts) / 1000.0))
         if observe:
             metrics.SCORES_PUBLISHED.inc(len(scores))
         return sent

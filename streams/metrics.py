@@ -42,7 +42,9 @@ BATCH_SECONDS = Histogram(
 )
 EVENT_TO_SCORE_SECONDS = Histogram(
     "standing_event_to_score_seconds",
-    "Latency from an input event's time to the score it caused being published.",
+    "Latency from an accepted event's time to its own user's score being published "
+    "(purchase and post: that user; friendship: both users). Friends reached later "
+    "through propagation are not observed here: their change has many causes.",
     buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0),
 )
 

@@ -48,8 +48,14 @@ class ScoreOut:
     network: float
     version: int
     ts: int
-    #: event time of the oldest input that led to this score (latency)
+    #: event time of the oldest input that led to this score, through any
+    #: number of friends (coalescing keeps the oldest, so under steady load it
+    #: is the age of the oldest change still travelling, not a latency)
     origin_ts: int
+    #: event time of the oldest of this user's own events (purchase, post,
+    #: friendship) in the batch; None when only friends' estimates moved it.
+    #: Event-to-score latency is measured from this.
+    direct_ts: int | None = None
 
 
 @dataclass(slots=True)
@@ -86,6 +92,7 @@ class UserBatch:
         self._dedup_min_ids = dedup_min_ids
         self._states: dict[str, UserState] = {}
         self._changed: dict[str, int] = {}  # user -> oldest origin_ts of what changed it
+        self._direct: dict[str, int] = {}  # user -> oldest ts of their own events that changed it
         self._new_links: dict[str, list[str]] = {}
         self.counts = BatchCounts()
 
@@ -119,7 +126,12 @@ class UserBatch:
         scoring.apply_points(state, contributions)
         self.counts.accepted += 1
         self._mark(user, state, ts, topic, offset)
+        self._mark_direct(user, ts)
         return True
+
+    def _mark_direct(self, user: str, ts: int) -> None:
+        previous = self._direct.get(user)
+        self._direct[user] = ts if previous is None else min(previous, ts)
 
     def link(self, user: str, friend: str, weight: float, link_version: int, origin_ts: int, topic: str, offset: int) -> None:
         state = self._state(user)
@@ -131,6 +143,7 @@ class UserBatch:
             self._new_links.setdefault(user, []).append(friend)
         self.counts.updates_applied += 1
         self._mark(user, state, origin_ts, topic, offset)
+        self._mark_direct(user, origin_ts)  # a LINK carries the friendship event's time
 
     def estimate(self, user: str, sender: str, value: float, version: int, origin_ts: int, topic: str, offset: int) -> None:
         state = self._state(user)
@@ -165,6 +178,7 @@ class UserBatch:
                         version=state.version,
                         ts=now_ms,
                         origin_ts=origin_ts,
+                        direct_ts=self._direct.get(user),
                     )
                 )
             else:

@@ -125,6 +125,26 @@ def test_user_batch_coalesces_many_inputs_into_one_publish_per_user():
     assert out.states["u"].source_offsets == {"t": 2, "purchases": 19}
 
 
+def test_latency_is_measured_from_own_events_not_from_friends_estimates():
+    """A score moved by the user's own event carries that event's time; one
+    moved only by friends' estimates carries none (its causes are many and
+    coalescing keeps the oldest, which under load is no latency at all)."""
+    store: dict[str, UserState] = {}
+    earlier = _user_batch(store)
+    earlier.link("a", "f", 1.0, 1, origin_ts=0, topic="updates", offset=0)
+    store.update(earlier.finish(now_ms=1).states)
+    batch = _user_batch(store)
+    batch.estimate("a", "f", 5.0, 1, origin_ts=1, topic="updates", offset=1)
+    batch.estimate("b", "f", 5.0, 1, origin_ts=2, topic="updates", offset=2)
+    batch.points("b", "e1", 50, [("purchase:groceries", 10.0)], "purchases", 3)
+    batch.link("c", "f", 1.0, 1, origin_ts=60, topic="updates", offset=4)
+    batch.points("c", "e2", 70, [("purchase:groceries", 10.0)], "purchases", 5)
+    scores = {score.user_id: score for score in batch.finish(now_ms=100).scores}
+    assert scores["b"].origin_ts == 2 and scores["b"].direct_ts == 50
+    assert scores["c"].direct_ts == 60
+    assert scores["a"].origin_ts == 1 and scores["a"].direct_ts is None
+
+
 def test_new_friend_learns_current_estimate_even_without_a_publish():
     state = UserState(own=3.0)
     scoring.publish(state, 3.0, ts=1)
