@@ -586,6 +586,8 @@ def run_soak(*, seconds: float, rate: float, users: int, seed: int, partitions: 
             worker = ScorerUnderTest(settings, workdir)
             worker.start(workdir / "worker", "worker")
 
+            latency_before = histogram_buckets(worker.samples(), "standing_event_to_score_seconds")
+
             async def soak() -> None:
                 producer = asyncio.create_task(_offer(settings, config, rate, seconds))
                 started = time.monotonic()
@@ -604,6 +606,7 @@ def run_soak(*, seconds: float, rate: float, users: int, seed: int, partitions: 
                     await admin.close()
 
             asyncio.run(soak())
+            latency_after = histogram_buckets(worker.samples(), "standing_event_to_score_seconds")
         finally:
             if worker is not None:
                 worker.stop()
@@ -617,6 +620,8 @@ def run_soak(*, seconds: float, rate: float, users: int, seed: int, partitions: 
         "rss_slope_mib_per_min": _slope([(t, r / 2**20) for t, r, _ in half]) * 60,
         "backlog_max": max((left for _, _, left in samples), default=None),
         "backlog_slope_per_min": _slope([(t, left) for t, _, left in half]) * 60,
+        "latency_p50_s": histogram_quantile(0.50, latency_before, latency_after),
+        "latency_p99_s": histogram_quantile(0.99, latency_before, latency_after),
     }
     _print_table(figures, {})
     return figures

@@ -61,5 +61,9 @@ MEMBERS_EVICTED = Counter(
     "standing_group_members_evicted_total",
     "Dead consumer-group members this worker removed (brokers that never expire them; streams/reaper.py).",
 )
+PARTITIONS_RESUMED = Counter(
+    "standing_stalled_partitions_resumed_total",
+    "Owned partitions with records waiting that Faust had left out of its fetch set after recovery, put back (streams/monitoring.py).",
+)
 REBALANCES = Counter("standing_rebalances_total", "Rebalances this worker went through (partition assignments).")
 READY = Gauge("standing_ready", "1 when the worker holds recovered partitions and is processing, else 0.")

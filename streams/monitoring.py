@@ -21,6 +21,9 @@ log = logging.getLogger(__name__)
 CONSUMED = (topics.PURCHASES, topics.POSTS, topics.FRIENDSHIPS, topics.FRIEND_UPDATES)
 INTERVAL_S = 5.0
 KEY_COUNT_INTERVAL_S = 15.0  # a key scan; cheap, but not every 5 s on a big table
+#: A partition with records waiting whose committed offset has not moved for
+#: this long is checked for being left out of Faust's fetch set (see below).
+STALL_S = 20.0
 
 
 def _dir_bytes(path: Path) -> int:
@@ -34,6 +37,7 @@ def install_monitoring(scorer: Scorer) -> None:
     settings = scorer.settings
     clients: dict[str, object] = {}
     last_count = [float("-inf")]
+    progress: dict[TopicPartition, tuple[int, float]] = {}  # tp -> (committed, since)
 
     @app.on_partitions_assigned.connect
     async def on_assigned(sender, assigned, **kwargs) -> None:
@@ -81,7 +85,47 @@ def install_monitoring(scorer: Scorer) -> None:
                     pass
             clients.clear()
             return
+        now = time.monotonic()
         for tp in mine:
             entry = committed.get(tp)
             done = entry.offset if entry is not None and entry.offset >= 0 else 0
-            metrics.CONSUMER_LAG.labels(tp.topic, str(tp.partition)).set(max(0, ends[tp] - done))
+            lag = max(0, ends[tp] - done)
+            metrics.CONSUMER_LAG.labels(tp.topic, str(tp.partition)).set(lag)
+            previous = progress.get(tp)
+            if lag == 0 or previous is None or previous[0] != done:
+                progress[tp] = (done, now)
+            elif now - previous[1] >= STALL_S and scorer.ready and not getattr(app, "in_recovery", False):
+                _resume_if_left_out(app, tp, lag, now - previous[1])
+                progress[tp] = (done, now)  # check (and log) at most once per STALL_S
+        for tp in list(progress):
+            if tp not in mine:
+                del progress[tp]
+
+
+def _resume_if_left_out(app, tp: TopicPartition, lag: int, stalled_s: float) -> None:
+    """Put a stalled partition back into Faust's fetch set if it fell out of it.
+
+    Faust fetches only its "active" partitions: it drops one when its stream
+    buffer is under pressure or while it rebalances and recovers, and adds it
+    back when the buffer drains or recovery ends. A worker restarted on an
+    empty data directory once kept one friend-updates partition out for good
+    (64 records never processed, the agent idle). Records of a partition we own
+    waiting this long, with recovery over, mean it was not put back: do it, say
+    so, count it.
+    """
+    consumer = app.consumer
+    faust_tp = next((candidate for candidate in consumer.assignment() if candidate.topic == tp.topic and candidate.partition == tp.partition), None)
+    if faust_tp is None:
+        return
+    active = consumer._get_active_partitions()
+    paused = faust_tp in consumer._paused_partitions
+    buffered = faust_tp in consumer._buffered_partitions
+    if faust_tp in active and not paused:
+        log.warning("%s[%d]: %d records waiting, no progress for %.0f s, partition active in the consumer (not resumed)",
+                    tp.topic, tp.partition, lag, stalled_s)  # fmt: skip
+        return
+    log.warning("%s[%d]: %d records waiting, no progress for %.0f s, left out of the consumer's fetch set "
+                "(paused=%s, buffer-full=%s); resuming it", tp.topic, tp.partition, lag, stalled_s, paused, buffered)  # fmt: skip
+    consumer._buffered_partitions.discard(faust_tp)
+    consumer.resume_partitions({faust_tp})
+    metrics.PARTITIONS_RESUMED.inc()

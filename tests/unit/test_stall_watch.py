@@ -1,0 +1,70 @@
+"""The stalled-partition check puts a partition Faust left out of its fetch set back."""
+
+from __future__ import annotations
+
+from aiokafka import TopicPartition
+from faust.types import TP
+
+from streams import metrics
+from streams.monitoring import _resume_if_left_out
+
+
+class _FaustConsumerState:
+    """The slice of faust.transport.consumer.Consumer the check reads and repairs."""
+
+    def __init__(self, assigned: set[TP], active: set[TP], paused: set[TP] = frozenset(), buffered: set[TP] = frozenset()):
+        self._assigned = assigned
+        self._active_partitions = set(active)
+        self._paused_partitions = set(paused)
+        self._buffered_partitions = set(buffered)
+
+    def assignment(self) -> set[TP]:
+        return self._assigned
+
+    def _get_active_partitions(self) -> set[TP]:
+        return self._active_partitions
+
+    # the same two lines as Faust's Consumer.resume_partitions
+    def resume_partitions(self, tps) -> None:
+        self._active_partitions.update(tps)
+        self._paused_partitions.difference_update(tps)
+
+
+class _App:
+    def __init__(self, consumer) -> None:
+        self.consumer = consumer
+
+
+def _resumed() -> float:
+    return metrics.PARTITIONS_RESUMED._value.get()
+
+
+def test_a_partition_left_out_after_a_buffer_full_is_put_back():
+    stuck, other = TP("friend-updates", 3), TP("friend-updates", 0)
+    consumer = _FaustConsumerState({stuck, other}, active={other}, buffered={stuck})
+    before = _resumed()
+    _resume_if_left_out(_App(consumer), TopicPartition("friend-updates", 3), lag=64, stalled_s=25)
+    assert stuck in consumer._active_partitions and stuck not in consumer._buffered_partitions
+    assert _resumed() == before + 1
+
+
+def test_a_paused_partition_is_resumed():
+    stuck = TP("purchases", 1)
+    consumer = _FaustConsumerState({stuck}, active=set(), paused={stuck})
+    _resume_if_left_out(_App(consumer), TopicPartition("purchases", 1), lag=5, stalled_s=25)
+    assert stuck in consumer._active_partitions and not consumer._paused_partitions
+
+
+def test_an_active_partition_is_left_alone():
+    tp = TP("posts", 2)
+    consumer = _FaustConsumerState({tp}, active={tp})
+    before = _resumed()
+    _resume_if_left_out(_App(consumer), TopicPartition("posts", 2), lag=5, stalled_s=25)
+    assert consumer._active_partitions == {tp} and _resumed() == before
+
+
+def test_a_partition_no_longer_assigned_is_left_alone():
+    consumer = _FaustConsumerState(set(), active=set())
+    before = _resumed()
+    _resume_if_left_out(_App(consumer), TopicPartition("posts", 2), lag=5, stalled_s=25)
+    assert _resumed() == before
