@@ -110,16 +110,7 @@ DURABILITY_BUG = pytest.mark.xfail(
 )
 
 
-EMPTY_DIR_HANG = pytest.mark.xfail(
-    run=False,
-    reason="intermittent (failed 2 of 2 on a fresh CI clone, passed on the dev machine): once a score off by ~1 "
-    "(changelog records not yet acknowledged when input offsets were committed; fixed since: batches now await "
-    "their changelog futures), once the restarted worker stopped consuming one friend-updates partition (consumer "
-    "thread spinning, agent waiting; not diagnosed). Re-enable after a clean series of runs; see issue #5's note",
-)
-
-
-@pytest.mark.parametrize("restart_dir", ["same", pytest.param("empty", marks=EMPTY_DIR_HANG)])
+@pytest.mark.parametrize("restart_dir", ["same", "empty"])
 @pytest.mark.parametrize("moment", ["intake", "propagation"])
 def test_sigkill_then_restart_ends_exact(fresh_settings, workers, events_file, tmp_path, moment, restart_dir):
     # The replacement has the killed worker's identity (static membership), as
