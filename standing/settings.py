@@ -76,6 +76,11 @@ class Settings:
     #: After an empty fetch, wait this long before fetching from that broker
     #: again (standing/fetch_pacing.py: noida-db does not long-poll); 0 = off.
     empty_fetch_pause_ms: int = 10
+    #: RocksDB memory per table partition (one database each): memtable size
+    #: and block cache, MiB. Faust's defaults (64 MiB memtables, a 2 GiB cache
+    #: per database) let a worker with 16 databases grow into gigabytes.
+    rocksdb_write_buffer_mb: int = 8
+    rocksdb_block_cache_mb: int = 8
     #: Per-subject de-duplication memory: event ids younger than this (event time) are kept.
     dedup_window_ms: int = 24 * 3600 * 1000
     #: ... and at least this many of the most recent ids per subject, whatever their age.
@@ -103,6 +108,8 @@ class Settings:
             reap_dead_members=_env_bool("STANDING_REAP_DEAD_MEMBERS"),
             batch_size=_env_int("STANDING_BATCH_SIZE", base.batch_size),
             batch_wait=_env_int("STANDING_BATCH_WAIT_MS", int(base.batch_wait * 1000)) / 1000.0,
+            rocksdb_write_buffer_mb=_env_int("STANDING_ROCKSDB_WRITE_BUFFER_MB", base.rocksdb_write_buffer_mb),
+            rocksdb_block_cache_mb=_env_int("STANDING_ROCKSDB_BLOCK_CACHE_MB", base.rocksdb_block_cache_mb),
             empty_fetch_pause_ms=_env_int("STANDING_EMPTY_FETCH_PAUSE_MS", base.empty_fetch_pause_ms),
             web_host=env.get("STANDING_WEB_HOST") or base.web_host,
             web_port=_env_int("STANDING_WEB_PORT", base.web_port),

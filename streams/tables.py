@@ -32,6 +32,12 @@ def create_tables(app: faust.App, settings: Settings) -> tuple[faust.Table, faus
         return app.Table(
             name,
             partitions=settings.partitions,
+            # Passed to faust.stores.rocksdb.RocksDBOptions for every partition's database.
+            options={
+                "write_buffer_size": settings.rocksdb_write_buffer_mb * 2**20,
+                "max_write_buffer_number": 2,
+                "block_cache_size": settings.rocksdb_block_cache_mb * 2**20,
+            },
             schema=faust.Schema(key_type=bytes, value_type=bytes, key_serializer="raw", value_serializer="raw"),
             changelog_topic=app.topic(
                 changelog_topic(settings.app_id, name),
