@@ -37,6 +37,9 @@ from topology.routing import pair_key, partition_for
 
 log = logging.getLogger(__name__)
 
+#: Friend updates carried by one Kafka message at most (~400 KB).
+UPDATES_PER_MESSAGE = 10_000
+
 EVENT_TYPES = {topics.PURCHASES: "purchase", topics.POSTS: "post", topics.FRIENDSHIPS: "friendship"}
 
 
@@ -357,14 +360,20 @@ class Scorer:
             )
         sent = []
         total = 0
+        messages = 0
         for partition, updates in by_partition.items():
             total += len(updates)
-            value = codec.encode("friend_update_batch", {"partition": partition, "updates": updates})
-            sent.append(self._send(topics.FRIEND_UPDATES, None, value, partition))
+            # A celebrity's publish reaches every friend: keep each message
+            # far below the record size limit (~40 bytes per update).
+            for start in range(0, len(updates), UPDATES_PER_MESSAGE):
+                chunk = updates[start : start + UPDATES_PER_MESSAGE]
+                value = codec.encode("friend_update_batch", {"partition": partition, "updates": chunk})
+                sent.append(self._send(topics.FRIEND_UPDATES, None, value, partition))
+                messages += 1
         if by_partition:
             metrics.FRIEND_UPDATES_SENT.labels("link").inc(link_count)
             metrics.FRIEND_UPDATES_SENT.labels("estimate").inc(total - link_count)
-            metrics.FRIEND_UPDATE_MESSAGES_SENT.inc(len(by_partition))
+            metrics.FRIEND_UPDATE_MESSAGES_SENT.inc(messages)
         return sent
 
     def _send_scores(self, scores: list[ScoreOut], now_ms: int, *, observe: bool = True) -> list[asyncio.Future]:

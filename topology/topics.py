@@ -32,6 +32,14 @@ TABLES = (USERS_TABLE, PAIRS_TABLE)
 DAY_MS = 24 * 3600 * 1000
 
 
+#: Largest record the worker writes (max.message.bytes of the topics that carry
+#: big records, the producer's max.request.size). A user's state grows with
+#: their friends: ~27 bytes each, so 100,000 friends is a 2.7 MB changelog
+#: record, over Kafka's 1 MB default; 16 MiB holds about 600,000 friends.
+MAX_RECORD_BYTES = 16 * 2**20
+_BIG_RECORDS = {"max.message.bytes": str(MAX_RECORD_BYTES)}
+
+
 def changelog_topic(app_id: str, table: str) -> str:
     return f"{app_id}-{table}-changelog"
 
@@ -66,6 +74,7 @@ def declared_topics(settings: Settings) -> list[TopicSpec]:
             n,
             retention_ms=DAY_MS,
             doc="internal: link changes and friends' estimates, one batch per receiving partition",
+            extra=_BIG_RECORDS,
         ),
         TopicSpec(SCORES, n, cleanup_policy="compact", retention_ms=-1, doc="latest score per user_id"),
         TopicSpec(DEAD_LETTERS, n, retention_ms=30 * DAY_MS, doc="rejected events with their reason"),
@@ -76,6 +85,7 @@ def declared_topics(settings: Settings) -> list[TopicSpec]:
                 cleanup_policy="compact",
                 retention_ms=-1,
                 doc=f"changelog of the {table} table (Faust recovery)",
+                extra=_BIG_RECORDS,
             )
             for table in TABLES
         ),

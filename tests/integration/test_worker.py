@@ -194,3 +194,21 @@ def test_query_api_explains_scores(fresh_settings, worker):
     )
     assert done.returncode == 0, done.stderr
     assert "ann:" in done.stdout and "friend cid" in done.stdout and "post:helpful" in done.stdout
+
+
+@pytest.mark.timeout(600)
+def test_a_celebrity_whose_state_outgrows_kafkas_default_record_size(fresh_settings, worker):
+    """45,000 friends make one user's state (a changelog record) ~1.2 MB, over
+    Kafka's 1 MB default; their publish reaches every friend. The worker goes
+    on and the scores match the batch reference."""
+    fans = 45_000
+    events = [ev.Friendship(f"c{i}", 1 + i, "celebrity", f"fan{i:05d}", "add", 1.0) for i in range(fans)]
+    events += [ev.Purchase("buy", fans + 10, "celebrity", "groceries", 400.0), ev.Post("fanpost", fans + 11, "fan00007", "p", ("helpful",))]
+    asyncio.run(_send(fresh_settings, [(ev.topic_for(e), ev.key_for(e).encode(), ev.to_bytes(e)) for e in events]))
+    asyncio.run(wait_until_quiescent(fresh_settings, timeout=540, progress=None))
+    assert worker.poll() is None, "the worker died"
+    scores = asyncio.run(read_scores(fresh_settings))
+    expected = compute_reference([json.dumps(ev.to_json_dict(e)) for e in events], RULES)
+    assert set(scores) == set(expected.raw)
+    worst = max(abs(scores[user]["raw"] - raw) for user, raw in expected.raw.items())
+    assert worst <= RULES.error_bound, worst
