@@ -25,6 +25,7 @@ import asyncio
 import json
 import os
 import platform
+import random
 import subprocess
 import sys
 import tempfile
@@ -38,7 +39,7 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from standing import processes
 from standing.broker import EmbeddedBroker
 from standing.control import backlog, wait_until_quiescent
-from standing.population import LiveSimulation, PopulationConfig, generate_events
+from standing.population import LiveSimulation, PopulationConfig, generate_events, power_law_edges
 from standing.producer import EventProducer
 from standing.settings import Settings
 from streams import events as ev
@@ -571,7 +572,12 @@ def run_soak(*, seconds: float, rate: float, users: int, seed: int, partitions: 
     Prints one line per sample (RSS, total backlog) and the slopes of a
     least-squares line through the second half of the samples.
     """
-    config = PopulationConfig(users=users, events=10**9, seed=seed)
+    # A stationary load: the population's graph first (to quiescence), then a
+    # steady mix whose friendship removes balance its adds, so that the state
+    # does not grow with time and memory and backlog can be judged flat.
+    graph = PopulationConfig(users=users, events=10**9, seed=seed)
+    initial_edges = len(power_law_edges(users, graph.mean_degree, random.Random(seed)))
+    config = replace(graph, seed=seed + 1, remove_share=0.45, reweight_share=0.10)
     samples: list[tuple[float, float, float]] = []
     with tempfile.TemporaryDirectory(prefix="standing-soak-") as tmp:
         workdir = Path(tmp)
@@ -583,8 +589,12 @@ def run_soak(*, seconds: float, rate: float, users: int, seed: int, partitions: 
                 web_port=processes.free_port(), metrics_port=processes.free_port(),
             )  # fmt: skip
             asyncio.run(ensure_topics(settings))
+            _say(f"soak: loading the graph of {users} users ({initial_edges} friendships)")
+            asyncio.run(_preproduce(settings, replace(graph, events=initial_edges)))
             worker = ScorerUnderTest(settings, workdir)
             worker.start(workdir / "worker", "worker")
+            asyncio.run(wait_until_quiescent(settings, timeout=3600, progress=None))
+            _say(f"soak: {seconds:.0f} s at {rate:.0f} events/s")
 
             latency_before = histogram_buckets(worker.samples(), "standing_event_to_score_seconds")
 
@@ -596,10 +606,12 @@ def run_soak(*, seconds: float, rate: float, users: int, seed: int, partitions: 
                     while not producer.done():
                         await asyncio.sleep(sample_every)
                         rss = worker.value("process_resident_memory_bytes")
+                        held = {table: worker.value("standing_table_keys", table=table) for table in ("users", "pairs")}
                         left = (await backlog(settings, admin, consumer)).total
                         elapsed = time.monotonic() - started
                         samples.append((elapsed, rss, left))
-                        print(f"soak: {elapsed:6.0f} s  rss {rss / 2**20:7.1f} MiB  backlog {left:7d}", flush=True)
+                        print(f"soak: {elapsed:6.0f} s  rss {rss / 2**20:7.1f} MiB  backlog {left:7d}  "
+                              f"users {held['users']:7.0f}  friendships {held['pairs']:7.0f}", flush=True)  # fmt: skip
                     await producer
                 finally:
                     await consumer.stop()

@@ -28,6 +28,7 @@ from schemas import codec
 from standing.settings import Settings
 from streams import events as ev
 from streams import metrics
+from streams.output import Outgoing, Outputs
 from streams.processor import EstimateOut, LinkOut, PairBatch, ScoreOut, UserBatch
 from streams.rules import Rules
 from streams.scoring import contributions, network_part
@@ -66,7 +67,8 @@ class Scorer:
         self.user_topics = raw_topic(topics.PURCHASES, topics.POSTS, topics.FRIEND_UPDATES)
         self.pair_topic = raw_topic(topics.FRIENDSHIPS)
         self.dead_letter_topic = raw_topic(topics.DEAD_LETTERS)
-        self.outputs = {name: raw_topic(name) for name in (topics.FRIEND_UPDATES, topics.SCORES, topics.DEAD_LETTERS)}
+        #: every record the worker writes leaves through here (streams/output.py)
+        self.output = Outputs(settings)
         batch_size, batch_wait = settings.batch_size, settings.batch_wait
 
         @app.agent(self.user_topics, name="score_users")
@@ -95,6 +97,10 @@ class Scorer:
             # Not awaited here: recovery must not wait for the scan.
             asyncio.ensure_future(self.resend_uncommitted())
 
+        @app.on_before_shutdown.connect
+        async def stop_outputs(sender, **kwargs) -> None:
+            await self.output.stop()
+
         @app.on_partitions_revoked.connect
         async def on_partitions_revoked(sender, revoked, **kwargs) -> None:
             self.ready = False
@@ -121,7 +127,7 @@ class Scorer:
         assigned = self.app.assignor.assigned_actives()
         user_partitions = sorted({tp.partition for tp in assigned if tp.topic in (topics.PURCHASES, topics.POSTS, topics.FRIEND_UPDATES)})
         pair_partitions = sorted({tp.partition for tp in assigned if tp.topic == topics.FRIENDSHIPS})
-        pending: list[asyncio.Future] = []
+        pending: list[Outgoing] = []
         resent = 0
         for partition in user_partitions:
             candidates = [
@@ -160,7 +166,7 @@ class Scorer:
                 resent += 1
         if resent:
             log.warning("recovery: re-sent the outputs of %d states changed by uncommitted records", resent)
-        await _delivered(pending)
+        await self._delivered(pending)
 
     async def _committed_offsets(self) -> dict[tuple[str, int], int]:
         from aiokafka.admin import AIOKafkaAdminClient
@@ -190,7 +196,7 @@ class Scorer:
 
     async def process_friendship_events(self, batch: list[faust.EventT]) -> None:
         started = time.perf_counter()
-        pending: list[asyncio.Future] = []
+        pending: list[Outgoing] = []
         for partition, events in _by_partition(batch).items():
             pair_batch = PairBatch(
                 lambda key, p=partition: self.pairs.get(p, key),
@@ -222,7 +228,7 @@ class Scorer:
             for key, pair in output.states.items():
                 pending.append(self.pairs.put(partition, key, pair))
             pending.extend(self._send_friend_updates(links=output.links))
-        await _delivered(pending)
+        await self._delivered(pending)
         metrics.BATCHES.labels("route_friendships").inc()
         metrics.BATCH_SECONDS.labels("route_friendships").observe(time.perf_counter() - started)
 
@@ -231,7 +237,7 @@ class Scorer:
     async def process_user_events(self, batch: list[faust.EventT]) -> None:
         started = time.perf_counter()
         rules = self.rules
-        pending: list[asyncio.Future] = []
+        pending: list[Outgoing] = []
         for partition, events in _by_partition(batch).items():
             user_batch = UserBatch(
                 rules,
@@ -272,11 +278,11 @@ class Scorer:
             metrics.FRIEND_UPDATES_RECEIVED.labels("stale").inc(counts.updates_stale)
             pending.extend(self._send_friend_updates(estimates=output.estimates))
             pending.extend(self._send_scores(output.scores, now))
-        await _delivered(pending)
+        await self._delivered(pending)
         metrics.BATCHES.labels("score_users").inc()
         metrics.BATCH_SECONDS.labels("score_users").observe(time.perf_counter() - started)
 
-    def _apply_friend_updates(self, user_batch: UserBatch, event: faust.EventT, pending: list[asyncio.Future]) -> None:
+    def _apply_friend_updates(self, user_batch: UserBatch, event: faust.EventT, pending: list[Outgoing]) -> None:
         message = event.message
         try:
             _, record = codec.decode(event.value, "friend_update_batch")
@@ -299,7 +305,16 @@ class Scorer:
 
     # --- shared plumbing ------------------------------------------------------
 
-    def _decode_input(self, event: faust.EventT, pending: list[asyncio.Future]):
+    async def _delivered(self, pending: list[Outgoing]) -> None:
+        """Send the batch's records and wait until the broker acknowledged every one.
+
+        The batch's input events are acknowledged (and later committed) only
+        after this returns; a failed send raises here and crashes the agent
+        instead of being lost behind a committed offset.
+        """
+        await self.output.deliver(pending)
+
+    def _decode_input(self, event: faust.EventT, pending: list[Outgoing]):
         """The validated event, or None after sending the record to the dead-letter topic."""
         try:
             return ev.from_bytes(event.message.topic, event.value)
@@ -310,7 +325,7 @@ class Scorer:
     def _on_right_partition(self, key: str, partition: int) -> bool:
         return partition_for(key, self.settings.partitions) == partition
 
-    def _reject(self, event: faust.EventT, reason: str, detail: str) -> asyncio.Future:
+    def _reject(self, event: faust.EventT, reason: str, detail: str) -> Outgoing:
         message = event.message
         metrics.EVENTS_REJECTED.labels(reason).inc()
         record = {
@@ -328,7 +343,7 @@ class Scorer:
 
     def _send_friend_updates(
         self, *, estimates: Iterable[EstimateOut] = (), links: Iterable[LinkOut] = ()
-    ) -> list[asyncio.Future]:
+    ) -> list[Outgoing]:
         """One message per receiving partition, carrying all of its updates."""
         partitions = self.settings.partitions
         by_partition: dict[int, list[dict]] = defaultdict(list)
@@ -376,7 +391,7 @@ class Scorer:
             metrics.FRIEND_UPDATE_MESSAGES_SENT.inc(messages)
         return sent
 
-    def _send_scores(self, scores: list[ScoreOut], now_ms: int, *, observe: bool = True) -> list[asyncio.Future]:
+    def _send_scores(self, scores: list[ScoreOut], now_ms: int, *, observe: bool = True) -> list[Outgoing]:
         sent = []
         for score in scores:
             value = codec.encode(
@@ -398,14 +413,13 @@ class Scorer:
             metrics.SCORES_PUBLISHED.inc(len(scores))
         return sent
 
-    def _send(self, topic: str, key: bytes | None, value: bytes, partition: int | None) -> asyncio.Future:
-        """Queue a record without awaiting (the caller awaits delivery at batch end).
+    def _send(self, topic: str, key: bytes | None, value: bytes, partition: int | None) -> Outgoing:
+        """A record for the batch to deliver (``_delivered``) once it has decided.
 
-        ``send_soon`` is synchronous, so a batch's state writes and the queuing
-        of its outputs happen with no await between them: records for one
-        partition leave in the order they were decided.
+        Deciding is synchronous: a batch's state writes happen with no await
+        between them, and its records are queued in the order they were decided.
         """
-        return self.outputs[topic].send_soon(key=key, value=value, partition=partition)
+        return Outgoing(topic, key, value, partition)
 
 
 def _by_partition(batch: Iterable[faust.EventT]) -> dict[int, list[faust.EventT]]:
@@ -416,15 +430,7 @@ def _by_partition(batch: Iterable[faust.EventT]) -> dict[int, list[faust.EventT]
     return grouped
 
 
-async def _delivered(pending: list[asyncio.Future]) -> None:
-    """Wait until every record of the batch is acknowledged by the broker.
 
-    The batch's input events are acknowledged (and later committed) only
-    after this returns; a failed send raises here and crashes the agent
-    instead of being lost behind a committed offset.
-    """
-    if pending:
-        await asyncio.gather(*pending)
 
 
 def _wrong_key_detail(what: str, key: str) -> str:

@@ -13,14 +13,14 @@ keep working unchanged.
 
 from __future__ import annotations
 
-import asyncio
-
 from typing import Callable, Generic, Iterator, TypeVar
 
 import faust
+from faust.types import TP
 
 from standing.settings import Settings
 from streams import state as state_codec
+from streams.output import Outgoing
 from streams.scoring import PairState, UserState
 from topology.topics import PAIRS_TABLE, USERS_TABLE, changelog_topic
 
@@ -59,6 +59,7 @@ class PartitionedStore(Generic[T]):
         self._table = table
         self._decode = decode
         self._encode = encode
+        self._changelog = table.changelog_topic.get_topic_name()
 
     def _db(self, partition: int):
         # The RocksDB store opens one database per partition on demand.
@@ -68,19 +69,23 @@ class PartitionedStore(Generic[T]):
         raw = self._db(partition).get(key.encode())
         return None if raw is None else self._decode(raw)
 
-    def put(self, partition: int, key: str, value: T) -> asyncio.Future:
-        """Write locally and queue the changelog record; returns its delivery future.
+    def put(self, partition: int, key: str, value: T) -> Outgoing:
+        """Write locally; returns the changelog record for the batch to deliver.
 
-        Callers await it with the batch's other outputs before the batch's input
-        events are acknowledged: Faust's own pre-commit producer flush gives up
-        after 0.1 s without a send (ProducerBuffer.flush_atmost), so relying on
-        it let input offsets be committed ahead of their changelog records, and
-        a worker killed then and restored from the changelog lost those states.
+        The batch delivers it with its other outputs and waits for the broker's
+        acknowledgement before its input events are acknowledged (Faust's own
+        pre-commit flush gives up after 0.1 s, ProducerBuffer.flush_atmost, so
+        it is no barrier); on delivery the partition's persisted offset moves
+        (``set_persisted_offset``), as Faust's own changelog callback does.
         """
         key_bytes = key.encode()
         value_bytes = self._encode(value)
         self._db(partition).put(key_bytes, value_bytes)
-        return self._table.send_changelog(partition, key_bytes, value_bytes)
+        return Outgoing(self._changelog, key_bytes, value_bytes, partition, self)
+
+    def set_persisted_offset(self, partition: int, offset: int) -> None:
+        """Where Faust resumes reading this partition's changelog on a kept data directory."""
+        self._table.data.set_persisted_offset(TP(self._changelog, partition), offset)
 
     def items(self, partition: int) -> Iterator[tuple[str, T]]:
         for key, raw in self._db(partition).items():
