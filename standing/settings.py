@@ -81,6 +81,8 @@ class Settings:
     #: per database) let a worker with 16 databases grow into gigabytes.
     rocksdb_write_buffer_mb: int = 8
     rocksdb_block_cache_mb: int = 8
+    #: Decoded user and pair states kept in memory between batches, per table.
+    state_cache_entries: int = 20_000
     #: Per-subject de-duplication memory: event ids younger than this (event time) are kept.
     dedup_window_ms: int = 24 * 3600 * 1000
     #: ... and at least this many of the most recent ids per subject, whatever their age.
@@ -110,6 +112,7 @@ class Settings:
             batch_wait=_env_int("STANDING_BATCH_WAIT_MS", int(base.batch_wait * 1000)) / 1000.0,
             rocksdb_write_buffer_mb=_env_int("STANDING_ROCKSDB_WRITE_BUFFER_MB", base.rocksdb_write_buffer_mb),
             rocksdb_block_cache_mb=_env_int("STANDING_ROCKSDB_BLOCK_CACHE_MB", base.rocksdb_block_cache_mb),
+            state_cache_entries=_env_int("STANDING_STATE_CACHE_ENTRIES", base.state_cache_entries),
             empty_fetch_pause_ms=_env_int("STANDING_EMPTY_FETCH_PAUSE_MS", base.empty_fetch_pause_ms),
             web_host=env.get("STANDING_WEB_HOST") or base.web_host,
             web_port=_env_int("STANDING_WEB_PORT", base.web_port),

@@ -56,8 +56,8 @@ class Scorer:
         self.settings = settings
         self.rules = rules
         self.users_table, self.pairs_table = create_tables(app, settings)
-        self.users = user_store(self.users_table)
-        self.pairs = pair_store(self.pairs_table)
+        self.users = user_store(self.users_table, settings.state_cache_entries)
+        self.pairs = pair_store(self.pairs_table, settings.state_cache_entries)
         #: True once the tables of the current assignment are recovered
         self.ready = False
 
@@ -74,12 +74,20 @@ class Scorer:
         @app.agent(self.user_topics, name="score_users")
         async def score_users(stream):
             async for batch in stream.take_events(batch_size, within=batch_wait):
-                await self.process_user_events(batch)
+                try:
+                    await self.process_user_events(batch)
+                except BaseException:
+                    self.users.forget()  # its loaded states may be half-applied
+                    raise
 
         @app.agent(self.pair_topic, name="route_friendships")
         async def route_friendships(stream):
             async for batch in stream.take_events(batch_size, within=batch_wait):
-                await self.process_friendship_events(batch)
+                try:
+                    await self.process_friendship_events(batch)
+                except BaseException:
+                    self.pairs.forget()
+                    raise
 
         @app.agent(self.dead_letter_topic, name="count_dead_letters")
         async def count_dead_letters(stream):
@@ -104,6 +112,15 @@ class Scorer:
         @app.on_partitions_revoked.connect
         async def on_partitions_revoked(sender, revoked, **kwargs) -> None:
             self.ready = False
+            self.forget_cached_states()
+
+        @app.on_partitions_assigned.connect
+        async def on_partitions_assigned(sender, assigned, **kwargs) -> None:
+            self.forget_cached_states()  # recovery is about to write the tables
+
+    def forget_cached_states(self) -> None:
+        self.users.forget()
+        self.pairs.forget()
 
     # --- after a crash: re-send what may not have left ----------------------
 
@@ -199,7 +216,7 @@ class Scorer:
         pending: list[Outgoing] = []
         for partition, events in _by_partition(batch).items():
             pair_batch = PairBatch(
-                lambda key, p=partition: self.pairs.get(p, key),
+                lambda key, p=partition: self.pairs.load(p, key),
                 dedup_window_ms=self.settings.dedup_window_ms,
                 dedup_min_ids=self.settings.dedup_min_ids,
             )
@@ -241,7 +258,7 @@ class Scorer:
         for partition, events in _by_partition(batch).items():
             user_batch = UserBatch(
                 rules,
-                lambda user, p=partition: self.users.get(p, user),
+                lambda user, p=partition: self.users.load(p, user),
                 dedup_window_ms=self.settings.dedup_window_ms,
                 dedup_min_ids=self.settings.dedup_min_ids,
             )

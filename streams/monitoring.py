@@ -121,8 +121,22 @@ def _resume_if_left_out(app, tp: TopicPartition, lag: int, stalled_s: float) -> 
     paused = faust_tp in consumer._paused_partitions
     buffered = faust_tp in consumer._buffered_partitions
     if faust_tp in active and not paused:
-        log.warning("%s[%d]: %d records waiting, no progress for %.0f s, partition active in the consumer (not resumed)",
-                    tp.topic, tp.partition, lag, stalled_s)  # fmt: skip
+        recovery = app.tables.recovery
+        flow = {
+            "consumer flow": consumer.flow_active,
+            "flow control": app.flow_control.is_active(),
+            "recovery completed": recovery.completed.is_set(),
+            "in recovery": recovery.in_recovery,
+        }
+        log.warning("%s[%d]: %d records waiting, no progress for %.0f s, partition active in the consumer; %s",
+                    tp.topic, tp.partition, lag, stalled_s, flow)  # fmt: skip
+        if recovery.completed.is_set() and not recovery.in_recovery and not (flow["consumer flow"] and flow["flow control"]):
+            # Recovery is over but the flow it suspended was not resumed (it
+            # returns early when the generation moved during the seek).
+            log.warning("resuming the consumer flow that recovery left suspended")
+            app.flow_control.resume()
+            consumer.resume_flow()
+            metrics.PARTITIONS_RESUMED.inc()
         return
     log.warning("%s[%d]: %d records waiting, no progress for %.0f s, left out of the consumer's fetch set "
                 "(paused=%s, buffer-full=%s); resuming it", tp.topic, tp.partition, lag, stalled_s, paused, buffered)  # fmt: skip

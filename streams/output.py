@@ -2,8 +2,8 @@
 
 A batch collects its records (state changelogs, friend updates, scores, dead
 letters) as plain ``Outgoing`` tuples while it decides synchronously; then
-``Outputs.deliver`` queues them in order and waits until the broker has
-acknowledged every one, before the batch's input events are acknowledged.
+``Outputs.deliver`` sends the states, waits for them, sends the rest and waits
+again, before the batch's input events are acknowledged.
 
 Faust's own path (``Topic.send_soon``: a FutureMessage, its producer buffer, a
 callback per record, and for a changelog a RocksDB write of the offset per
@@ -64,7 +64,16 @@ class Outputs:
         return self._producer
 
     async def deliver(self, records: list[Outgoing]) -> None:
-        """Queue ``records`` in order and wait until the broker acknowledged all.
+        """Send ``records`` and wait until the broker acknowledged every one.
+
+        State first, then what it caused: the changelog records are acknowledged
+        before any friend update, link or score of the batch is sent. A worker
+        killed between the two leaves states that show their inputs applied and
+        their publish made, whose outputs the recovery scan re-sends unchanged.
+        Sent together, a friend update could land while its state's changelog
+        record did not: the restored state would publish the same version
+        again with another value, which every receiver ignores as stale — a
+        score wrong for good (seen once in ~10 empty-data-dir restarts).
 
         A failed send raises here (and stops the agent) instead of letting the
         batch's input offsets be committed past an output that never left.
@@ -72,15 +81,27 @@ class Outputs:
         if not records:
             return
         producer = await self._ensure_started()
+        states = [r for r in records if r.changelog_of is not None]
+        effects = [r for r in records if r.changelog_of is None]
+        if states:
+            results = await self._send_all(producer, states)
+            self._move_persisted_offsets(states, results)
+        if effects:
+            await self._send_all(producer, effects)
+
+    @staticmethod
+    async def _send_all(producer: AIOKafkaProducer, records: list[Outgoing]) -> list:
         futures = [await producer.send(r.topic, r.value, key=r.key, partition=r.partition) for r in records]
-        results = await asyncio.gather(*futures)
+        return await asyncio.gather(*futures)
+
+    @staticmethod
+    def _move_persisted_offsets(records: list[Outgoing], results: list) -> None:
         highest: dict[tuple[int, int], tuple[ChangelogOwner, int, int]] = {}
         for record, metadata in zip(records, results):
-            if record.changelog_of is not None:
-                slot = (id(record.changelog_of), metadata.partition)
-                known = highest.get(slot)
-                if known is None or metadata.offset > known[2]:
-                    highest[slot] = (record.changelog_of, metadata.partition, metadata.offset)
+            slot = (id(record.changelog_of), metadata.partition)
+            known = highest.get(slot)
+            if known is None or metadata.offset > known[2]:
+                highest[slot] = (record.changelog_of, metadata.partition, metadata.offset)
         for owner, partition, offset in highest.values():
             try:
                 owner.set_persisted_offset(partition, offset)

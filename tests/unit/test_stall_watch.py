@@ -30,9 +30,30 @@ class _FaustConsumerState:
         self._paused_partitions.difference_update(tps)
 
 
+class _Flag:
+    def __init__(self, value: bool) -> None:
+        self.value = value
+
+    def is_set(self) -> bool:
+        return self.value
+
+    def is_active(self) -> bool:
+        return self.value
+
+    def resume(self) -> None:
+        self.value = True
+
+
 class _App:
-    def __init__(self, consumer) -> None:
+    """The slice of faust.App the check reads: consumer, flow control, recovery."""
+
+    def __init__(self, consumer, *, flow: bool = True, recovered: bool = True) -> None:
         self.consumer = consumer
+        consumer.flow_active = flow
+        consumer.resume_flow = lambda: setattr(consumer, "flow_active", True)
+        self.flow_control = _Flag(flow)
+        self.tables = type("Tables", (), {})()
+        self.tables.recovery = type("Recovery", (), {"completed": _Flag(recovered), "in_recovery": not recovered})()
 
 
 def _resumed() -> float:
@@ -68,3 +89,20 @@ def test_a_partition_no_longer_assigned_is_left_alone():
     before = _resumed()
     _resume_if_left_out(_App(consumer), TopicPartition("posts", 2), lag=5, stalled_s=25)
     assert _resumed() == before
+
+
+def test_a_flow_left_suspended_after_recovery_is_resumed():
+    tp = TP("friend-updates", 1)
+    consumer = _FaustConsumerState({tp}, active={tp})
+    app = _App(consumer, flow=False)
+    before = _resumed()
+    _resume_if_left_out(app, TopicPartition("friend-updates", 1), lag=55, stalled_s=25)
+    assert app.flow_control.is_active() and consumer.flow_active and _resumed() == before + 1
+
+
+def test_a_flow_suspended_during_recovery_is_left_alone():
+    tp = TP("friend-updates", 1)
+    consumer = _FaustConsumerState({tp}, active={tp})
+    app = _App(consumer, flow=False, recovered=False)
+    _resume_if_left_out(app, TopicPartition("friend-updates", 1), lag=55, stalled_s=25)
+    assert not app.flow_control.is_active() and not consumer.flow_active

@@ -20,3 +20,30 @@ def test_tables_use_the_configured_rocksdb_memory(tmp_path):
         assert options.block_cache_size == 16 * 2**20
         rocks = options.as_options()  # what RocksDB is opened with
         assert rocks is not None
+
+
+def test_batches_load_through_a_bounded_write_through_cache(tmp_path):
+    from streams.scoring import UserState
+    from streams import state as state_codec
+    from streams.tables import user_store
+
+    settings = replace(Settings(), data_dir=tmp_path, metrics_port=0)
+    users_table, _ = create_tables(create_app(settings), settings)
+    store = user_store(users_table, cache_entries=2)
+    assert store.load(0, "ann") is None
+    store.put(0, "ann", UserState(own=1.0))
+    store.put(0, "bob", UserState(own=2.0))
+    ann = store.load(0, "ann")
+    assert ann is store.load(0, "ann") and ann.own == 1.0  # the cached object, not a fresh decode
+    ann.own = 5.0  # a batch changes it in place ...
+    assert store.get(0, "ann").own == 1.0  # ... RocksDB keeps what was put
+    store.put(0, "ann", ann)
+    assert store.get(0, "ann").own == 5.0
+    store.put(1, "cid", UserState(own=3.0))  # a third entry evicts the least recently used (bob)
+    assert (0, "bob") not in store._cache and store.load(0, "bob").own == 2.0
+    # a write behind the cache (Faust restoring a changelog) is seen at once
+    ann_now = store.load(0, "ann")
+    store._db(0).put(b"ann", state_codec.encode_user(UserState(own=9.0)))
+    assert store.load(0, "ann").own == 9.0 and store.load(0, "ann") is not ann_now
+    store.forget()
+    assert not store._cache and store.load(0, "ann").own == 9.0
