@@ -10,8 +10,9 @@ partition by partition, to the pure batch code of ``streams.processor``:
 
 Every write of a batch is synchronous (no await between reading a state and
 writing it back), so agents never interleave inside one read-modify-write;
-the batch's outputs are delivered before its offsets are acknowledged, and
-Faust flushes the producer before it commits, so at-least-once holds.
+the batch's outputs (streams/output.py: states first, then what they caused)
+are acknowledged by the broker before its input events are acknowledged, so
+at-least-once holds.
 """
 
 from __future__ import annotations
