@@ -24,6 +24,9 @@ KEY_COUNT_INTERVAL_S = 15.0  # a key scan; cheap, but not every 5 s on a big tab
 #: A partition with records waiting whose committed offset has not moved for
 #: this long is checked for being left out of Faust's fetch set (see below).
 STALL_S = 20.0
+#: ... and one found active (not left out) that many checks in a row is sought
+#: back to its committed offset.
+SEEK_AFTER_CHECKS = 3
 
 
 def _dir_bytes(path: Path) -> int:
@@ -38,6 +41,7 @@ def install_monitoring(scorer: Scorer) -> None:
     clients: dict[str, object] = {}
     last_count = [float("-inf")]
     progress: dict[TopicPartition, tuple[int, float]] = {}  # tp -> (committed, since)
+    checks: dict[TopicPartition, int] = {}  # tp -> stalled checks in a row with the partition active
 
     @app.on_partitions_assigned.connect
     async def on_assigned(sender, assigned, **kwargs) -> None:
@@ -94,8 +98,12 @@ def install_monitoring(scorer: Scorer) -> None:
             previous = progress.get(tp)
             if lag == 0 or previous is None or previous[0] != done:
                 progress[tp] = (done, now)
+                checks.pop(tp, None)
             elif now - previous[1] >= STALL_S and scorer.ready and not getattr(app, "in_recovery", False):
-                if _resume_if_left_out(app, tp, lag, now - previous[1]) == "active":
+                found = _resume_if_left_out(app, tp, lag, now - previous[1])
+                checks[tp] = checks.get(tp, 0) + 1 if found == "active" else 0
+                if checks[tp] >= SEEK_AFTER_CHECKS:  # a minute of an active partition not moving
+                    checks[tp] = 0
                     await _seek_back(app, tp, done)
                 progress[tp] = (done, now)  # check (and log) at most once per STALL_S
         for tp in list(progress):
