@@ -21,18 +21,14 @@ from aiokafka.consumer import fetcher as _fetcher
 
 _original = _fetcher.Fetcher._proc_fetch_request
 _pause_s = 0.0
-#: Empty answers paced since start (tests and the bench read it).
-paced = 0
 
 
 async def _paced_fetch_request(self, assignment, node_id, request):
-    global paced
     started = time.monotonic()
     has_new_data = await _original(self, assignment, node_id, request)
     if not has_new_data and _pause_s > 0:
         remaining = _pause_s - (time.monotonic() - started)
         if remaining > 0:
-            paced += 1
             try:
                 await asyncio.sleep(remaining)
             except asyncio.CancelledError:

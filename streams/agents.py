@@ -166,7 +166,11 @@ class Scorer:
                     pending.extend(self._send_friend_updates(estimates=estimates))
                     pending.extend(self._send_scores([self._score_of(user, state)], state.updated_ts, observe=False))
                     resent += 1
-                await asyncio.sleep(0)
+                # Delivered right after the puts, with no await between, so that
+                # a newer state an agent writes meanwhile follows these in the
+                # changelog instead of being overtaken by them.
+                await self._delivered(pending)
+                pending = []
         for partition in pair_partitions:
             for key, pair in list(self.pairs.items(partition)):
                 if pair.source_offset < committed.get((topics.FRIENDSHIPS, partition), 0):
@@ -446,9 +450,6 @@ def _by_partition(batch: Iterable[faust.EventT]) -> dict[int, list[faust.EventT]
     for event in batch:
         grouped[event.message.partition].append(event)
     return grouped
-
-
-
 
 
 def _wrong_key_detail(what: str, key: str) -> str:

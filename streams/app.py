@@ -11,7 +11,6 @@ from __future__ import annotations
 import faust
 
 from standing.settings import Settings
-from topology.topics import MAX_RECORD_BYTES
 
 
 def create_app(settings: Settings) -> faust.App:
@@ -41,8 +40,6 @@ def create_app(settings: Settings) -> faust.App:
         broker_heartbeat_interval=max(0.5, settings.session_timeout / 10),
         producer_acks=-1,
         producer_linger_ms=1,
-        # A celebrity's state is one changelog record of ~27 bytes per friend.
-        producer_max_request_size=MAX_RECORD_BYTES,
         stream_buffer_maxsize=max(4 * settings.batch_size, 4096),
         web_enabled=True,
         web_host=settings.web_host,

@@ -63,7 +63,8 @@ MEMBERS_EVICTED = Counter(
 )
 PARTITIONS_RESUMED = Counter(
     "standing_stalled_partitions_resumed_total",
-    "Owned partitions with records waiting that Faust had left out of its fetch set after recovery, put back (streams/monitoring.py).",
+    "Stalled owned partitions the worker restarted after recovery: put back into Faust's fetch set, "
+    "flow resumed, or sought back to the committed offset (streams/monitoring.py).",
 )
 REBALANCES = Counter("standing_rebalances_total", "Rebalances this worker went through (partition assignments).")
 READY = Gauge("standing_ready", "1 when the worker holds recovered partitions and is processing, else 0.")

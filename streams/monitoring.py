@@ -121,7 +121,7 @@ async def _seek_back(app, tp: TopicPartition, committed: int) -> None:
     there again; what was processed since the commit is de-duplicated.
     """
     consumer = app.consumer
-    faust_tp = next((c for c in consumer.assignment() if c.topic == tp.topic and c.partition == tp.partition), None)
+    faust_tp = _assigned(consumer, tp)
     if faust_tp is None:
         return
     log.warning("%s[%d]: seeking the stalled partition back to its committed offset %d", tp.topic, tp.partition, committed)
@@ -132,19 +132,25 @@ async def _seek_back(app, tp: TopicPartition, committed: int) -> None:
         log.warning("could not seek %s[%d]: %r", tp.topic, tp.partition, error)
 
 
+def _assigned(consumer, tp: TopicPartition):
+    """Faust's own TP for ``tp`` if the consumer holds it, else None."""
+    return next((c for c in consumer.assignment() if c.topic == tp.topic and c.partition == tp.partition), None)
+
+
 def _resume_if_left_out(app, tp: TopicPartition, lag: int, stalled_s: float) -> str:
     """Put a stalled partition back into Faust's fetch set if it fell out of it.
 
     Faust fetches only its "active" partitions: it drops one when its stream
     buffer is under pressure or while it rebalances and recovers, and adds it
-    back when the buffer drains or recovery ends. A worker restarted on an
-    empty data directory once kept one friend-updates partition out for good
-    (64 records never processed, the agent idle). Records of a partition we own
-    waiting this long, with recovery over, mean it was not put back: do it, say
-    so, count it.
+    back when the buffer drains or recovery ends; recovery also suspends the
+    whole flow and resumes it at its end. Records of a partition we own
+    waiting this long, with recovery over, mean one of these was not undone:
+    undo it, say so, count it. Returns what was found: "gone" (no longer
+    ours), "resumed", "flow resumed", or "active" (nothing left out: the
+    caller may seek it back).
     """
     consumer = app.consumer
-    faust_tp = next((candidate for candidate in consumer.assignment() if candidate.topic == tp.topic and candidate.partition == tp.partition), None)
+    faust_tp = _assigned(consumer, tp)
     if faust_tp is None:
         return "gone"
     active = consumer._get_active_partitions()

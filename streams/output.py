@@ -45,6 +45,7 @@ class Outputs:
         self._settings = settings
         self._producer: AIOKafkaProducer | None = None
         self._starting = asyncio.Lock()
+        self._queueing_states = asyncio.Lock()  # FIFO: changelog order = call order
 
     async def _ensure_started(self) -> AIOKafkaProducer:
         if self._producer is None:
@@ -73,7 +74,12 @@ class Outputs:
         Sent together, a friend update could land while its state's changelog
         record did not: the restored state would publish the same version
         again with another value, which every receiver ignores as stale — a
-        score wrong for good (seen once in ~10 empty-data-dir restarts).
+        score wrong for good.
+
+        Changelog records are queued under a FIFO lock, so they reach Kafka in
+        the order the callers asked: a caller that puts states and calls this
+        with no await in between has its records after every state put before
+        them (a restore replays the changelog in order; the last record wins).
 
         A failed send raises here (and stops the agent) instead of letting the
         batch's input offsets be committed past an output that never left.
@@ -84,15 +90,16 @@ class Outputs:
         states = [r for r in records if r.changelog_of is not None]
         effects = [r for r in records if r.changelog_of is None]
         if states:
-            results = await self._send_all(producer, states)
-            self._move_persisted_offsets(states, results)
+            async with self._queueing_states:
+                queued = await self._queue(producer, states)
+            self._move_persisted_offsets(states, await asyncio.gather(*queued))
         if effects:
-            await self._send_all(producer, effects)
+            await asyncio.gather(*await self._queue(producer, effects))
 
     @staticmethod
-    async def _send_all(producer: AIOKafkaProducer, records: list[Outgoing]) -> list:
-        futures = [await producer.send(r.topic, r.value, key=r.key, partition=r.partition) for r in records]
-        return await asyncio.gather(*futures)
+    async def _queue(producer: AIOKafkaProducer, records: list[Outgoing]) -> list[asyncio.Future]:
+        """Hand ``records`` to the producer in order; their delivery futures."""
+        return [await producer.send(r.topic, r.value, key=r.key, partition=r.partition) for r in records]
 
     @staticmethod
     def _move_persisted_offsets(records: list[Outgoing], results: list) -> None:
