@@ -30,6 +30,7 @@ from standing.settings import Settings
 from streams import events as ev
 from streams import metrics
 from streams.output import Outgoing, Outputs
+from streams.progress import InputProgress, install_commit_guard
 from streams.processor import EstimateOut, LinkOut, PairBatch, ScoreOut, UserBatch
 from streams.rules import Rules
 from streams.scoring import contributions, network_part
@@ -70,6 +71,10 @@ class Scorer:
         self.dead_letter_topic = raw_topic(topics.DEAD_LETTERS)
         #: every record the worker writes leaves through here (streams/output.py)
         self.output = Outputs(settings)
+        #: the input offsets really processed; Faust commits these (streams/progress.py)
+        self.progress = InputProgress(app, settings)
+        app.standing_progress = self.progress
+        install_commit_guard()
         batch_size, batch_wait = settings.batch_size, settings.batch_wait
 
         @app.agent(self.user_topics, name="score_users")
@@ -109,15 +114,18 @@ class Scorer:
         @app.on_before_shutdown.connect
         async def stop_outputs(sender, **kwargs) -> None:
             await self.output.stop()
+            await self.progress.stop()
 
         @app.on_partitions_revoked.connect
         async def on_partitions_revoked(sender, revoked, **kwargs) -> None:
             self.ready = False
             self.forget_cached_states()
+            self.progress.forget()
 
         @app.on_partitions_assigned.connect
         async def on_partitions_assigned(sender, assigned, **kwargs) -> None:
             self.forget_cached_states()  # recovery is about to write the tables
+            self.progress.forget()
 
     def forget_cached_states(self) -> None:
         self.users.forget()
@@ -218,8 +226,9 @@ class Scorer:
 
     async def process_friendship_events(self, batch: list[faust.EventT]) -> None:
         started = time.perf_counter()
+        admission = await self.progress.admit(batch)
         pending: list[Outgoing] = []
-        for partition, events in _by_partition(batch).items():
+        for partition, events in _by_partition(admission.events).items():
             pair_batch = PairBatch(
                 lambda key, p=partition: self.pairs.load(p, key),
                 dedup_window_ms=self.settings.dedup_window_ms,
@@ -251,6 +260,7 @@ class Scorer:
                 pending.append(self.pairs.put(partition, key, pair))
             pending.extend(self._send_friend_updates(links=output.links))
         await self._delivered(pending)
+        await self.progress.done(admission)
         metrics.BATCHES.labels("route_friendships").inc()
         metrics.BATCH_SECONDS.labels("route_friendships").observe(time.perf_counter() - started)
 
@@ -259,8 +269,9 @@ class Scorer:
     async def process_user_events(self, batch: list[faust.EventT]) -> None:
         started = time.perf_counter()
         rules = self.rules
+        admission = await self.progress.admit(batch)
         pending: list[Outgoing] = []
-        for partition, events in _by_partition(batch).items():
+        for partition, events in _by_partition(admission.events).items():
             user_batch = UserBatch(
                 rules,
                 lambda user, p=partition: self.users.load(p, user),
@@ -301,6 +312,7 @@ class Scorer:
             pending.extend(self._send_friend_updates(estimates=output.estimates))
             pending.extend(self._send_scores(output.scores, now))
         await self._delivered(pending)
+        await self.progress.done(admission)
         metrics.BATCHES.labels("score_users").inc()
         metrics.BATCH_SECONDS.labels("score_users").observe(time.perf_counter() - started)
 

@@ -66,5 +66,13 @@ PARTITIONS_RESUMED = Counter(
     "Stalled owned partitions the worker restarted after recovery: put back into Faust's fetch set, "
     "flow resumed, or sought back to the committed offset (streams/monitoring.py).",
 )
+INPUT_RECORDS_SKIPPED = Counter(
+    "standing_input_records_skipped_total",
+    "Input records Faust's consumer skipped (a race around rebalances) that the worker noticed "
+    "before committing past them and read again (streams/progress.py).",
+    ["topic"],
+)
+for _topic in ("purchases", "posts", "friendships", "friend-updates"):
+    INPUT_RECORDS_SKIPPED.labels(_topic)  # at 0 from the start, so rates and alerts have a series
 REBALANCES = Counter("standing_rebalances_total", "Rebalances this worker went through (partition assignments).")
 READY = Gauge("standing_ready", "1 when the worker holds recovered partitions and is processing, else 0.")

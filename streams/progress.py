@@ -1,0 +1,223 @@
+"""Which input records have really been processed: the offsets Standing commits.
+
+Faust's consumer can skip records around a rebalance. Its fetch loop keeps
+delivering records fetched before the rebalance's seek to the committed
+offsets; the jump that follows counts as a compaction "gap" whose offsets it
+treats as done, the same records fetched again are dropped as already read,
+and its commit check lets a missing record at the head through (off by one,
+and not at all when the group has no commit yet; faust-streaming #216, #221,
+#312, #606). Seen here as friendship links and posts that never reached a
+user after a worker was killed and its partitions moved.
+
+So the agents do not trust Faust's acknowledgements for the input topics:
+
+* ``admit`` looks at each batch before anything is applied. Per partition it
+  knows the next offset to process (from the group's committed offset when a
+  partition is new to it); records before it are done and are left out (Faust
+  delivers some twice around a seek). A record beyond it means records were skipped
+  unless the broker confirms that nothing lies in between (transaction
+  markers, compaction): the partition's records from there on are left out
+  of the batch, and after the batch the partition is sought back to the
+  first missing offset, so it is read again in order.
+* ``done`` moves the next offsets once the batch's outputs are acknowledged.
+* ``install_commit_guard`` makes Faust commit exactly those offsets for the
+  partitions tracked here (its own bookkeeping still serves every other
+  partition), so a commit never passes a record that was not processed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from dataclasses import dataclass, field
+from typing import Iterable, Sequence
+
+import faust
+from aiokafka import AIOKafkaConsumer, TopicPartition
+from aiokafka.admin import AIOKafkaAdminClient
+
+from standing.settings import Settings
+from streams import metrics
+
+log = logging.getLogger(__name__)
+
+#: How long to wait for the broker when checking what lies in a jump.
+LOOKUP_TIMEOUT_MS = 5000
+
+
+@dataclass
+class Admission:
+    """What ``admit`` let through of one batch, and what to do once it is delivered."""
+
+    events: list[faust.EventT]
+    generation: int
+    #: partition -> next offset once this batch is delivered
+    advance: dict = field(default_factory=dict)
+    #: partition -> offset to seek back to (records were skipped)
+    seek_back: dict = field(default_factory=dict)
+
+
+class InputProgress:
+    """Per input partition, the next offset to process; everything before it is done."""
+
+    def __init__(self, app: faust.App, settings: Settings) -> None:
+        self._app = app
+        self._settings = settings
+        self._next: dict = {}  # Faust TP -> offset
+        self._generation = 0
+        self._admin: AIOKafkaAdminClient | None = None
+        self._reader: AIOKafkaConsumer | None = None
+        self._lookup_lock = asyncio.Lock()
+
+    # --- bookkeeping --------------------------------------------------------
+
+    def forget(self) -> None:
+        """Partitions moved: start again from the group's committed offsets."""
+        self._next.clear()
+        self._generation += 1
+
+    def committable(self, tp) -> int | None:
+        """The offset to commit for ``tp``, or None if it is not tracked here."""
+        return self._next.get(tp)
+
+    # --- per batch ----------------------------------------------------------
+
+    async def admit(self, batch: Sequence[faust.EventT]) -> Admission:
+        generation = self._generation
+        by_tp: dict = {}
+        for event in batch:
+            by_tp.setdefault(event.message.tp, []).append(event)
+        unknown = [tp for tp in by_tp if tp not in self._next]
+        starts = await self._start_offsets(unknown) if unknown else {}
+        admission = Admission([], generation)
+        for tp, events in by_tp.items():
+            expected = self._next.get(tp, starts.get(tp))
+            # By offset, each once: after a seek, records fetched before it
+            # can arrive mixed with the same records fetched again.
+            by_offset: dict[int, faust.EventT] = {}
+            for event in events:
+                by_offset.setdefault(event.message.offset, event)
+            for offset in sorted(by_offset):
+                if offset < expected:
+                    continue  # read again after a seek: processed and delivered already
+                if offset == expected:
+                    admission.events.append(by_offset[offset])
+                    expected += 1
+                    continue
+                if not await self._records_between(tp, expected, offset):
+                    admission.events.append(by_offset[offset])  # a real gap: nothing to process there
+                    expected = offset + 1
+                    continue
+                metrics.INPUT_RECORDS_SKIPPED.labels(tp.topic).inc(offset - expected)
+                log.warning(
+                    "%s[%d]: the consumer skipped offsets %d..%d (a Faust race around rebalances); "
+                    "reading them again from %d",
+                    tp.topic, tp.partition, expected, offset - 1, expected,
+                )  # fmt: skip
+                admission.seek_back[tp] = expected
+                break
+            admission.advance[tp] = expected
+        return admission
+
+    async def done(self, admission: Admission) -> None:
+        """The batch's outputs are acknowledged: move on, and re-read what was skipped."""
+        if admission.generation != self._generation:
+            return  # partitions moved meanwhile; the new owner starts from the commit
+        for tp, offset in admission.advance.items():
+            if offset > self._next.get(tp, -1):
+                self._next[tp] = offset
+        for tp, offset in admission.seek_back.items():
+            try:
+                await self._app.consumer.seek(tp, offset)
+            except Exception as error:  # a rebalance meanwhile positions it from the commit
+                log.warning("could not seek %s[%d] back to %d: %r", tp.topic, tp.partition, offset, error)
+
+    # --- asking the broker --------------------------------------------------
+
+    async def _clients(self) -> tuple[AIOKafkaAdminClient, AIOKafkaConsumer]:
+        if self._admin is None:
+            options = self._settings.kafka_client_options()
+            admin = AIOKafkaAdminClient(bootstrap_servers=self._settings.bootstrap_servers, **options)
+            reader = AIOKafkaConsumer(
+                bootstrap_servers=self._settings.bootstrap_servers, enable_auto_commit=False, **options
+            )
+            await admin.start()
+            await reader.start()
+            self._admin, self._reader = admin, reader
+        return self._admin, self._reader
+
+    async def _start_offsets(self, tps: Iterable) -> dict:
+        """The group's committed offset of each partition (its first offset if none)."""
+        async with self._lookup_lock:
+            admin, reader = await self._clients()
+            wanted = [TopicPartition(tp.topic, tp.partition) for tp in tps]
+            committed = await admin.list_consumer_group_offsets(self._settings.app_id, partitions=wanted)
+            starts = {}
+            missing = []
+            for tp in tps:
+                entry = committed.get(TopicPartition(tp.topic, tp.partition))
+                if entry is not None and entry.offset >= 0:
+                    starts[tp] = entry.offset
+                else:
+                    missing.append(tp)
+            if missing:
+                beginnings = await reader.beginning_offsets([TopicPartition(tp.topic, tp.partition) for tp in missing])
+                for tp in missing:
+                    starts[tp] = beginnings[TopicPartition(tp.topic, tp.partition)]
+            return starts
+
+    async def _records_between(self, tp, start: int, end: int) -> bool:
+        """True if the broker holds a record at an offset in [start, end)."""
+        async with self._lookup_lock:
+            _, reader = await self._clients()
+            partition = TopicPartition(tp.topic, tp.partition)
+            reader.assign([partition])
+            reader.seek(partition, start)
+            fetched = await reader.getmany(partition, timeout_ms=LOOKUP_TIMEOUT_MS, max_records=1)
+            records = fetched.get(partition, [])
+            # Nothing at all within the timeout: assume records are there
+            # (reading them again is harmless; skipping them is not).
+            return not records or records[0].offset < end
+
+    async def stop(self) -> None:
+        for client in (self._reader, self._admin):
+            if client is None:
+                continue
+            try:
+                await client.stop() if isinstance(client, AIOKafkaConsumer) else await client.close()
+            except Exception:
+                pass
+        self._admin = self._reader = None
+
+
+def install_commit_guard() -> None:
+    """Make Faust commit, for the partitions ``InputProgress`` tracks, its offsets.
+
+    Faust computes a partition's commit offset from the acknowledgements and
+    the "gaps" it recorded (``Consumer._new_offset``). For a tracked
+    partition the offset is the one ``InputProgress`` vouches for instead,
+    and the acknowledgements below it are dropped so Faust's list stays
+    short. The app carries its tracker as ``app.standing_progress``.
+    """
+    from faust.transport.consumer import Consumer
+
+    if getattr(Consumer, "_standing_commit_guard", False):
+        return
+    original = Consumer._new_offset
+
+    def _new_offset(self, tp):
+        progress = getattr(self.app, "standing_progress", None)
+        verified = progress.committable(tp) if progress is not None else None
+        if verified is None:
+            return original(self, tp)
+        acked = self._acked[tp]
+        if acked:
+            below = [offset for offset in acked if offset < verified]
+            if below:
+                self._acked_index[tp].difference_update(below)
+                acked[:] = [offset for offset in acked if offset >= verified]
+        committed = self._committed_offset[tp]
+        return verified if committed is None or verified > committed else None
+
+    Consumer._new_offset = _new_offset
+    Consumer._standing_commit_guard = True

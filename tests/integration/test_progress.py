@@ -1,0 +1,66 @@
+"""The input-progress guard asks the real broker where a partition starts and what lies in a jump."""
+
+from __future__ import annotations
+
+import asyncio
+from types import SimpleNamespace
+
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+from aiokafka.structs import OffsetAndMetadata
+from faust.types import TP
+
+from streams.progress import InputProgress
+from topology import topics
+
+
+def test_start_offsets_are_the_groups_commits_or_the_partitions_beginning(fresh_settings):
+    async def scenario():
+        producer = AIOKafkaProducer(bootstrap_servers=fresh_settings.bootstrap_servers)
+        await producer.start()
+        for index in range(5):
+            await producer.send_and_wait(topics.POSTS, b"x%d" % index, partition=0)
+        await producer.stop()
+        committer = AIOKafkaConsumer(bootstrap_servers=fresh_settings.bootstrap_servers, group_id=fresh_settings.app_id)
+        await committer.start()
+        try:
+            committer.assign([TopicPartition(topics.POSTS, 0)])
+            await committer.commit({TopicPartition(topics.POSTS, 0): OffsetAndMetadata(3, "")})
+        finally:
+            await committer.stop()
+        progress = InputProgress(SimpleNamespace(consumer=None), fresh_settings)
+        try:
+            starts = await progress._start_offsets([TP(topics.POSTS, 0), TP(topics.POSTS, 1)])
+            between = await progress._records_between(TP(topics.POSTS, 0), 1, 4)
+        finally:
+            await progress.stop()
+        return starts, between
+
+    starts, between = asyncio.run(scenario())
+    assert starts == {TP(topics.POSTS, 0): 3, TP(topics.POSTS, 1): 0}
+    assert between is True
+
+
+def test_a_transaction_marker_is_a_real_gap(fresh_settings):
+    """A transactional producer leaves an offset with no record (its commit marker)."""
+
+    async def scenario():
+        producer = AIOKafkaProducer(bootstrap_servers=fresh_settings.bootstrap_servers, transactional_id="standing-progress-test")
+        await producer.start()
+        plain_producer = AIOKafkaProducer(bootstrap_servers=fresh_settings.bootstrap_servers)
+        await plain_producer.start()
+        try:
+            async with producer.transaction():
+                await producer.send(topics.POSTS, b"in a transaction", partition=2)
+            plain = await plain_producer.send_and_wait(topics.POSTS, b"after it", partition=2)
+        finally:
+            await producer.stop()
+            await plain_producer.stop()
+        progress = InputProgress(SimpleNamespace(consumer=None), fresh_settings)
+        try:
+            return plain.offset, await progress._records_between(TP(topics.POSTS, 2), 1, plain.offset)
+        finally:
+            await progress.stop()
+
+    after, between = asyncio.run(scenario())
+    assert after >= 2  # the record, its marker, then this one
+    assert between is False
