@@ -114,11 +114,13 @@ def install_monitoring(scorer: Scorer) -> None:
 async def _seek_back(app, tp: TopicPartition, committed: int) -> None:
     """Re-position a stalled partition's fetch at its committed offset.
 
-    Seen after a restart on an empty data directory (about 1 run in 8 here):
-    a partition active in Faust's consumer, flow on, recovery over, the broker
-    serving its records from the committed offset to any other client, and
-    the worker never fetching them. Seeking makes the consumer fetch from
-    there again; what was processed since the commit is de-duplicated.
+    Faust's consumer drops every fetched record below its "read offset", and
+    around a rebalance records fetched before its seek can push that offset
+    past records it has not delivered (streams/progress.py). Usually a later
+    record shows the jump and the agent seeks back at once; when nothing
+    arrives after the dropped records, this is what notices. Seeking makes
+    the consumer fetch from the commit again; what was processed since is
+    left out by the progress guard.
     """
     consumer = app.consumer
     faust_tp = _assigned(consumer, tp)

@@ -110,15 +110,7 @@ DURABILITY_BUG = pytest.mark.xfail(
 )
 
 
-EMPTY_DIR_HANG = pytest.mark.xfail(
-    run=False,
-    reason="intermittent, about 1 run in 8 here: after a restart on an empty data directory the worker sometimes "
-    "never fetches one partition (active in Faust's consumer, flow on, recovery over, and the broker serves its "
-    "records from the committed offset to any other client); not diagnosed; `pytest --runxfail -k empty` runs it",
-)
-
-
-@pytest.mark.parametrize("restart_dir", ["same", pytest.param("empty", marks=EMPTY_DIR_HANG)])
+@pytest.mark.parametrize("restart_dir", ["same", "empty"])
 @pytest.mark.parametrize("moment", ["intake", "propagation"])
 def test_sigkill_then_restart_ends_exact(fresh_settings, workers, events_file, tmp_path, moment, restart_dir):
     # The replacement has the killed worker's identity (static membership), as
