@@ -43,6 +43,8 @@ log = logging.getLogger(__name__)
 
 #: How long to wait for the broker when checking what lies in a jump.
 LOOKUP_TIMEOUT_MS = 5000
+#: Longest pause between two attempts when the broker does not answer.
+RETRY_MAX_S = 5.0
 
 
 @dataclass
@@ -88,7 +90,7 @@ class InputProgress:
         for event in batch:
             by_tp.setdefault(event.message.tp, []).append(event)
         unknown = [tp for tp in by_tp if tp not in self._next]
-        starts = await self._start_offsets(unknown) if unknown else {}
+        starts = await self._asking(self._start_offsets, unknown) if unknown else {}
         admission = Admission([], generation)
         for tp, events in by_tp.items():
             expected = self._next.get(tp, starts.get(tp))
@@ -104,7 +106,7 @@ class InputProgress:
                     admission.events.append(by_offset[offset])
                     expected += 1
                     continue
-                if not await self._records_between(tp, expected, offset):
+                if not await self._asking(self._records_between, tp, expected, offset):
                     admission.events.append(by_offset[offset])  # a real gap: nothing to process there
                     expected = offset + 1
                     continue
@@ -133,6 +135,23 @@ class InputProgress:
                 log.warning("could not seek %s[%d] back to %d: %r", tp.topic, tp.partition, offset, error)
 
     # --- asking the broker --------------------------------------------------
+
+    async def _asking(self, question, *args):
+        """``question(*args)``, asked again until the broker answers.
+
+        The batch cannot be applied without the answer, and an exception here
+        would stop the agent for good; a broker that is restarting or
+        unreachable for a while only delays the batch.
+        """
+        delay = 0.5
+        while True:
+            try:
+                return await question(*args)
+            except Exception as error:
+                log.warning("input progress: the broker did not answer (%r); asking again in %.1f s", error, delay)
+                await self.stop()  # fresh connections next time
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, RETRY_MAX_S)
 
     async def _clients(self) -> tuple[AIOKafkaAdminClient, AIOKafkaConsumer]:
         if self._admin is None:

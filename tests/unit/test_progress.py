@@ -100,6 +100,24 @@ def test_a_batch_from_before_a_rebalance_does_not_move_the_new_generation():
     assert progress.committable(POSTS_0) is None
 
 
+def test_a_broker_that_does_not_answer_delays_the_batch_without_stopping_it(monkeypatch):
+    import streams.progress as progress_module
+
+    monkeypatch.setattr(progress_module, "RETRY_MAX_S", 0.01)
+    progress = _Progress({POSTS_0: 0})
+    failures = [ConnectionError("broker restarting"), ConnectionError("still restarting")]
+    answer = progress._start_offsets
+
+    async def flaky(tps):
+        if failures:
+            raise failures.pop(0)
+        return await answer(tps)
+
+    progress._start_offsets = flaky
+    admission = asyncio.run(progress.admit([_event(POSTS_0, 0)]))
+    assert _offsets(admission) == [(0, 0)] and not failures
+
+
 def test_faust_commits_the_guarded_offset_not_its_acknowledgements():
     install_commit_guard()
     app = faust.App("standing-progress-test", broker="kafka://127.0.0.1:1")
