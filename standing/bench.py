@@ -605,6 +605,8 @@ def run_soak(*, seconds: float, rate: float, users: int, seed: int, partitions: 
                 try:
                     while not producer.done():
                         await asyncio.sleep(sample_every)
+                        if producer.done():
+                            break  # the backlog drains once the offer stops: not a sample of the load
                         rss = worker.value("process_resident_memory_bytes")
                         held = {table: worker.value("standing_table_keys", table=table) for table in ("users", "pairs")}
                         left = (await backlog(settings, admin, consumer)).total
