@@ -160,8 +160,13 @@ class InputProgress:
             reader = AIOKafkaConsumer(
                 bootstrap_servers=self._settings.bootstrap_servers, enable_auto_commit=False, **options
             )
-            await admin.start()
-            await reader.start()
+            try:
+                await admin.start()
+                await reader.start()
+            except BaseException:
+                await _quietly(reader.stop())
+                await _quietly(admin.close())
+                raise
             self._admin, self._reader = admin, reader
         return self._admin, self._reader
 
@@ -199,14 +204,18 @@ class InputProgress:
             return not records or records[0].offset < end
 
     async def stop(self) -> None:
-        for client in (self._reader, self._admin):
-            if client is None:
-                continue
-            try:
-                await client.stop() if isinstance(client, AIOKafkaConsumer) else await client.close()
-            except Exception:
-                pass
+        if self._reader is not None:
+            await _quietly(self._reader.stop())
+        if self._admin is not None:
+            await _quietly(self._admin.close())
         self._admin = self._reader = None
+
+
+async def _quietly(closing) -> None:
+    try:
+        await closing
+    except Exception:
+        pass
 
 
 def install_commit_guard() -> None:
