@@ -101,7 +101,9 @@ async def _live(settings: Settings, config: PopulationConfig, rate: float, secon
 
     async def produce() -> None:
         async with EventProducer(settings) as producer:
-            async for item in LiveSimulation(config, rate):
+            # New event ids each run: the data directory (and the worker's
+            # de-duplication memory) outlives a demo.
+            async for item in LiveSimulation(config, rate, run_id=f"run{int(time.time())}"):
                 if stop.is_set():
                     break
                 try:

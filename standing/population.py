@@ -246,19 +246,22 @@ class LiveSimulation:
     The initial graph goes out as fast as the consumer takes it; then events
     are paced in batches (one sleep per ~50 ms of events, not one per event).
     Timestamps are the wall clock. Invalid lines are skipped: the demo shows
-    a healthy population.
+    a healthy population. Event ids carry ``run_id``: a demo started again on
+    the same data directory sends new events, not the previous run's ids
+    again (which the worker would rightly ignore as duplicates).
     """
 
     #: If the consumer falls behind by more than this, pacing restarts from now
     #: instead of bursting to catch up.
     MAX_LAG_S = 1.0
 
-    def __init__(self, config: PopulationConfig, rate: float, rules: Rules | None = None) -> None:
+    def __init__(self, config: PopulationConfig, rate: float, rules: Rules | None = None, run_id: str = "") -> None:
         if not rate > 0 or math.isinf(rate):
             raise ValueError(f"rate = {rate!r}: the simulation needs a finite rate > 0 events per second")
         self._config = config
         self._rate = rate
         self._rules = rules
+        self._run_id = run_id
 
     async def __aiter__(self) -> AsyncIterator[dict]:
         batch = max(1, int(self._rate * 0.05))
@@ -271,6 +274,8 @@ class LiveSimulation:
                 graph_done = True  # the graph is in: pace from here on
                 started, sent = time.monotonic(), 0
             item["ts"] = int(time.time() * 1000)
+            if self._run_id and item.get("event_id"):
+                item["event_id"] = f"{self._run_id}:{item['event_id']}"
             yield item
             sent += 1
             if not graph_done:

@@ -119,3 +119,24 @@ async def test_the_live_simulation_sends_the_graph_first_then_paced_events_stamp
     assert {item["type"] for item in items[graph:]} >= {"purchase", "post"}
     with pytest.raises(ValueError, match="rate"):
         LiveSimulation(config, rate=0)
+
+
+async def test_each_live_run_sends_new_event_ids_for_the_same_population():
+    """A demo started again on the same data directory must not be all duplicates."""
+    config = PopulationConfig(users=50, mean_degree=4, events=10**9, seed=3)
+
+    async def first(run_id: str, n: int = 200) -> list[dict]:
+        items = []
+        async for item in LiveSimulation(config, rate=1_000_000.0, rules=RULES, run_id=run_id):
+            items.append(item)
+            if len(items) == n:
+                return items
+
+    one, two = await first("run1"), await first("run2")
+    assert not {item["event_id"] for item in one} & {item["event_id"] for item in two}
+    assert [(item["type"], item.get("user_a"), item.get("user_id")) for item in one] == [
+        (item["type"], item.get("user_a"), item.get("user_id")) for item in two
+    ]
+    # Every id carries its run.
+    ids = [item["event_id"] for item in one]
+    assert all(event_id.startswith("run1:") for event_id in ids)
