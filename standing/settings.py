@@ -69,10 +69,15 @@ class Settings:
     commit_interval: float = 0.5
     #: Seconds without heartbeats before a worker counts as dead and its partitions move.
     session_timeout: float = 10.0
-    #: Largest number of records processed as one batch.
-    batch_size: int = 2000
-    #: How long a batch may wait to fill, seconds.
-    batch_wait: float = 0.05
+    #: Largest number of records processed as one batch. Each batch waits for
+    #: two rounds of acknowledgements (states, then what they caused), during
+    #: which the worker idles; bigger batches coalesce more and wait less often
+    #: (10k users / 100k events here: 2.75k-3.03k events/s at 8000 / 100 ms
+    #: against 1.90k-2.39k at 2000 / 50 ms).
+    batch_size: int = 8000
+    #: How long a batch may wait to fill, seconds (adds up to this much latency
+    #: when traffic is light).
+    batch_wait: float = 0.1
     #: After an empty fetch, wait this long before fetching from that broker
     #: again (standing/fetch_pacing.py: noida-db does not long-poll); 0 = off.
     empty_fetch_pause_ms: int = 10
