@@ -87,9 +87,10 @@ class Settings:
     rocksdb_write_buffer_mb: int = 8
     rocksdb_block_cache_mb: int = 8
     #: Decoded user and pair states kept in memory between batches, per table
-    #: (streams/tables.py). Off by default: +19% on a replay, but the
-    #: empty-data-dir restart tests failed with it on in 3 runs of ~16 and
-    #: never without it (0 of 16); not understood yet.
+    #: (streams/tables.py). Off by default: +9% events/s for +100 MB RSS at
+    #: 10k users / 100k events. The empty-data-dir restart failures once seen
+    #: with it on matched the consumer race streams/progress.py now guards
+    #: against (those tests also hung without it, 1 run in 8).
     state_cache_entries: int = 0
     #: Per-subject de-duplication memory: event ids younger than this (event time) are kept.
     dedup_window_ms: int = 24 * 3600 * 1000

@@ -145,11 +145,7 @@ class Scorer:
         (receivers ignore what they already have) and re-write their changelog
         record. After a clean hand-over nothing qualifies.
         """
-        try:
-            committed = await self._committed_offsets()
-        except Exception as error:  # the scan is a safety net: log, don't crash the worker
-            log.warning("could not read committed offsets for the recovery scan: %r", error)
-            return
+        committed = await self.progress.committed_offsets()
         assigned = self.app.assignor.assigned_actives()
         user_partitions = sorted({tp.partition for tp in assigned if tp.topic in (topics.PURCHASES, topics.POSTS, topics.FRIEND_UPDATES)})
         pair_partitions = sorted({tp.partition for tp in assigned if tp.topic == topics.FRIENDSHIPS})
@@ -197,17 +193,6 @@ class Scorer:
         if resent:
             log.warning("recovery: re-sent the outputs of %d states changed by uncommitted records", resent)
         await self._delivered(pending)
-
-    async def _committed_offsets(self) -> dict[tuple[str, int], int]:
-        from aiokafka.admin import AIOKafkaAdminClient
-
-        admin = AIOKafkaAdminClient(bootstrap_servers=self.settings.bootstrap_servers, **self.settings.kafka_client_options())
-        await admin.start()
-        try:
-            offsets = await admin.list_consumer_group_offsets(self.settings.app_id)
-        finally:
-            await admin.close()
-        return {(tp.topic, tp.partition): meta.offset for tp, meta in offsets.items() if meta.offset >= 0}
 
     def _score_of(self, user: str, state) -> ScoreOut:
         rules = self.rules

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 from prometheus_client import Counter, Gauge, Histogram, disable_created_metrics
 
+from topology import topics
+
 disable_created_metrics()  # the *_created series only add noise to dashboards
 
 EVENTS_IN = Counter("standing_events_in_total", "Records consumed from the input topics.", ["topic"])
@@ -72,7 +74,7 @@ INPUT_RECORDS_SKIPPED = Counter(
     "before committing past them and read again (streams/progress.py).",
     ["topic"],
 )
-for _topic in ("purchases", "posts", "friendships", "friend-updates"):
+for _topic in (*topics.INPUT_TOPICS, topics.FRIEND_UPDATES):
     INPUT_RECORDS_SKIPPED.labels(_topic)  # at 0 from the start, so rates and alerts have a series
 REBALANCES = Counter("standing_rebalances_total", "Rebalances this worker went through (partition assignments).")
 READY = Gauge("standing_ready", "1 when the worker holds recovered partitions and is processing, else 0.")

@@ -170,25 +170,33 @@ class InputProgress:
             self._admin, self._reader = admin, reader
         return self._admin, self._reader
 
+    async def committed_offsets(self) -> dict[tuple[str, int], int]:
+        """The group's committed offsets, (topic, partition) -> offset; partitions without one are absent.
+
+        For the recovery scan (streams/agents.py): it finds the states changed
+        by uncommitted records. Waits for the broker like the guard does.
+        """
+        return await self._asking(self._committed)
+
+    async def _committed(self, tps: Iterable | None = None) -> dict[tuple[str, int], int]:
+        async with self._lookup_lock:
+            admin, _ = await self._clients()
+            wanted = None if tps is None else [TopicPartition(tp.topic, tp.partition) for tp in tps]
+            committed = await admin.list_consumer_group_offsets(self._settings.app_id, partitions=wanted)
+        return {(tp.topic, tp.partition): entry.offset for tp, entry in committed.items() if entry.offset >= 0}
+
     async def _start_offsets(self, tps: Iterable) -> dict:
         """The group's committed offset of each partition (its first offset if none)."""
-        async with self._lookup_lock:
-            admin, reader = await self._clients()
-            wanted = [TopicPartition(tp.topic, tp.partition) for tp in tps]
-            committed = await admin.list_consumer_group_offsets(self._settings.app_id, partitions=wanted)
-            starts = {}
-            missing = []
-            for tp in tps:
-                entry = committed.get(TopicPartition(tp.topic, tp.partition))
-                if entry is not None and entry.offset >= 0:
-                    starts[tp] = entry.offset
-                else:
-                    missing.append(tp)
-            if missing:
+        committed = await self._committed(tps)
+        starts = {tp: committed[(tp.topic, tp.partition)] for tp in tps if (tp.topic, tp.partition) in committed}
+        missing = [tp for tp in tps if tp not in starts]
+        if missing:
+            async with self._lookup_lock:
+                _, reader = await self._clients()
                 beginnings = await reader.beginning_offsets([TopicPartition(tp.topic, tp.partition) for tp in missing])
-                for tp in missing:
-                    starts[tp] = beginnings[TopicPartition(tp.topic, tp.partition)]
-            return starts
+            for tp in missing:
+                starts[tp] = beginnings[TopicPartition(tp.topic, tp.partition)]
+        return starts
 
     async def _records_between(self, tp, start: int, end: int) -> bool:
         """True if the broker holds a record at an offset in [start, end)."""

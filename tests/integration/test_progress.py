@@ -31,12 +31,14 @@ def test_start_offsets_are_the_groups_commits_or_the_partitions_beginning(fresh_
         try:
             starts = await progress._start_offsets([TP(topics.POSTS, 0), TP(topics.POSTS, 1)])
             between = await progress._records_between(TP(topics.POSTS, 0), 1, 4)
+            committed = await progress.committed_offsets()
         finally:
             await progress.stop()
-        return starts, between
+        return starts, between, committed
 
-    starts, between = asyncio.run(scenario())
+    starts, between, committed = asyncio.run(scenario())
     assert starts == {TP(topics.POSTS, 0): 3, TP(topics.POSTS, 1): 0}
+    assert committed == {(topics.POSTS, 0): 3}  # what the recovery scan reads
     assert between is True
 
 
