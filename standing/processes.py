@@ -62,9 +62,15 @@ def start_worker_process(settings: Settings, *, log_path: Path, rules_path: Path
         command += ["--rules", str(rules_path)]
     if settings.worker_id:
         command += ["--worker-id", settings.worker_id]
+    # Batching has no flag of its own; the child reads it from the environment.
+    env = {
+        **os.environ,
+        "STANDING_BATCH_SIZE": str(settings.batch_size),
+        "STANDING_BATCH_WAIT_MS": str(round(settings.batch_wait * 1000)),
+    }
     log_path.parent.mkdir(parents=True, exist_ok=True)
     log = log_path.open("ab")
-    return subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, preexec_fn=_die_with_parent)
+    return subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=env, preexec_fn=_die_with_parent)
 
 
 def stop_process(process: subprocess.Popen, timeout: float = 30.0) -> int:

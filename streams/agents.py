@@ -1,7 +1,9 @@
 """The Faust agents: where events enter the worker and where scores leave it.
 
-Three agents, each consuming batches (``take_events``) and handing them,
-partition by partition, to the pure batch code of ``streams.processor``:
+Three agents. The two that score take their records in batches straight from
+Faust's consumer (``streams.intake``: Faust's per-event stream machinery was
+the cap) and hand them, partition by partition, to the pure batch code of
+``streams.processor``:
 
 * ``friendships`` (pair-keyed) -> ``PairBatch`` -> LINK updates to both users;
 * ``purchases``, ``posts`` and ``friend-updates`` (user-keyed, co-partitioned)
@@ -24,11 +26,14 @@ from collections import defaultdict
 from typing import Iterable
 
 import faust
+from faust.types import Message
 
 from schemas import codec
 from standing.settings import Settings
 from streams import events as ev
+from streams import intake
 from streams import metrics
+from streams.intake import Intake
 from streams.output import Outgoing, Outputs
 from streams.progress import InputProgress, install_commit_guard
 from streams.processor import EstimateOut, LinkOut, PairBatch, ScoreOut, UserBatch
@@ -76,10 +81,15 @@ class Scorer:
         app.standing_progress = self.progress
         install_commit_guard()
         batch_size, batch_wait = settings.batch_size, settings.batch_wait
+        #: the records of the agents' input topics, handed over in bulk
+        self.user_intake = Intake(app, self.user_topics.topics, batch_size=batch_size, linger=batch_wait)
+        self.pair_intake = Intake(app, self.pair_topic.topics, batch_size=batch_size, linger=batch_wait)
+        intake.install(app, self.user_intake, self.pair_intake)
 
         @app.agent(self.user_topics, name="score_users")
         async def score_users(stream):
-            async for batch in stream.take_events(batch_size, within=batch_wait):
+            intake.subscribe(stream)
+            async for batch in self.user_intake.batches():
                 try:
                     await self.process_user_events(batch)
                 except BaseException:
@@ -88,7 +98,8 @@ class Scorer:
 
         @app.agent(self.pair_topic, name="route_friendships")
         async def route_friendships(stream):
-            async for batch in stream.take_events(batch_size, within=batch_wait):
+            intake.subscribe(stream)
+            async for batch in self.pair_intake.batches():
                 try:
                     await self.process_friendship_events(batch)
                 except BaseException:
@@ -128,8 +139,11 @@ class Scorer:
             self.progress.forget()
 
     def forget_cached_states(self) -> None:
+        """Partitions move: nothing held in memory for the old assignment is used again."""
         self.users.forget()
         self.pairs.forget()
+        self.user_intake.clear()
+        self.pair_intake.clear()
 
     # --- after a crash: re-send what may not have left ----------------------
 
@@ -209,25 +223,24 @@ class Scorer:
 
     # --- friendships: pair partition -> links -------------------------------
 
-    async def process_friendship_events(self, batch: list[faust.EventT]) -> None:
+    async def process_friendship_events(self, batch: list[Message]) -> None:
         started = time.perf_counter()
         admission = await self.progress.admit(batch)
         pending: list[Outgoing] = []
-        for partition, events in _by_partition(admission.events).items():
+        for partition, records in _by_partition(admission.records).items():
             pair_batch = PairBatch(
                 lambda key, p=partition: self.pairs.load(p, key),
                 dedup_window_ms=self.settings.dedup_window_ms,
                 dedup_min_ids=self.settings.dedup_min_ids,
             )
-            for event in events:
-                message = event.message
+            for message in records:
                 metrics.EVENTS_IN.labels(message.topic).inc()
-                friendship = self._decode_input(event, pending)
+                friendship = self._decode_input(message, pending)
                 if friendship is None:
                     continue
                 key = pair_key(friendship.user_a, friendship.user_b)
                 if not self._on_right_partition(key, message.partition):
-                    pending.append(self._reject(event, "wrong_key", _wrong_key_detail("the pair key", key)))
+                    pending.append(self._reject(message, "wrong_key", _wrong_key_detail("the pair key", key)))
                     continue
                 outcome = pair_batch.friendship(
                     key,
@@ -251,29 +264,28 @@ class Scorer:
 
     # --- users: own part, links, estimates -> publish ------------------------
 
-    async def process_user_events(self, batch: list[faust.EventT]) -> None:
+    async def process_user_events(self, batch: list[Message]) -> None:
         started = time.perf_counter()
         rules = self.rules
         admission = await self.progress.admit(batch)
         pending: list[Outgoing] = []
-        for partition, events in _by_partition(admission.events).items():
+        for partition, records in _by_partition(admission.records).items():
             user_batch = UserBatch(
                 rules,
                 lambda user, p=partition: self.users.load(p, user),
                 dedup_window_ms=self.settings.dedup_window_ms,
                 dedup_min_ids=self.settings.dedup_min_ids,
             )
-            for event in events:
-                message = event.message
+            for message in records:
                 if message.topic == topics.FRIEND_UPDATES:
-                    self._apply_friend_updates(user_batch, event, pending)
+                    self._apply_friend_updates(user_batch, message, pending)
                     continue
                 metrics.EVENTS_IN.labels(message.topic).inc()
-                accepted = self._decode_input(event, pending)
+                accepted = self._decode_input(message, pending)
                 if accepted is None:
                     continue
                 if not self._on_right_partition(accepted.user_id, message.partition):
-                    pending.append(self._reject(event, "wrong_key", _wrong_key_detail("the user_id", accepted.user_id)))
+                    pending.append(self._reject(message, "wrong_key", _wrong_key_detail("the user_id", accepted.user_id)))
                     continue
                 kind = EVENT_TYPES[message.topic]
                 if user_batch.points(
@@ -301,15 +313,14 @@ class Scorer:
         metrics.BATCHES.labels("score_users").inc()
         metrics.BATCH_SECONDS.labels("score_users").observe(time.perf_counter() - started)
 
-    def _apply_friend_updates(self, user_batch: UserBatch, event: faust.EventT, pending: list[Outgoing]) -> None:
-        message = event.message
+    def _apply_friend_updates(self, user_batch: UserBatch, message: Message, pending: list[Outgoing]) -> None:
         try:
-            _, record = codec.decode(event.value, "friend_update_batch")
+            _, record = codec.decode(message.value, "friend_update_batch")
         except codec.DecodeError as error:
             # Only Standing writes this topic: a bad record here is a bug or a
             # foreign writer. Keep it (dead letter) and go on.
             log.error("undecodable friend update at %s[%d]@%d: %s", message.topic, message.partition, message.offset, error.detail)
-            pending.append(self._reject(event, error.reason, error.detail))
+            pending.append(self._reject(message, error.reason, error.detail))
             return
         for update in record["updates"]:
             origin_ts = _millis(update["origin_ts"])
@@ -333,19 +344,18 @@ class Scorer:
         """
         await self.output.deliver(pending)
 
-    def _decode_input(self, event: faust.EventT, pending: list[Outgoing]):
+    def _decode_input(self, message: Message, pending: list[Outgoing]):
         """The validated event, or None after sending the record to the dead-letter topic."""
         try:
-            return ev.from_bytes(event.message.topic, event.value)
+            return ev.from_bytes(message.topic, message.value)
         except ev.Rejected as rejection:
-            pending.append(self._reject(event, rejection.reason, rejection.detail))
+            pending.append(self._reject(message, rejection.reason, rejection.detail))
             return None
 
     def _on_right_partition(self, key: str, partition: int) -> bool:
         return partition_for(key, self.settings.partitions) == partition
 
-    def _reject(self, event: faust.EventT, reason: str, detail: str) -> Outgoing:
-        message = event.message
+    def _reject(self, message: Message, reason: str, detail: str) -> Outgoing:
         metrics.EVENTS_REJECTED.labels(reason).inc()
         record = {
             "reason": reason,
@@ -354,7 +364,7 @@ class Scorer:
             "partition": message.partition,
             "offset": message.offset,
             "key": message.key if isinstance(message.key, bytes) else None,
-            "original": event.value if isinstance(event.value, bytes) else b"",
+            "original": message.value if isinstance(message.value, bytes) else b"",
             "received_ts": _now_ms(),
             "source": "worker",
         }
@@ -441,11 +451,11 @@ class Scorer:
         return Outgoing(topic, key, value, partition)
 
 
-def _by_partition(batch: Iterable[faust.EventT]) -> dict[int, list[faust.EventT]]:
+def _by_partition(batch: Iterable[Message]) -> dict[int, list[Message]]:
     """Split a batch by partition, keeping each partition's order."""
-    grouped: dict[int, list[faust.EventT]] = defaultdict(list)
-    for event in batch:
-        grouped[event.message.partition].append(event)
+    grouped: dict[int, list[Message]] = defaultdict(list)
+    for message in batch:
+        grouped[message.partition].append(message)
     return grouped
 
 

@@ -33,6 +33,7 @@ from dataclasses import dataclass, field
 from typing import Iterable, Sequence
 
 import faust
+from faust.types import Message
 from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
 
@@ -51,7 +52,7 @@ RETRY_MAX_S = 5.0
 class Admission:
     """What ``admit`` let through of one batch, and what to do once it is delivered."""
 
-    events: list[faust.EventT]
+    records: list[Message]
     generation: int
     #: partition -> next offset once this batch is delivered
     advance: dict = field(default_factory=dict)
@@ -82,32 +83,36 @@ class InputProgress:
         """The offset to commit for ``tp``, or None if it is not tracked here."""
         return self._next.get(tp)
 
+    def tracked(self) -> list:
+        """The partitions whose offsets are kept here (Faust commits them: ``install_commit_guard``)."""
+        return list(self._next)
+
     # --- per batch ----------------------------------------------------------
 
-    async def admit(self, batch: Sequence[faust.EventT]) -> Admission:
+    async def admit(self, batch: Sequence[Message]) -> Admission:
         generation = self._generation
         by_tp: dict = {}
-        for event in batch:
-            by_tp.setdefault(event.message.tp, []).append(event)
+        for message in batch:
+            by_tp.setdefault(message.tp, []).append(message)
         unknown = [tp for tp in by_tp if tp not in self._next]
         starts = await self._asking(self._start_offsets, unknown) if unknown else {}
         admission = Admission([], generation)
-        for tp, events in by_tp.items():
+        for tp, messages in by_tp.items():
             expected = self._next.get(tp, starts.get(tp))
             # By offset, each once: after a seek, records fetched before it
             # can arrive mixed with the same records fetched again.
-            by_offset: dict[int, faust.EventT] = {}
-            for event in events:
-                by_offset.setdefault(event.message.offset, event)
+            by_offset: dict[int, Message] = {}
+            for message in messages:
+                by_offset.setdefault(message.offset, message)
             for offset in sorted(by_offset):
                 if offset < expected:
                     continue  # read again after a seek: processed and delivered already
                 if offset == expected:
-                    admission.events.append(by_offset[offset])
+                    admission.records.append(by_offset[offset])
                     expected += 1
                     continue
                 if not await self._asking(self._records_between, tp, expected, offset):
-                    admission.events.append(by_offset[offset])  # a real gap: nothing to process there
+                    admission.records.append(by_offset[offset])  # a real gap: nothing to process there
                     expected = offset + 1
                     continue
                 metrics.INPUT_RECORDS_SKIPPED.labels(tp.topic).inc(offset - expected)
@@ -255,5 +260,20 @@ def install_commit_guard() -> None:
         committed = self._committed_offset[tp]
         return verified if committed is None or verified > committed else None
 
+    original_pending = Consumer._filter_tps_with_pending_acks
+
+    def _filter_tps_with_pending_acks(self, topics=None):
+        # Faust looks for partitions to commit among those it saw acknowledged;
+        # the intake (streams/intake.py) acknowledges nothing to Faust.
+        listed = set()
+        for tp in original_pending(self, topics):
+            listed.add(tp)
+            yield tp
+        progress = getattr(self.app, "standing_progress", None)
+        for tp in progress.tracked() if progress is not None else ():
+            if tp not in listed and (topics is None or tp in topics or tp.topic in topics):
+                yield tp
+
     Consumer._new_offset = _new_offset
+    Consumer._filter_tps_with_pending_acks = _filter_tps_with_pending_acks
     Consumer._standing_commit_guard = True

@@ -34,11 +34,17 @@ def events_file(tmp_path) -> Path:
     return path
 
 
+#: Small batches, so that a replay of this file spans many batches and commits
+#: and there is a middle to kill a worker in (the default, 8000 records, takes
+#: the whole intake in one batch).
+FAULT_BATCH_SIZE = 100
+
+
 class Workers:
     """Worker processes of one test, each with its own ports; all stopped at the end."""
 
     def __init__(self, settings, tmp_path: Path) -> None:
-        self.settings = settings
+        self.settings = replace(settings, batch_size=FAULT_BATCH_SIZE)
         self.tmp_path = tmp_path
         self.started: list = []
 

@@ -17,7 +17,8 @@ POSTS_1 = TP("posts", 1)
 
 
 def _event(tp: TP, offset: int):
-    return SimpleNamespace(message=SimpleNamespace(tp=tp, offset=offset, topic=tp.topic, partition=tp.partition))
+    """A fetched record as the intake hands it over (the fields of faust.types.Message used)."""
+    return SimpleNamespace(tp=tp, offset=offset, topic=tp.topic, partition=tp.partition)
 
 
 class _Progress(InputProgress):
@@ -39,7 +40,7 @@ class _Progress(InputProgress):
 
 
 def _offsets(admission):
-    return [(e.message.tp.partition, e.message.offset) for e in admission.events]
+    return [(m.tp.partition, m.offset) for m in admission.records]
 
 
 def test_in_order_records_pass_and_move_on_only_when_done():
@@ -143,3 +144,20 @@ def test_faust_commits_the_guarded_offset_not_its_acknowledgements():
     consumer._acked[other] = [3, 4]
     consumer._acked_index[other] = {3, 4}
     assert consumer._new_offset(other) == 5
+
+
+def test_faust_looks_for_commits_in_tracked_partitions_it_saw_no_acknowledgement_for():
+    # The intake (streams/intake.py) acknowledges nothing to Faust, whose
+    # commit only looks at partitions with acknowledgements.
+    install_commit_guard()
+    app = faust.App("standing-progress-test-2", broker="kafka://127.0.0.1:1")
+    consumer = app.consumer
+    progress = _Progress({POSTS_0: 0})
+    app.standing_progress = progress
+    assert list(consumer._filter_tps_with_pending_acks()) == []
+    progress._next[POSTS_0] = 7
+    dead = TP("dead-letters", 0)
+    consumer._acked[dead] = [1]
+    assert sorted(consumer._filter_tps_with_pending_acks()) == sorted([dead, POSTS_0])
+    assert list(consumer._filter_tps_with_pending_acks({"dead-letters"})) == [dead]
+    assert consumer._filter_committable_offsets([POSTS_0]) == {POSTS_0: 7}
