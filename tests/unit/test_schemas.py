@@ -32,6 +32,8 @@ SAMPLES = {
         "own": 1.0, "own_by_rule": {"purchase:groceries": 1.0}, "published": 0.9, "version": 2,
         "friends": {"bob": {"weight": 1.0, "estimate": 0.5, "has_estimate": True, "version": 4, "link_version": 1}},
         "recent_events": {"e1": 1}, "history": [{"ts": 1, "raw": 0.9}], "source_offsets": {"purchases": 12}, "updated_ts": 3,
+        "friend_ids": "cy", "friend_columns": struct.pack("<ddB2s2s", 1.0, 0.25, 1, b"B\x02", b"B\x01"),
+        "history_columns": struct.pack("<qd", 2, 0.95),
     },
     "pair_state": {"user_a": "ann", "user_b": "bob", "weight": 2.0, "version": 1, "recent_events": {"e3": 2}, "source_offset": 0},
 }  # fmt: skip
