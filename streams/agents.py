@@ -31,9 +31,10 @@ from faust.types import Message
 from schemas import codec
 from standing.settings import Settings
 from streams import events as ev
+from streams import friend_updates
 from streams import intake
 from streams import metrics
-from streams.intake import Intake
+from streams.intake import InFlight, Intake
 from streams.output import Outgoing, Outputs
 from streams.progress import InputProgress, install_commit_guard
 from streams.processor import EstimateOut, LinkOut, PairBatch, ScoreOut, UserBatch
@@ -86,12 +87,16 @@ class Scorer:
         self.pair_intake = Intake(app, self.pair_topic.topics, batch_size=batch_size, linger=batch_wait)
         intake.install(app, self.user_intake, self.pair_intake)
 
+        #: batches being applied or delivered; a rebalance waits for them
+        self.in_flight = InFlight()
+
         @app.agent(self.user_topics, name="score_users")
         async def score_users(stream):
             intake.subscribe(stream)
             async for batch in self.user_intake.batches():
                 try:
-                    await self.process_user_events(batch)
+                    with self.in_flight:
+                        await self.process_user_events(batch)
                 except BaseException:
                     self.users.forget()  # its loaded states may be half-applied
                     raise
@@ -101,7 +106,8 @@ class Scorer:
             intake.subscribe(stream)
             async for batch in self.pair_intake.batches():
                 try:
-                    await self.process_friendship_events(batch)
+                    with self.in_flight:
+                        await self.process_friendship_events(batch)
                 except BaseException:
                     self.pairs.forget()
                     raise
@@ -130,6 +136,10 @@ class Scorer:
         @app.on_partitions_revoked.connect
         async def on_partitions_revoked(sender, revoked, **kwargs) -> None:
             self.ready = False
+            # Faust waits for the events its streams are processing before the
+            # group moves on; it does not see the intake's batches. A batch's
+            # changelog records must be in Kafka before a new owner restores.
+            await self.in_flight.finished(timeout=settings.session_timeout / 2)
             self.forget_cached_states()
             self.progress.forget()
 
@@ -226,6 +236,8 @@ class Scorer:
     async def process_friendship_events(self, batch: list[Message]) -> None:
         started = time.perf_counter()
         admission = await self.progress.admit(batch)
+        if not self.progress.current(admission):
+            return  # partitions moved while the broker was asked: the new owner reads these
         pending: list[Outgoing] = []
         for partition, records in _by_partition(admission.records).items():
             pair_batch = PairBatch(
@@ -268,6 +280,8 @@ class Scorer:
         started = time.perf_counter()
         rules = self.rules
         admission = await self.progress.admit(batch)
+        if not self.progress.current(admission):
+            return  # partitions moved while the broker was asked: the new owner reads these
         pending: list[Outgoing] = []
         for partition, records in _by_partition(admission.records).items():
             user_batch = UserBatch(
@@ -315,23 +329,20 @@ class Scorer:
 
     def _apply_friend_updates(self, user_batch: UserBatch, message: Message, pending: list[Outgoing]) -> None:
         try:
-            _, record = codec.decode(message.value, "friend_update_batch")
+            updates = friend_updates.decode(message.value)
         except codec.DecodeError as error:
             # Only Standing writes this topic: a bad record here is a bug or a
             # foreign writer. Keep it (dead letter) and go on.
             log.error("undecodable friend update at %s[%d]@%d: %s", message.topic, message.partition, message.offset, error.detail)
             pending.append(self._reject(message, error.reason, error.detail))
             return
-        for update in record["updates"]:
-            origin_ts = _millis(update["origin_ts"])
-            if update["kind"] == "LINK":
-                user_batch.link(
-                    update["receiver"], update["sender"], update["weight"], update["version"], origin_ts, message.topic, message.offset
-                )
+        topic, offset = message.topic, message.offset
+        link, estimate = user_batch.link, user_batch.estimate
+        for kind, receiver, sender, value, version, origin_ts in updates:
+            if kind == friend_updates.LINK:
+                link(receiver, sender, value, version, origin_ts, topic, offset)
             else:
-                user_batch.estimate(
-                    update["receiver"], update["sender"], update["estimate"], update["version"], origin_ts, message.topic, message.offset
-                )
+                estimate(receiver, sender, value, version, origin_ts, topic, offset)
 
     # --- shared plumbing ------------------------------------------------------
 
@@ -375,49 +386,30 @@ class Scorer:
     ) -> list[Outgoing]:
         """One message per receiving partition, carrying all of its updates."""
         partitions = self.settings.partitions
-        by_partition: dict[int, list[dict]] = defaultdict(list)
+        outboxes: dict[int, friend_updates.Outbox] = defaultdict(friend_updates.Outbox)
         for out in estimates:
-            by_partition[partition_for(out.receiver, partitions)].append(
-                {
-                    "kind": "ESTIMATE",
-                    "receiver": out.receiver,
-                    "sender": out.sender,
-                    "estimate": out.estimate,
-                    "version": out.version,
-                    "weight": 0.0,
-                    "origin_ts": out.origin_ts,
-                }
+            outboxes[partition_for(out.receiver, partitions)].add(
+                friend_updates.ESTIMATE, out.receiver, out.sender, out.estimate, out.version, out.origin_ts
             )
         link_count = 0
         for out in links:
             link_count += 1
-            by_partition[partition_for(out.receiver, partitions)].append(
-                {
-                    "kind": "LINK",
-                    "receiver": out.receiver,
-                    "sender": out.sender,
-                    "estimate": 0.0,
-                    "version": out.version,
-                    "weight": out.weight,
-                    "origin_ts": out.origin_ts,
-                }
+            outboxes[partition_for(out.receiver, partitions)].add(
+                friend_updates.LINK, out.receiver, out.sender, out.weight, out.version, out.origin_ts
             )
         sent = []
         total = 0
-        messages = 0
-        for partition, updates in by_partition.items():
-            total += len(updates)
+        for partition, outbox in outboxes.items():
+            total += len(outbox)
             # A celebrity's publish reaches every friend: keep each message
             # far below the record size limit (~40 bytes per update).
-            for start in range(0, len(updates), UPDATES_PER_MESSAGE):
-                chunk = updates[start : start + UPDATES_PER_MESSAGE]
-                value = codec.encode("friend_update_batch", {"partition": partition, "updates": chunk})
+            for start in range(0, len(outbox), UPDATES_PER_MESSAGE):
+                value = outbox.encode(partition, start, start + UPDATES_PER_MESSAGE)
                 sent.append(self._send(topics.FRIEND_UPDATES, None, value, partition))
-                messages += 1
-        if by_partition:
+        if outboxes:
             metrics.FRIEND_UPDATES_SENT.labels("link").inc(link_count)
             metrics.FRIEND_UPDATES_SENT.labels("estimate").inc(total - link_count)
-            metrics.FRIEND_UPDATE_MESSAGES_SENT.inc(messages)
+            metrics.FRIEND_UPDATE_MESSAGES_SENT.inc(len(sent))
         return sent
 
     def _send_scores(self, scores: list[ScoreOut], now_ms: int, *, observe: bool = True) -> list[Outgoing]:
@@ -465,6 +457,3 @@ def _wrong_key_detail(what: str, key: str) -> str:
         f"({key!r}) so the default partitioner routes it; re-publish it with that key"
     )
 
-
-def _millis(value) -> int:
-    return value if isinstance(value, int) else int(value.timestamp() * 1000)

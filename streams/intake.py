@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from typing import AsyncIterator, Callable
 
 import faust
@@ -89,12 +90,25 @@ class Intake:
                     pass
             batch = records[: self._batch_size]
             del records[: len(batch)]
+            self._mark_processing(batch)
             if len(records) < self._batch_size:
                 self._full.clear()
             if self._paused and len(records) <= self._high // 2:
                 self._resume_all()
             if batch:
                 yield batch
+
+    def _mark_processing(self, batch: list[Message]) -> None:
+        """Tell Faust's livelock check that these partitions are being processed.
+
+        It reads the time a stream last took a record of each partition
+        (``monitor.stream_inbound_time``) and logs "Stream has not started
+        processing" for partitions whose records no stream takes.
+        """
+        inbound = self._app.monitor.stream_inbound_time
+        now = time.monotonic()
+        for tp in {message.tp for message in batch}:
+            inbound[tp] = now
 
     def clear(self) -> None:
         """Partitions moved: what is buffered is read again by whoever owns it now."""
@@ -143,3 +157,31 @@ def subscribe(stream: faust.StreamT) -> None:
     iterator, the intake gets them.
     """
     stream.channel.__aiter__()
+
+
+class InFlight:
+    """Counts the batches being processed, so that a rebalance can wait for them."""
+
+    def __init__(self) -> None:
+        self._running = 0
+        self._idle = asyncio.Event()
+        self._idle.set()
+
+    def __enter__(self) -> "InFlight":
+        self._running += 1
+        self._idle.clear()
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        self._running -= 1
+        if not self._running:
+            self._idle.set()
+
+    async def finished(self, timeout: float) -> bool:
+        """Wait until no batch is in flight; False (and a warning) after ``timeout`` seconds."""
+        try:
+            await asyncio.wait_for(self._idle.wait(), timeout)
+            return True
+        except asyncio.TimeoutError:
+            log.warning("a batch is still in flight after %.1f s; the rebalance goes on without it", timeout)
+            return False

@@ -126,6 +126,10 @@ class InputProgress:
             admission.advance[tp] = expected
         return admission
 
+    def current(self, admission: Admission) -> bool:
+        """False once partitions moved after ``admission``: its batch must not be applied."""
+        return admission.generation == self._generation
+
     async def done(self, admission: Admission) -> None:
         """The batch's outputs are acknowledged: move on, and re-read what was skipped."""
         if admission.generation != self._generation:

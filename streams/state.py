@@ -5,15 +5,13 @@ versioned Avro encoding as every other topic and stays readable by standard
 tooling. A user's friends and score history are Avro ``bytes`` of packed
 columns (version 2 of the schema): as a map and an array of records, encoding
 and decoding states took a fifth of the worker's time, and 82 us per state
-became 25 us. States written by version 1 are still read.
+became 34 us. States written by version 1 are still read.
 """
 
 from __future__ import annotations
 
-import sys
-from array import array
-
 from schemas import codec
+from schemas.columns import Columns, column, int_column
 from streams.scoring import FriendEntry, PairState, UserState
 
 
@@ -31,16 +29,16 @@ def encode_user(state: UserState) -> bytes:
             "friend_ids": "\x00".join(friends),
             "friend_columns": b"".join(
                 (
-                    _column("d", [entry.weight for entry in entries]),
-                    _column("d", [entry.estimate for entry in entries]),
+                    column("d", [entry.weight for entry in entries]),
+                    column("d", [entry.estimate for entry in entries]),
                     bytes([entry.has_estimate for entry in entries]),
-                    _int_column([entry.version for entry in entries]),
-                    _int_column([entry.link_version for entry in entries]),
+                    int_column([entry.version for entry in entries]),
+                    int_column([entry.link_version for entry in entries]),
                 )
             ),
             "recent_events": state.recent_events,
             "history": [],  # version 1's array of records: see history_columns
-            "history_columns": _column("q", [ts for ts, _ in state.history]) + _column("d", [raw for _, raw in state.history]),
+            "history_columns": column("q", [ts for ts, _ in state.history]) + column("d", [raw for _, raw in state.history]),
             "source_offsets": state.source_offsets,
             "updated_ts": state.updated_ts,
         },
@@ -61,7 +59,7 @@ def decode_user(data: bytes) -> UserState:
     }
     if record["friend_ids"]:
         ids = record["friend_ids"].split("\x00")
-        columns = _Columns(record["friend_columns"])
+        columns = Columns(record["friend_columns"])
         n = len(ids)
         weights, estimates, has_estimate = columns.floats(n), columns.floats(n), columns.flags(n)
         versions, link_versions = columns.ints(n), columns.ints(n)
@@ -69,7 +67,7 @@ def decode_user(data: bytes) -> UserState:
         friends.update(zip(ids, map(FriendEntry, weights, estimates, has_estimate, versions, link_versions)))
     history = [(_millis(point["ts"]), point["raw"]) for point in record["history"]]
     if record["history_columns"]:
-        columns = _Columns(record["history_columns"])
+        columns = Columns(record["history_columns"])
         n = len(record["history_columns"]) // 16
         history += zip(columns.ints(n, "q"), columns.floats(n))
         columns.end()
@@ -84,71 +82,6 @@ def decode_user(data: bytes) -> UserState:
         source_offsets=dict(record["source_offsets"]),
         updated_ts=_millis(record["updated_ts"]),
     )
-
-
-# --- columns: arrays of numbers, little-endian (schemas/user_state.avsc) -----
-
-_LITTLE = sys.byteorder == "little"
-#: typecode -> item size; "I" is 4 bytes wherever this runs (checked at import)
-_INT_CODES = {"B": 1, "H": 2, "I": 4, "q": 8}
-assert all(array(code).itemsize == size for code, size in _INT_CODES.items())
-
-
-def _column(code: str, values: list) -> bytes:
-    column = array(code, values)
-    if not _LITTLE:
-        column.byteswap()
-    return column.tobytes()
-
-
-def _int_column(values: list[int]) -> bytes:
-    """The narrowest of uint8 / uint16 / uint32 / int64 that holds every value, after its typecode."""
-    low, high = (min(values), max(values)) if values else (0, 0)
-    if low >= 0 and high < 1 << 32:
-        code = "B" if high < 1 << 8 else "H" if high < 1 << 16 else "I"
-    else:
-        code = "q"
-    return code.encode() + _column(code, values)
-
-
-class _Columns:
-    """Reads the columns of a packed field in order; ValueError if they do not fit it."""
-
-    def __init__(self, data: bytes) -> None:
-        self._data = data
-        self._at = 0
-
-    def _take(self, size: int) -> bytes:
-        end = self._at + size
-        if end > len(self._data):
-            raise ValueError(f"packed column overruns its field ({end} > {len(self._data)} bytes)")
-        chunk = self._data[self._at : end]
-        self._at = end
-        return chunk
-
-    def _array(self, code: str, n: int) -> array:
-        column = array(code)
-        column.frombytes(self._take(n * column.itemsize))
-        if not _LITTLE:
-            column.byteswap()
-        return column
-
-    def floats(self, n: int) -> array:
-        return self._array("d", n)
-
-    def flags(self, n: int) -> list[bool]:
-        return [flag == 1 for flag in self._take(n)]
-
-    def ints(self, n: int, code: str | None = None) -> array:
-        if code is None:
-            code = self._take(1).decode("ascii", "replace")
-            if code not in _INT_CODES:
-                raise ValueError(f"unknown integer column typecode {code!r}")
-        return self._array(code, n)
-
-    def end(self) -> None:
-        if self._at != len(self._data):
-            raise ValueError(f"{len(self._data) - self._at} bytes left over after the packed columns")
 
 
 def encode_pair(state: PairState) -> bytes:

@@ -41,7 +41,7 @@ def _app(assigned=(POSTS_0, POSTS_1), flowing: bool = True):
     flow = FlowControlEvent()
     if flowing:
         flow.resume()
-    return SimpleNamespace(flow_control=flow, consumer=_Consumer(assigned))
+    return SimpleNamespace(flow_control=flow, consumer=_Consumer(assigned), monitor=SimpleNamespace(stream_inbound_time={}))
 
 
 def _record(tp: TP, offset: int):
@@ -70,6 +70,19 @@ def test_records_come_out_in_fetch_order_in_batches_of_at_most_batch_size():
     batches, left = asyncio.run(scenario())
     assert batches == [[(0, 0), (0, 1), (1, 0)], [(0, 2), (0, 3)]]
     assert left == 0
+
+
+def test_faust_learns_which_partitions_are_being_processed():
+    # Faust's livelock check logs "Stream has not started processing" for
+    # partitions no stream takes records of.
+    async def scenario():
+        app = _app()
+        intake = Intake(app, ("posts",), batch_size=10, linger=0.0)
+        await _feed(intake, POSTS_1, [0])
+        await intake.batches().__anext__()
+        return app.monitor.stream_inbound_time
+
+    assert set(asyncio.run(scenario())) == {POSTS_1}
 
 
 def test_a_batch_waits_at_most_linger_and_no_longer_once_full():
@@ -151,3 +164,27 @@ def test_install_routes_the_intakes_topics_and_leaves_others_to_faust():
     theirs = app.topics._build_handler(TP("dead-letters", 0), set())
     assert ours.__qualname__.startswith("Intake.handler")
     assert "ConductorHandler" in type(theirs).__name__ or "on_message" in getattr(theirs, "__qualname__", "")
+
+
+def test_a_rebalance_waits_for_batches_in_flight_but_not_forever():
+    from streams.intake import InFlight
+
+    async def scenario():
+        in_flight = InFlight()
+        assert await in_flight.finished(timeout=0.01)  # nothing running
+
+        async def batch():
+            with in_flight:
+                await asyncio.sleep(0.05)
+
+        running = asyncio.ensure_future(batch())
+        await asyncio.sleep(0)
+        waited = await in_flight.finished(timeout=1.0)
+        finished_first = running.done()
+        stuck = asyncio.ensure_future(asyncio.sleep(10))
+        with in_flight:
+            gave_up = not await in_flight.finished(timeout=0.05)
+        stuck.cancel()
+        return waited, finished_first, gave_up
+
+    assert asyncio.run(scenario()) == (True, True, True)

@@ -161,3 +161,11 @@ def test_faust_looks_for_commits_in_tracked_partitions_it_saw_no_acknowledgement
     assert sorted(consumer._filter_tps_with_pending_acks()) == sorted([dead, POSTS_0])
     assert list(consumer._filter_tps_with_pending_acks({"dead-letters"})) == [dead]
     assert consumer._filter_committable_offsets([POSTS_0]) == {POSTS_0: 7}
+
+
+def test_a_batch_admitted_before_partitions_moved_is_not_current():
+    progress = _Progress({POSTS_0: 0})
+    admission = asyncio.run(progress.admit([_event(POSTS_0, 0)]))
+    assert progress.current(admission)
+    progress.forget()  # a rebalance while the batch waited for the broker
+    assert not progress.current(admission)

@@ -22,6 +22,7 @@ SAMPLES = {
             {"kind": "ESTIMATE", "receiver": "bob", "sender": "ann", "estimate": 1.5, "version": 7, "weight": 0.0, "origin_ts": 5},
             {"kind": "LINK", "receiver": "cid", "sender": "ann", "estimate": 0.0, "version": 2, "weight": 0.0, "origin_ts": 6},
         ],
+        "receivers": "dee", "senders": "ann", "update_columns": struct.pack("<Bd2sq", 0, 2.5, b"B\x08", 7),
     },
     "score": {"user_id": "ann", "raw": -1.25, "score": 640.0, "own": -2.0, "network": 0.15, "version": 3, "ts": 9},
     "dead_letter": {

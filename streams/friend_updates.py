@@ -1,0 +1,103 @@
+"""Messages of the friend-updates topic: every update one batch sends to one partition.
+
+Version 2 of ``schemas/friend_update_batch.avsc`` packs the updates into
+columns (``schemas/columns.py``); a busy batch sends tens of thousands of
+them and, as an array of records, encoding and decoding them cost about
+4 us per update. Messages written by version 1 are still read.
+"""
+
+from __future__ import annotations
+
+from typing import Iterator
+
+from schemas import codec
+from schemas.columns import Columns, column, int_column
+
+ESTIMATE, LINK = 0, 1
+
+
+class Outbox:
+    """The updates for one receiving partition, in the order decided."""
+
+    __slots__ = ("kinds", "receivers", "senders", "values", "versions", "origin_ts")
+
+    def __init__(self) -> None:
+        self.kinds: list[int] = []
+        self.receivers: list[str] = []
+        self.senders: list[str] = []
+        #: the estimate (ESTIMATE) or the friendship's weight (LINK)
+        self.values: list[float] = []
+        self.versions: list[int] = []
+        self.origin_ts: list[int] = []
+
+    def add(self, kind: int, receiver: str, sender: str, value: float, version: int, origin_ts: int) -> None:
+        self.kinds.append(kind)
+        self.receivers.append(receiver)
+        self.senders.append(sender)
+        self.values.append(value)
+        self.versions.append(version)
+        self.origin_ts.append(origin_ts)
+
+    def __len__(self) -> int:
+        return len(self.kinds)
+
+    def encode(self, partition: int, start: int = 0, stop: int | None = None) -> bytes:
+        """The message carrying updates ``start:stop``."""
+        part = slice(start, stop)
+        return codec.encode(
+            "friend_update_batch",
+            {
+                "partition": partition,
+                "updates": [],  # version 1's array of records
+                "receivers": "\x00".join(self.receivers[part]),
+                "senders": "\x00".join(self.senders[part]),
+                "update_columns": b"".join(
+                    (
+                        bytes(self.kinds[part]),
+                        column("d", self.values[part]),
+                        int_column(self.versions[part]),
+                        column("q", self.origin_ts[part]),
+                    )
+                ),
+            },
+        )
+
+
+def decode(data: bytes) -> Iterator[tuple[int, str, str, float, int, int]]:
+    """(kind, receiver, sender, value, version, origin_ts) of each update, in order.
+
+    Raises ``codec.DecodeError`` for anything that is not such a message.
+    """
+    _, record = codec.decode(data, "friend_update_batch")
+    updates = [
+        (
+            LINK if update["kind"] == "LINK" else ESTIMATE,
+            update["receiver"],
+            update["sender"],
+            update["weight"] if update["kind"] == "LINK" else update["estimate"],
+            update["version"],
+            _millis(update["origin_ts"]),
+        )
+        for update in record["updates"]
+    ]
+    if record["receivers"]:
+        receivers = record["receivers"].split("\x00")
+        senders = record["senders"].split("\x00")
+        n = len(receivers)
+        try:
+            if len(senders) != n:
+                raise ValueError(f"{n} receivers but {len(senders)} senders")
+            columns = Columns(record["update_columns"])
+            kinds = columns.octets(n)
+            values, versions, origin_ts = columns.floats(n), columns.ints(n), columns.ints(n, "q")
+            columns.end()
+            if any(kind > LINK for kind in kinds):
+                raise ValueError("an update kind other than 0 (ESTIMATE) or 1 (LINK)")
+        except ValueError as error:
+            raise codec.DecodeError("not_decodable", f"packed friend updates do not fit: {error}") from None
+        updates += zip(kinds, receivers, senders, values, versions, origin_ts)
+    return iter(updates)
+
+
+def _millis(value) -> int:
+    return value if isinstance(value, int) else int(value.timestamp() * 1000)
