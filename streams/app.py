@@ -41,6 +41,13 @@ def create_app(settings: Settings) -> faust.App:
         producer_acks=-1,
         producer_linger_ms=1,
         stream_buffer_maxsize=max(4 * settings.batch_size, 4096),
+        # Records handed over per fetch loop round. Unbounded, one round took
+        # everything the consumer had buffered (noida-db answers a fetch with
+        # whole partitions: 1M records at the bench's default size), and
+        # nothing fetched later -- friend updates -- was delivered before all
+        # of it: propagation waited for the input backlog. Bounded, the
+        # consumer fetches partitions with nothing buffered in between.
+        broker_max_poll_records=settings.batch_size,
         web_enabled=True,
         web_host=settings.web_host,
         web_bind=settings.web_host,

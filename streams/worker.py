@@ -7,6 +7,7 @@ import logging
 import sys
 
 import faust
+import uvloop
 from prometheus_client import start_http_server
 
 from standing import fetch_pacing
@@ -33,6 +34,9 @@ def build(settings: Settings, rules: Rules) -> tuple[faust.App, Scorer]:
 def run_worker(settings: Settings, rules: Rules, *, loglevel: str = "warning", broker_timeout: float = 60.0) -> int:
     """Run until SIGINT/SIGTERM; returns the process exit code."""
     fetch_pacing.install(settings.empty_fetch_pause_ms)
+    if settings.event_loop == "uvloop":
+        # For every loop of this process: Faust's consumer thread makes its own.
+        asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
     loop = asyncio.new_event_loop()
     asyncio.set_event_loop(loop)
 
