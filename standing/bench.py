@@ -515,6 +515,7 @@ def run_bench(
     result = {
         "when": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "machine": {"cpus": os.cpu_count(), "python": platform.python_version(), "platform": platform.platform(), "broker": "noida-db (embedded)"},
+        "commit": _commit(),
         "config": {"users": users, "events": events, "seed": seed, "partitions": partitions, "latency_seconds": latency_seconds},
         "figures": figures,
         "targets": _targets(figures),
@@ -526,6 +527,17 @@ def run_bench(
     lines = history.read_text().splitlines() if history.exists() else []
     history.write_text("\n".join((lines + [json.dumps(result)])[-50:]) + "\n")  # a short history
     return result
+
+
+def _commit() -> str | None:
+    """The commit measured (with "+changes" if the tree differs from it), so results name their code."""
+    root = Path(__file__).resolve().parents[1]
+    try:
+        head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True, check=True).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=root, capture_output=True, text=True).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return None
+    return head + ("+changes" if dirty else "")
 
 
 def _targets(figures: dict) -> dict:
