@@ -8,8 +8,6 @@ them and, as an array of records, encoding and decoding them cost about
 
 from __future__ import annotations
 
-from typing import Iterator
-
 from schemas import codec
 from schemas.columns import Columns, column, int_column
 
@@ -63,7 +61,7 @@ class Outbox:
         )
 
 
-def decode(data: bytes) -> Iterator[tuple[int, str, str, float, int, int]]:
+def decode(data: bytes) -> list[tuple[int, str, str, float, int, int]]:
     """(kind, receiver, sender, value, version, origin_ts) of each update, in order.
 
     Raises ``codec.DecodeError`` for anything that is not such a message.
@@ -76,7 +74,7 @@ def decode(data: bytes) -> Iterator[tuple[int, str, str, float, int, int]]:
             update["sender"],
             update["weight"] if update["kind"] == "LINK" else update["estimate"],
             update["version"],
-            _millis(update["origin_ts"]),
+            update["origin_ts"],  # an int: schemas/codec.py reads timestamps as ms
         )
         for update in record["updates"]
     ]
@@ -96,8 +94,4 @@ def decode(data: bytes) -> Iterator[tuple[int, str, str, float, int, int]]:
         except ValueError as error:
             raise codec.DecodeError("not_decodable", f"packed friend updates do not fit: {error}") from None
         updates += zip(kinds, receivers, senders, values, versions, origin_ts)
-    return iter(updates)
-
-
-def _millis(value) -> int:
-    return value if isinstance(value, int) else int(value.timestamp() * 1000)
+    return updates

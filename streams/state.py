@@ -65,7 +65,7 @@ def decode_user(data: bytes) -> UserState:
         versions, link_versions = columns.ints(n), columns.ints(n)
         columns.end()
         friends.update(zip(ids, map(FriendEntry, weights, estimates, has_estimate, versions, link_versions)))
-    history = [(_millis(point["ts"]), point["raw"]) for point in record["history"]]
+    history = [(point["ts"], point["raw"]) for point in record["history"]]
     if record["history_columns"]:
         columns = Columns(record["history_columns"])
         n = len(record["history_columns"]) // 16
@@ -80,7 +80,7 @@ def decode_user(data: bytes) -> UserState:
         recent_events=dict(record["recent_events"]),
         history=history,
         source_offsets=dict(record["source_offsets"]),
-        updated_ts=_millis(record["updated_ts"]),
+        updated_ts=record["updated_ts"],
     )
 
 
@@ -109,9 +109,3 @@ def decode_pair(data: bytes) -> PairState:
         source_offset=record["source_offset"],
     )
 
-
-def _millis(value) -> int:
-    """fastavro returns datetimes for timestamp-millis fields; we keep ints."""
-    if isinstance(value, int):
-        return value
-    return int(value.timestamp() * 1000)

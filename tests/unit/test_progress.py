@@ -119,12 +119,17 @@ def test_a_broker_that_does_not_answer_delays_the_batch_without_stopping_it(monk
     assert _offsets(admission) == [(0, 0)] and not failures
 
 
-def test_faust_commits_the_guarded_offset_not_its_acknowledgements():
+def _guarded_consumer(name: str, progress: _Progress):
+    """A Faust consumer (not started) whose commits the guard decides."""
     install_commit_guard()
-    app = faust.App("standing-progress-test", broker="kafka://127.0.0.1:1")
-    consumer = app.consumer
-    progress = _Progress({POSTS_0: 10})
+    app = faust.App(name, broker="kafka://127.0.0.1:1")
     app.standing_progress = progress
+    return app.consumer
+
+
+def test_faust_commits_the_guarded_offset_not_its_acknowledgements():
+    progress = _Progress({POSTS_0: 10})
+    consumer = _guarded_consumer("standing-progress-test", progress)
     # Faust's own bookkeeping after a skip: 13.. acknowledged, 10..12 counted
     # as a "gap" — its own _new_offset would commit 16.
     consumer._committed_offset[POSTS_0] = 10
@@ -149,11 +154,8 @@ def test_faust_commits_the_guarded_offset_not_its_acknowledgements():
 def test_faust_looks_for_commits_in_tracked_partitions_it_saw_no_acknowledgement_for():
     # The intake (streams/intake.py) acknowledges nothing to Faust, whose
     # commit only looks at partitions with acknowledgements.
-    install_commit_guard()
-    app = faust.App("standing-progress-test-2", broker="kafka://127.0.0.1:1")
-    consumer = app.consumer
     progress = _Progress({POSTS_0: 0})
-    app.standing_progress = progress
+    consumer = _guarded_consumer("standing-progress-test-2", progress)
     assert list(consumer._filter_tps_with_pending_acks()) == []
     progress._next[POSTS_0] = 7
     dead = TP("dead-letters", 0)
