@@ -90,6 +90,26 @@ def _wait_for(settings, condition, timeout: float = 60.0) -> dict[str, int]:
     raise AssertionError(f"condition not reached; backlog {state}")
 
 
+def _pause_when(settings, process, condition, timeout: float = 60.0, slice_seconds: float = 0.05) -> dict[str, int]:
+    """Run ``process`` in short slices until ``condition`` holds, and leave it stopped there.
+
+    Polling a running worker can miss a moment: a fast machine takes the whole
+    intake between two looks at the group's offsets. Stopped (SIGSTOP) while the
+    test looks, the worker cannot run past the moment; it is stopped at whatever
+    instruction it had reached, which is what a SIGKILL should hit."""
+    deadline = time.monotonic() + timeout
+    while True:
+        process.send_signal(signal.SIGSTOP)
+        state = asyncio.run(_remaining(settings))
+        if condition(state):
+            return state
+        if time.monotonic() > deadline:
+            process.send_signal(signal.SIGCONT)
+            raise AssertionError(f"condition not reached; backlog {state}")
+        process.send_signal(signal.SIGCONT)
+        time.sleep(slice_seconds)
+
+
 def _assert_exact(settings, events: Path) -> None:
     asyncio.run(wait_until_quiescent(settings, timeout=300, progress=None))
     expected = reference_file(events, RULES)
@@ -128,10 +148,10 @@ def test_sigkill_then_restart_ends_exact(fresh_settings, workers, events_file, t
     asyncio.run(produce_file(fresh_settings, events_file, progress=False))
     total = sum(asyncio.run(_remaining(fresh_settings))[topic] for topic in INPUTS)
     if moment == "intake":
-        _wait_for(fresh_settings, lambda s: 0 < sum(s[t] for t in INPUTS) < total * 0.7)
+        _pause_when(fresh_settings, first, lambda s: 0 < sum(s[t] for t in INPUTS) < total * 0.7)
     else:
-        _wait_for(fresh_settings, lambda s: sum(s[t] for t in INPUTS) == 0 and s["friend-updates"] > 0)
-    _kill(first)
+        _pause_when(fresh_settings, first, lambda s: sum(s[t] for t in INPUTS) == 0 and s["friend-updates"] > 0)
+    _kill(first)  # SIGKILL ends a stopped process too
     workers.start(tmp_path / ("data-1" if restart_dir == "same" else "data-2"), worker_id="w1")
     _assert_exact(fresh_settings, events_file)
 
@@ -139,7 +159,8 @@ def test_sigkill_then_restart_ends_exact(fresh_settings, workers, events_file, t
 def test_killed_during_a_rebalance_and_a_survivor_takes_over(fresh_settings, workers, events_file, tmp_path):
     first = workers.start(tmp_path / "data-1")
     asyncio.run(produce_file(fresh_settings, events_file, progress=False))
-    _wait_for(fresh_settings, lambda s: sum(s[t] for t in INPUTS) > 0)
+    _pause_when(fresh_settings, first, lambda s: sum(s[t] for t in INPUTS) > 0)
+    first.send_signal(signal.SIGCONT)  # input still left: it cannot have finished unseen
     second = workers.start(tmp_path / "data-2")  # joins: the group rebalances
     time.sleep(0.5)
     _kill(first)  # dies while partitions move
