@@ -33,6 +33,7 @@ from standing.settings import Settings
 from streams import events as ev
 from streams import friend_updates
 from streams import intake
+from streams import restore
 from streams import metrics
 from streams.intake import InFlight, Intake
 from streams.output import Outgoing, Outputs
@@ -66,8 +67,7 @@ class Scorer:
         self.users_table, self.pairs_table = create_tables(app, settings)
         self.users = user_store(self.users_table, settings.state_cache_entries)
         self.pairs = pair_store(self.pairs_table, settings.state_cache_entries)
-        #: True once the tables of the current assignment are recovered
-        self.ready = False
+        self._ready = False
 
         def raw_topic(*names: str) -> faust.TopicT:
             return app.topic(*names, key_type=bytes, value_type=bytes, key_serializer="raw", value_serializer="raw")
@@ -86,6 +86,9 @@ class Scorer:
         self.user_intake = Intake(app, self.user_topics.topics, batch_size=batch_size, linger=batch_wait)
         self.pair_intake = Intake(app, self.pair_topic.topics, batch_size=batch_size, linger=batch_wait)
         intake.install(app, self.user_intake, self.pair_intake)
+        #: table recovery writes changelog records in batches
+        self.restore = restore.ChangelogRestore(app, (self.users_table, self.pairs_table), flush_every=batch_size)
+        restore.install(app, self.restore)
 
         #: batches being applied or delivered; a rebalance waits for them
         self.in_flight = InFlight()
@@ -147,6 +150,17 @@ class Scorer:
         async def on_partitions_assigned(sender, assigned, **kwargs) -> None:
             self.forget_cached_states()  # recovery is about to write the tables
             self.progress.forget()
+
+    @property
+    def ready(self) -> bool:
+        """True once the tables of the current assignment are recovered."""
+        return self._ready
+
+    @ready.setter
+    def ready(self, value: bool) -> None:
+        # The gauge moves with it: readiness probes and the recovery benchmark read it.
+        self._ready = value
+        metrics.READY.set(1 if value else 0)
 
     def forget_cached_states(self) -> None:
         """Partitions move: nothing held in memory for the old assignment is used again."""

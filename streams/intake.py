@@ -32,6 +32,8 @@ from typing import AsyncIterator, Callable
 import faust
 from faust.types import TP, Message
 
+from streams import delivery
+
 log = logging.getLogger(__name__)
 
 
@@ -59,9 +61,7 @@ class Intake:
         arrived, full = self._arrived, self._full
         batch_size, high = self._batch_size, self._high
 
-        async def on_message(message: Message) -> None:
-            # Blocks while Faust holds the flow: a rebalance, or tables recovering.
-            await acquire_flow()
+        def take(message: Message) -> bool:
             records.append(message)
             buffered = len(records)
             if buffered == 1:
@@ -71,8 +71,15 @@ class Intake:
                 if buffered >= high and tp not in self._paused:
                     self._paused.add(tp)
                     self._app.consumer.on_buffer_full(tp)
+            return True
 
-        return on_message
+        async def on_message(message: Message) -> None:
+            # Blocks while Faust holds the flow: a rebalance, or tables recovering.
+            await acquire_flow()
+            take(message)
+
+        # While the flow runs, Faust's consumer calls ``take`` directly (streams/delivery.py).
+        return delivery.direct(on_message, take)
 
     # --- the agent's side -----------------------------------------------------
 

@@ -76,5 +76,10 @@ INPUT_RECORDS_SKIPPED = Counter(
 )
 for _topic in (*topics.INPUT_TOPICS, topics.FRIEND_UPDATES):
     INPUT_RECORDS_SKIPPED.labels(_topic)  # at 0 from the start, so rates and alerts have a series
+CHANGELOG_RECORDS_RESTORED = Counter(
+    "standing_changelog_records_restored_total",
+    "Changelog records written into this worker's tables while recovering them (streams/restore.py).",
+    ["table"],
+)
 REBALANCES = Counter("standing_rebalances_total", "Rebalances this worker went through (partition assignments).")
 READY = Gauge("standing_ready", "1 when the worker holds recovered partitions and is processing, else 0.")

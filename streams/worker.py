@@ -13,6 +13,7 @@ from prometheus_client import start_http_server
 from standing import fetch_pacing
 from standing.settings import Settings
 from streams.agents import Scorer
+from streams import delivery
 from streams.api import install_api
 from streams.monitoring import install_monitoring
 from streams.reaper import install_reaper
@@ -34,6 +35,7 @@ def build(settings: Settings, rules: Rules) -> tuple[faust.App, Scorer]:
 def run_worker(settings: Settings, rules: Rules, *, loglevel: str = "warning", broker_timeout: float = 60.0) -> int:
     """Run until SIGINT/SIGTERM; returns the process exit code."""
     fetch_pacing.install(settings.empty_fetch_pause_ms)
+    delivery.install()  # records reach the intake and the restore without a task each
     if settings.event_loop == "uvloop":
         # For every loop of this process: Faust's consumer thread makes its own.
         asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
