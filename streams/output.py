@@ -7,10 +7,11 @@ again, before the batch's input events are acknowledged.
 
 Faust's own path (``Topic.send_soon``: a FutureMessage, its producer buffer, a
 callback per record, and for a changelog a RocksDB write of the offset per
-record) cost more per record than our whole decision; here a record is one
-``AIOKafkaProducer.send`` and a changelog partition's persisted offset (what
-Faust reads to resume recovery on a kept data directory) is written once per
-batch, with the highest offset acknowledged.
+record) cost more per record than our whole decision; here the records of a
+delivery for one partition go to aiokafka as one batch (``send_batch``), and
+a changelog partition's persisted offset (what Faust reads to resume
+recovery on a kept data directory) is written once per delivery, with the
+highest offset acknowledged.
 """
 
 from __future__ import annotations
@@ -38,6 +39,14 @@ class Outgoing(NamedTuple):
     partition: int | None
     #: the table whose changelog this is (its persisted offset moves on delivery)
     changelog_of: ChangelogOwner | None = None
+
+
+class _Sent(NamedTuple):
+    """One producer batch handed over: its delivery future and what it holds."""
+
+    future: asyncio.Future
+    changelog_of: ChangelogOwner | None
+    count: int
 
 
 class Outputs:
@@ -92,23 +101,53 @@ class Outputs:
         if states:
             async with self._queueing_states:
                 queued = await self._queue(producer, states)
-            self._move_persisted_offsets(states, await asyncio.gather(*queued))
+            self._move_persisted_offsets(queued, await asyncio.gather(*(sent.future for sent in queued)))
         if effects:
-            await asyncio.gather(*await self._queue(producer, effects))
+            await asyncio.gather(*(sent.future for sent in await self._queue(producer, effects)))
 
     @staticmethod
-    async def _queue(producer: AIOKafkaProducer, records: list[Outgoing]) -> list[asyncio.Future]:
-        """Hand ``records`` to the producer in order; their delivery futures."""
-        return [await producer.send(r.topic, r.value, key=r.key, partition=r.partition) for r in records]
+    async def _queue(producer: AIOKafkaProducer, records: list[Outgoing]) -> list["_Sent"]:
+        """Hand ``records`` to the producer, in order within each partition, one batch per partition.
+
+        ``producer.send`` costs a future, a metadata check and a partitioner
+        call per record; a batch of a batch's records for one partition costs
+        them once. Records without a partition go where ``send`` would put
+        them (the producer's partitioner, by key), so keys never move.
+        """
+        by_partition: dict[tuple[str, int], list[Outgoing]] = {}
+        for record in records:
+            partition = record.partition
+            if partition is None:
+                await producer.client._wait_on_metadata(record.topic)
+                partition = producer._partition(record.topic, None, record.key, record.value, record.key, record.value)
+            group = by_partition.get((record.topic, partition))
+            if group is None:
+                group = by_partition[(record.topic, partition)] = []
+            group.append(record)
+        sent: list[_Sent] = []
+        for (topic, partition), group in by_partition.items():
+            batch, count = producer.create_batch(), 0
+            for record in group:
+                if batch.append(key=record.key, value=record.value, timestamp=None) is None:
+                    if not count:
+                        raise ValueError(f"a record for {topic}[{partition}] of {len(record.value)} bytes does not fit in a producer batch")
+                    sent.append(_Sent(await producer.send_batch(batch, topic, partition=partition), record.changelog_of, count))
+                    batch, count = producer.create_batch(), 0
+                    if batch.append(key=record.key, value=record.value, timestamp=None) is None:
+                        raise ValueError(f"a record for {topic}[{partition}] of {len(record.value)} bytes does not fit in a producer batch")
+                count += 1
+            sent.append(_Sent(await producer.send_batch(batch, topic, partition=partition), group[0].changelog_of, count))
+        return sent
 
     @staticmethod
-    def _move_persisted_offsets(records: list[Outgoing], results: list) -> None:
+    def _move_persisted_offsets(sent: list["_Sent"], results: list) -> None:
         highest: dict[tuple[int, int], tuple[ChangelogOwner, int, int]] = {}
-        for record, metadata in zip(records, results):
-            slot = (id(record.changelog_of), metadata.partition)
+        for batch, metadata in zip(sent, results):
+            last = metadata.offset + batch.count - 1  # a batch's offsets are consecutive
+            slot = (id(batch.changelog_of), metadata.partition)
             known = highest.get(slot)
-            if known is None or metadata.offset > known[2]:
-                highest[slot] = (record.changelog_of, metadata.partition, metadata.offset)
+            if known is None or last > known[2]:
+                highest[slot] = (batch.changelog_of, metadata.partition, last)
         for owner, partition, offset in highest.values():
             try:
                 owner.set_persisted_offset(partition, offset)
