@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import hashlib
+import inspect
 from collections import defaultdict
 from types import SimpleNamespace
 
@@ -108,3 +110,13 @@ def test_while_the_flow_is_held_or_suspended_every_record_goes_faust_s_way():
     for flags in ({"flowing": False}, {"suspended": True}):
         taken, handled, slow, _, _ = _run([_record(OURS, 0)], **flags)
         assert taken == [] and handled == [("ours", 0)] and slow == 1, flags
+
+
+def test_the_copied_loop_is_still_the_one_faust_runs():
+    # streams/delivery.py carries a copy of Faust's fetch loop with one change;
+    # an upgraded Faust whose loop differs must have the copy looked at again.
+    source = inspect.getsource(delivery._original)
+    assert hashlib.sha256(source.encode()).hexdigest() == delivery.COPIED_FROM_SHA256, (
+        "faust.transport.consumer.Consumer._drain_messages changed: compare it with streams/delivery.py, "
+        "carry the change over, then update COPIED_FROM_SHA256"
+    )
