@@ -43,6 +43,7 @@ from standing.population import LiveSimulation, PopulationConfig, generate_event
 from standing.producer import EventProducer
 from standing.settings import Settings
 from streams import events as ev
+from streams.tables import closed_partition_entries
 from topology import topics
 from topology.admin import ensure_topics
 
@@ -237,20 +238,13 @@ def state_sizes(data_dir: Path) -> dict[str, tuple[int, int, int]]:
     OPTIONS and MANIFEST files (~40 KB per partition whatever its size) are left
     out so the figure scales with users, not partitions.
     """
-    from rocksdict import AccessType, Options, Rdict
-
     sizes: dict[str, tuple[int, int, int]] = {}
     for table in ("users", "pairs"):
         keys = encoded = on_disk = 0
         for path in sorted(Path(data_dir).glob(f"v*/tables/{table}-*.db")):
-            db = Rdict(str(path), options=Options(raw_mode=True), access_type=AccessType.read_only())
-            try:
-                for key, value in db.items():
-                    if not key.startswith(b"__faust"):
-                        keys += 1
-                        encoded += len(key) + len(value)
-            finally:
-                db.close()
+            for key, value in closed_partition_entries(path):
+                keys += 1
+                encoded += len(key) + len(value)
             on_disk += sum(file.stat().st_size for file in path.iterdir() if file.suffix in (".sst", ".log") and file.name != "LOG")
         sizes[table] = (keys, encoded, on_disk)
     return sizes

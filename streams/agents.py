@@ -67,7 +67,7 @@ class Scorer:
         self.users_table, self.pairs_table = create_tables(app, settings)
         self.users = user_store(self.users_table, settings.state_cache_entries)
         self.pairs = pair_store(self.pairs_table, settings.state_cache_entries)
-        self._ready = False
+        self.ready = False  # sets the gauge too (the property below)
 
         def raw_topic(*names: str) -> faust.TopicT:
             return app.topic(*names, key_type=bytes, value_type=bytes, key_serializer="raw", value_serializer="raw")

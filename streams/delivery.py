@@ -21,11 +21,11 @@ before.
 from __future__ import annotations
 
 import asyncio
-from typing import Any, Callable, cast
+from typing import Any, Callable, Iterable, cast
 
 from faust.transport import consumer as _consumer
 from faust.transport.consumer import CONSUMER_FETCHING
-from faust.types import Message
+from faust.types import TP, Message
 
 _original = _consumer.Consumer._drain_messages
 #: sha256 of the source of the Faust function ``_drain_messages`` below copies;
@@ -35,10 +35,39 @@ COPIED_FROM_SHA256 = "44a2500309e83c630493f6828af50166ec8d96a0b3e4fb2bab735f704a
 Take = Callable[[Message], bool]
 
 
-def direct(callback: Callable[[Message], Any], take: Take) -> Callable[[Message], Any]:
+Callback = Callable[[Message], Any]
+
+
+def direct(callback: Callback, take: Take) -> Callback:
     """Attach ``take`` to ``callback``: it handles a record synchronously, or returns False."""
     callback.standing_take = take  # type: ignore[attr-defined]
     return callback
+
+
+def route(app: Any, topic_names: Iterable[str], build: Callable[[TP, Callable[[], Callback]], Callback]) -> None:
+    """Have the callbacks of these topics' partitions built by ``build``.
+
+    Faust's conductor builds a callback per assigned partition on every
+    assignment (``Conductor._build_handler``). For a routed topic it calls
+    ``build(tp, faust_callback)``, where ``faust_callback()`` builds the one
+    Faust would have used, for what ``build``'s callback leaves to Faust.
+    One wrapper per conductor, however many routes.
+    """
+    conductor = app.topics
+    routes: dict[str, Callable] | None = conductor.__dict__.get("_standing_routes")
+    if routes is None:
+        routes = conductor._standing_routes = {}
+        faust_build = conductor._build_handler
+
+        def build_handler(tp: TP, channels):
+            routed = routes.get(tp.topic)
+            if routed is None:
+                return faust_build(tp, channels)
+            return routed(tp, lambda: faust_build(tp, channels))
+
+        conductor._build_handler = build_handler
+    for name in topic_names:
+        routes[name] = build
 
 
 async def _drain_messages(self, fetcher) -> None:  # pragma: no cover - exercised by every worker test

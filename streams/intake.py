@@ -140,20 +140,11 @@ class Intake:
 def install(app: faust.App, *intakes: Intake) -> None:
     """Route the records of each intake's topics to it instead of to Faust's streams.
 
-    The conductor builds a callback per assigned partition on every
-    assignment (``Conductor._build_handler``); for our topics it gets the
-    intake's. The agents still subscribe through Faust (``subscribe``), so
-    the consumer group, assignment and recovery see them as usual.
+    The agents still subscribe through Faust (``subscribe``), so the consumer
+    group, assignment and recovery see them as usual.
     """
-    conductor = app.topics
-    original = conductor._build_handler
-    by_topic = {name: intake for intake in intakes for name in intake.topic_names}
-
-    def build_handler(tp: TP, channels):
-        intake = by_topic.get(tp.topic)
-        return intake.handler(tp) if intake is not None else original(tp, channels)
-
-    conductor._build_handler = build_handler
+    for intake in intakes:
+        delivery.route(app, intake.topic_names, lambda tp, faust_callback, intake=intake: intake.handler(tp))
 
 
 def subscribe(stream: faust.StreamT) -> None:

@@ -50,7 +50,6 @@ def install_monitoring(scorer: Scorer) -> None:
 
     @app.timer(interval=INTERVAL_S)
     async def refresh() -> None:
-        metrics.READY.set(1 if scorer.ready else 0)
         assigned = app.assignor.assigned_actives()
         for topic in CONSUMED:
             metrics.ASSIGNED_PARTITIONS.labels(topic).set(sum(1 for tp in assigned if tp.topic == topic))

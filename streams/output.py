@@ -115,10 +115,13 @@ class Outputs:
         them (the producer's partitioner, by key), so keys never move.
         """
         by_partition: dict[tuple[str, int], list[Outgoing]] = {}
+        known_topics: set[str] = set()
         for record in records:
             partition = record.partition
             if partition is None:
-                await producer.client._wait_on_metadata(record.topic)
+                if record.topic not in known_topics:
+                    await producer.client._wait_on_metadata(record.topic)
+                    known_topics.add(record.topic)
                 partition = producer._partition(record.topic, None, record.key, record.value, record.key, record.value)
             group = by_partition.get((record.topic, partition))
             if group is None:
@@ -126,17 +129,16 @@ class Outputs:
             group.append(record)
         sent: list[_Sent] = []
         for (topic, partition), group in by_partition.items():
+            owner = group[0].changelog_of  # one topic: one table's changelog, or none
             batch, count = producer.create_batch(), 0
             for record in group:
                 if batch.append(key=record.key, value=record.value, timestamp=None) is None:
-                    if not count:
-                        raise ValueError(f"a record for {topic}[{partition}] of {len(record.value)} bytes does not fit in a producer batch")
-                    sent.append(_Sent(await producer.send_batch(batch, topic, partition=partition), record.changelog_of, count))
+                    # Full. A new batch takes its first record whatever its size.
+                    sent.append(_Sent(await producer.send_batch(batch, topic, partition=partition), owner, count))
                     batch, count = producer.create_batch(), 0
-                    if batch.append(key=record.key, value=record.value, timestamp=None) is None:
-                        raise ValueError(f"a record for {topic}[{partition}] of {len(record.value)} bytes does not fit in a producer batch")
+                    batch.append(key=record.key, value=record.value, timestamp=None)
                 count += 1
-            sent.append(_Sent(await producer.send_batch(batch, topic, partition=partition), group[0].changelog_of, count))
+            sent.append(_Sent(await producer.send_batch(batch, topic, partition=partition), owner, count))
         return sent
 
     @staticmethod

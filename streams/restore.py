@@ -113,25 +113,18 @@ class ChangelogRestore:
 def install(app: faust.App, restore: ChangelogRestore) -> None:
     """Route the changelog partitions of ``restore``'s tables through it.
 
-    Faust's conductor builds a callback per assigned partition on every
-    assignment (``Conductor._build_handler``); for these changelogs the
-    restore's callback wraps Faust's. Whenever Faust's recovery flushes its
+    The restore's callback wraps the one Faust builds for the partition
+    (``streams.delivery.route``). Whenever Faust's recovery flushes its
     buffers, what the restore holds is written first.
     """
-    conductor = app.topics
-    original_build = conductor._build_handler
-    names = restore.topic_names
     wrapped: list = []
 
-    def build_handler(tp: TP, channels):
-        faust_handler = original_build(tp, channels)
-        if tp.topic not in names:
-            return faust_handler
+    def build(tp: TP, faust_callback):
         if not wrapped:  # Faust's recovery exists by the first assignment
             wrapped.append(_flush_with_faust(app.tables.recovery, restore))
-        return restore.handler(tp, faust_handler)
+        return restore.handler(tp, faust_callback())
 
-    conductor._build_handler = build_handler
+    delivery.route(app, restore.topic_names, build)
 
 
 def _flush_with_faust(recovery, restore: ChangelogRestore) -> Callable[[], None]:

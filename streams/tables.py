@@ -14,6 +14,7 @@ keep working unchanged.
 from __future__ import annotations
 
 from collections import OrderedDict
+from pathlib import Path
 from typing import Callable, Generic, Iterator, TypeVar
 
 import faust
@@ -26,6 +27,22 @@ from streams.scoring import PairState, UserState
 from topology.topics import PAIRS_TABLE, USERS_TABLE, changelog_topic
 
 T = TypeVar("T")
+
+#: Keys Faust keeps in every partition database for itself (the persisted offset).
+FAUST_KEYS_PREFIX = b"__faust"
+
+
+def closed_partition_entries(path: Path) -> Iterator[tuple[bytes, bytes]]:
+    """The (key, value) pairs of a partition database no worker has open, Faust's own keys left out."""
+    from rocksdict import AccessType, Options, Rdict
+
+    db = Rdict(str(path), options=Options(raw_mode=True), access_type=AccessType.read_only())
+    try:
+        for key, value in db.items():
+            if not key.startswith(FAUST_KEYS_PREFIX):
+                yield key, value
+    finally:
+        db.close()
 
 
 def create_tables(app: faust.App, settings: Settings) -> tuple[faust.Table, faust.Table]:
@@ -131,14 +148,14 @@ class PartitionedStore(Generic[T]):
 
     def items(self, partition: int) -> Iterator[tuple[str, T]]:
         for key, raw in self._db(partition).items():
-            if key.startswith(b"__faust"):
+            if key.startswith(FAUST_KEYS_PREFIX):
                 continue  # Faust's own bookkeeping (persisted offsets)
             yield key.decode(), self._decode(raw)
 
     def count(self, partition: int) -> int:
         """Exact number of keys in one partition (a key scan: RocksDB's own
         estimate counts overwritten versions and was off several-fold)."""
-        return sum(1 for key in self._db(partition).keys() if not key.startswith(b"__faust"))
+        return sum(1 for key in self._db(partition).keys() if not key.startswith(FAUST_KEYS_PREFIX))
 
     def partitions(self) -> list[int]:
         return sorted(self._table.data._dbs)

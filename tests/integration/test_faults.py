@@ -21,6 +21,7 @@ from standing.population import PopulationConfig, generate_events, write_jsonl
 from standing.producer import produce_file
 from standing.reference import reference_file
 from streams.rules import load_rules
+from streams.tables import closed_partition_entries
 from tests.helpers import free_port
 
 RULES = load_rules()
@@ -159,16 +160,7 @@ def test_sigkill_then_restart_ends_exact(fresh_settings, workers, events_file, t
 
 def _table_contents(data_dir: Path) -> dict[str, dict[bytes, bytes]]:
     """Every key and value of every partition database (Faust's offset bookkeeping left out)."""
-    from rocksdict import AccessType, Options, Rdict
-
-    contents = {}
-    for path in sorted(data_dir.rglob("*.db")):
-        db = Rdict(str(path), options=Options(raw_mode=True), access_type=AccessType.read_only())
-        try:
-            contents[path.name] = {key: value for key, value in db.items() if not key.startswith(b"__faust")}
-        finally:
-            db.close()
-    return contents
+    return {path.name: dict(closed_partition_entries(path)) for path in sorted(data_dir.rglob("*.db"))}
 
 
 def test_a_new_machine_restores_the_tables_byte_for_byte(fresh_settings, workers, events_file, tmp_path):

@@ -12,7 +12,7 @@ from standing.settings import Settings
 from streams import metrics
 from streams.app import create_app
 from streams.restore import ChangelogRestore, install
-from streams.tables import create_tables
+from streams.tables import FAUST_KEYS_PREFIX, create_tables
 
 CHANGELOG = "standing-users-changelog"
 
@@ -42,7 +42,7 @@ def _record(tp: TP, offset: int, key: bytes, value: bytes | None):
 
 def _stored(table, partition: int) -> dict:
     db = table.data._db_for_partition(partition)
-    return {key: value for key, value in db.items() if not key.startswith(b"__faust")}
+    return {key: value for key, value in db.items() if not key.startswith(FAUST_KEYS_PREFIX)}
 
 
 class _FaustHandler:
