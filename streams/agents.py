@@ -22,7 +22,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections import defaultdict
+from collections import Counter, defaultdict
 from typing import Iterable
 
 import faust
@@ -253,6 +253,7 @@ class Scorer:
         if not self.progress.current(admission):
             return  # partitions moved while the broker was asked: the new owner reads these
         pending: list[Outgoing] = []
+        tally: Counter = Counter()  # (counter, label) -> n: counted once per batch
         for partition, records in _by_partition(admission.records).items():
             pair_batch = PairBatch(
                 lambda key, p=partition: self.pairs.load(p, key),
@@ -260,7 +261,7 @@ class Scorer:
                 dedup_min_ids=self.settings.dedup_min_ids,
             )
             for message in records:
-                metrics.EVENTS_IN.labels(message.topic).inc()
+                tally[metrics.EVENTS_IN, message.topic] += 1
                 friendship = self._decode_input(message, pending)
                 if friendship is None:
                     continue
@@ -278,11 +279,12 @@ class Scorer:
                     friendship.weight,
                     message.offset,
                 )
-                (metrics.EVENTS_ACCEPTED if outcome == "accepted" else metrics.EVENTS_DUPLICATE).labels("friendship").inc()
+                tally[metrics.EVENTS_ACCEPTED if outcome == "accepted" else metrics.EVENTS_DUPLICATE, "friendship"] += 1
             output = pair_batch.finish()
             for key, pair in output.states.items():
                 pending.append(self.pairs.put(partition, key, pair))
             pending.extend(self._send_friend_updates(links=output.links))
+        metrics.add(tally)
         await self._delivered(pending)
         await self.progress.done(admission)
         metrics.BATCHES.labels("route_friendships").inc()
@@ -297,6 +299,7 @@ class Scorer:
         if not self.progress.current(admission):
             return  # partitions moved while the broker was asked: the new owner reads these
         pending: list[Outgoing] = []
+        tally: Counter = Counter()  # (counter, label) -> n: counted once per batch
         for partition, records in _by_partition(admission.records).items():
             user_batch = UserBatch(
                 rules,
@@ -308,7 +311,7 @@ class Scorer:
                 if message.topic == topics.FRIEND_UPDATES:
                     self._apply_friend_updates(user_batch, message, pending)
                     continue
-                metrics.EVENTS_IN.labels(message.topic).inc()
+                tally[metrics.EVENTS_IN, message.topic] += 1
                 accepted = self._decode_input(message, pending)
                 if accepted is None:
                     continue
@@ -324,9 +327,9 @@ class Scorer:
                     message.topic,
                     message.offset,
                 ):
-                    metrics.EVENTS_ACCEPTED.labels(kind).inc()
+                    tally[metrics.EVENTS_ACCEPTED, kind] += 1
                 else:
-                    metrics.EVENTS_DUPLICATE.labels(kind).inc()
+                    tally[metrics.EVENTS_DUPLICATE, kind] += 1
             now = _now_ms()
             output = user_batch.finish(now)
             for user, state in output.states.items():
@@ -336,6 +339,7 @@ class Scorer:
             metrics.FRIEND_UPDATES_RECEIVED.labels("stale").inc(counts.updates_stale)
             pending.extend(self._send_friend_updates(estimates=output.estimates))
             pending.extend(self._send_scores(output.scores, now))
+        metrics.add(tally)
         await self._delivered(pending)
         await self.progress.done(admission)
         metrics.BATCHES.labels("score_users").inc()

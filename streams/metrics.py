@@ -83,3 +83,12 @@ CHANGELOG_RECORDS_RESTORED = Counter(
 )
 REBALANCES = Counter("standing_rebalances_total", "Rebalances this worker went through (partition assignments).")
 READY = Gauge("standing_ready", "1 when the worker holds recovered partitions and is processing, else 0.")
+
+
+def add(tally) -> None:
+    """Add a batch's counts, ``{(counter, label): n}``, once per batch.
+
+    ``labels()`` plus ``inc()`` per record was 3% of the worker's time.
+    """
+    for (counter, label), n in tally.items():
+        counter.labels(label).inc(n)
