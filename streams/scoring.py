@@ -115,13 +115,19 @@ def remember_event(state_events: dict[str, int], event_id: str, ts: int, window_
 
     The memory keeps every id younger than ``window_ms`` (event time, against
     the newest id seen) and at least the ``min_ids`` most recent ones. Pruning
-    runs only when the memory has doubled, so it is amortised O(1).
+    is looked at once the memory holds twice ``min_ids``; a subject that
+    sends more than that within the window keeps them all, so the look starts
+    with the cheap test of whether any id is out of the window at all (the
+    sort on every event was 5% of the worker's time at 10k users / 100k events).
     """
     if event_id in state_events:
         return False
     state_events[event_id] = ts
     if len(state_events) > 2 * min_ids:
-        newest = max(state_events.values())
+        times = state_events.values()
+        newest = max(times)
+        if min(times) >= newest - window_ms:
+            return True  # every id is inside the window: all are kept
         by_age = sorted(state_events.items(), key=lambda item: item[1], reverse=True)
         keep = {
             eid: when for index, (eid, when) in enumerate(by_age) if index < min_ids or when >= newest - window_ms

@@ -5,6 +5,8 @@ from __future__ import annotations
 import math
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from streams import scoring
 from streams.processor import PairBatch, UserBatch
@@ -83,6 +85,37 @@ def test_event_memory_detects_duplicates_and_is_bounded():
     assert all(eid.startswith("new") for eid in memory)
     # young ids are all kept, whatever their number
     assert not scoring.remember_event(memory, "new0", 10 * DAY, DAY, 4)
+
+
+def _remember_event_by_sorting_every_time(memory, event_id, ts, window_ms, min_ids):
+    """The first version of the memory: sorts whenever it holds more than 2 * min_ids."""
+    if event_id in memory:
+        return False
+    memory[event_id] = ts
+    if len(memory) > 2 * min_ids:
+        newest = max(memory.values())
+        by_age = sorted(memory.items(), key=lambda item: item[1], reverse=True)
+        keep = {eid: when for index, (eid, when) in enumerate(by_age) if index < min_ids or when >= newest - window_ms}
+        memory.clear()
+        memory.update(keep)
+    return True
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    st.lists(st.tuples(st.integers(0, 40), st.integers(0, 5 * DAY)), max_size=200),
+    st.integers(1, 6),
+    st.sampled_from([DAY, DAY // 100, 0]),
+)
+def test_event_memory_keeps_exactly_what_sorting_every_time_kept(events, min_ids, window_ms):
+    fast: dict[str, int] = {}
+    reference: dict[str, int] = {}
+    for number, ts in events:
+        event_id = f"e{number}"
+        assert scoring.remember_event(fast, event_id, ts, window_ms, min_ids) == _remember_event_by_sorting_every_time(
+            reference, event_id, ts, window_ms, min_ids
+        )
+        assert fast == reference
 
 
 def test_publish_once_on_creation_then_only_on_moves_of_epsilon():
