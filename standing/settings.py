@@ -103,7 +103,9 @@ class Settings:
     rocksdb_block_cache_mb: int = 8
     #: Decoded user and pair states kept in memory between batches, per table
     #: (streams/tables.py). Off by default: +9% events/s for +100 MB RSS at
-    #: 10k users / 100k events. The empty-data-dir restart failures once seen
+    #: 10k users / 100k events with the Python codec; with the C codec
+    #: (decoding a typical state takes ~4 us) 2,000 entries gave no gain
+    #: (8.0k events/s against 9.2k, within this machine's noise). The empty-data-dir restart failures once seen
     #: with it on matched the consumer race streams/progress.py now guards
     #: against (those tests also hung without it, 1 run in 8).
     state_cache_entries: int = 0
