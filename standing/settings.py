@@ -92,7 +92,7 @@ class Settings:
     #: thousands of decoded states alive, and at the default the collector
     #: kept promoting and re-scanning them: 10% of the worker's time at 10k
     #: users / 100k events. With 50,000 (and the start-up objects frozen out
-    #: of its scans) it was 1%, and the scorer 9.5-10.0k events/s against
+    #: of its scans) it was 1%, and the scorer 9.1-10.0k events/s against
     #: 8.3-8.6k. State objects hold no cycles; they are freed by reference
     #: counting whatever this is.
     gc_young_threshold: int = 50_000
@@ -105,9 +105,10 @@ class Settings:
     #: (streams/tables.py). Off by default: +9% events/s for +100 MB RSS at
     #: 10k users / 100k events with the Python codec; with the C codec
     #: (decoding a typical state takes ~4 us) 2,000 entries gave no gain
-    #: (8.0k events/s against 9.2k, within this machine's noise). The empty-data-dir restart failures once seen
-    #: with it on matched the consumer race streams/progress.py now guards
-    #: against (those tests also hung without it, 1 run in 8).
+    #: (8.0k events/s against 9.2k, within this machine's noise). The
+    #: empty-data-dir restart failures once seen with it on matched the
+    #: consumer race streams/progress.py now guards against (those tests also
+    #: hung without it, 1 run in 8).
     state_cache_entries: int = 0
     #: Per-subject de-duplication memory: event ids younger than this (event time) are kept.
     dedup_window_ms: int = 24 * 3600 * 1000

@@ -159,11 +159,16 @@ static int read_map(Reader *r, PyObject *into, int value_kind) {
     }
 }
 
+/* Bytes per value of an integer column's typecode (as schemas/columns.py: INT_CODES); 0 if unknown. */
+static size_t int_code_size(unsigned char code) {
+    return code == 'B' ? 1 : code == 'H' ? 2 : code == 'I' ? 4 : code == 'q' ? 8 : 0;
+}
+
 /* An integer column: typecode byte then n values; -1 if malformed. */
 static int read_int_column(const unsigned char **at, const unsigned char *end, Py_ssize_t n, int64_t *values) {
     if (*at >= end) return -1;
     unsigned char code = **at;
-    size_t size = code == 'B' ? 1 : code == 'H' ? 2 : code == 'I' ? 4 : code == 'q' ? 8 : 0;
+    size_t size = int_code_size(code);
     if (!size) return -1;
     (*at)++;
     if ((size_t)(end - *at) < size * (size_t)n) return -1;
@@ -468,15 +473,8 @@ static int put_int_column(Buffer *b, const int64_t *values, Py_ssize_t n) {
         if (i == 0 || values[i] < low) low = values[i];
         if (i == 0 || values[i] > high) high = values[i];
     }
-    char code;
-    size_t size;
-    if (low >= 0 && high < ((int64_t)1 << 32)) {
-        code = high < (1 << 8) ? 'B' : high < (1 << 16) ? 'H' : 'I';
-        size = code == 'B' ? 1 : code == 'H' ? 2 : 4;
-    } else {
-        code = 'q';
-        size = 8;
-    }
+    char code = low >= 0 && high < ((int64_t)1 << 32) ? (high < (1 << 8) ? 'B' : high < (1 << 16) ? 'H' : 'I') : 'q';
+    size_t size = int_code_size((unsigned char)code);
     if (put_bytes(b, &code, 1) < 0 || reserve(b, size * (size_t)n) < 0) return -1;
     for (Py_ssize_t i = 0; i < n; i++) {
         unsigned char *p = b->data + b->size + size * (size_t)i;
