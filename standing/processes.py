@@ -67,6 +67,8 @@ def start_worker_process(settings: Settings, *, log_path: Path, rules_path: Path
         **os.environ,
         "STANDING_BATCH_SIZE": str(settings.batch_size),
         "STANDING_BATCH_WAIT_MS": str(round(settings.batch_wait * 1000)),
+        "STANDING_PROPAGATION_SLICE_MS": str(settings.propagation_slice_ms),
+        "STANDING_PROPAGATION_SHARE": str(settings.propagation_share),
     }
     log_path.parent.mkdir(parents=True, exist_ok=True)
     log = log_path.open("ab")

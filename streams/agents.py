@@ -37,6 +37,7 @@ from streams import restore
 from streams import metrics
 from streams.intake import InFlight, Intake
 from streams.output import Outgoing, Outputs
+from streams.pending_updates import PendingUpdates
 from streams.progress import InputProgress, install_commit_guard
 from streams.processor import EstimateOut, LinkOut, PairBatch, ScoreOut, UserBatch
 from streams.rules import Rules
@@ -49,6 +50,9 @@ log = logging.getLogger(__name__)
 
 #: Friend updates carried by one Kafka message at most (~400 KB).
 UPDATES_PER_MESSAGE = 10_000
+
+#: States a scan of a whole table reads between two chances for the agents to run.
+SCAN_YIELD_EVERY = 2000
 
 EVENT_TYPES = {topics.PURCHASES: "purchase", topics.POSTS: "post", topics.FRIENDSHIPS: "friendship"}
 
@@ -80,6 +84,13 @@ class Scorer:
         #: the input offsets really processed; Faust commits these (streams/progress.py)
         self.progress = InputProgress(app, settings)
         app.standing_progress = self.progress
+        #: friend updates read but not applied yet; their records are not committed
+        self.waiting_updates = PendingUpdates()
+        #: seconds to finish one changed state (decide, encode, write): the slice counts it in
+        self._finish_cost = 20e-6
+        self.progress.hold_back(
+            lambda tp: self.waiting_updates.held_from(tp.partition) if tp.topic == topics.FRIEND_UPDATES else None
+        )
         install_commit_guard()
         batch_size, batch_wait = settings.batch_size, settings.batch_wait
         #: the records of the agents' input topics, handed over in bulk
@@ -96,7 +107,7 @@ class Scorer:
         @app.agent(self.user_topics, name="score_users")
         async def score_users(stream):
             intake.subscribe(stream)
-            async for batch in self.user_intake.batches():
+            async for batch in self.user_intake.batches(more_work=self.waiting_updates.__bool__):
                 try:
                     with self.in_flight:
                         await self.process_user_events(batch)
@@ -166,6 +177,8 @@ class Scorer:
         """Partitions move: nothing held in memory for the old assignment is used again."""
         self.users.forget()
         self.pairs.forget()
+        self.waiting_updates.clear()
+        metrics.FRIEND_UPDATES_WAITING.set(0)
         self.user_intake.clear()
         self.pair_intake.clear()
 
@@ -190,11 +203,12 @@ class Scorer:
         pending: list[Outgoing] = []
         resent = 0
         for partition in user_partitions:
-            candidates = [
-                user
-                for user, state in self.users.items(partition)
-                if any(offset >= committed.get((topic, partition), 0) for topic, offset in state.source_offsets.items())
-            ]
+            candidates = []
+            for scanned, (user, state) in enumerate(self.users.items(partition), 1):
+                if any(offset >= committed.get((topic, partition), 0) for topic, offset in state.source_offsets.items()):
+                    candidates.append(user)
+                if scanned % SCAN_YIELD_EVERY == 0:
+                    await asyncio.sleep(0)  # the agents go on meanwhile: this scan must not stall them
             for start in range(0, len(candidates), 500):
                 for user in candidates[start : start + 500]:
                     state = self.users.get(partition, user)  # fresh: agents may have moved on
@@ -206,7 +220,7 @@ class Scorer:
                         for friend in state.current_friends()
                     ]
                     pending.extend(self._send_friend_updates(estimates=estimates))
-                    pending.extend(self._send_scores([self._score_of(user, state)], state.updated_ts, observe=False))
+                    pending.extend(self._send_scores([self._score_of(user, state)]))
                     resent += 1
                 # Delivered right after the puts, with no await between, so that
                 # a newer state an agent writes meanwhile follows these in the
@@ -214,7 +228,9 @@ class Scorer:
                 await self._delivered(pending)
                 pending = []
         for partition in pair_partitions:
-            for key, pair in list(self.pairs.items(partition)):
+            for scanned, (key, pair) in enumerate(self.pairs.items(partition), 1):
+                if scanned % SCAN_YIELD_EVERY == 0:
+                    await asyncio.sleep(0)
                 if pair.source_offset < committed.get((topics.FRIENDSHIPS, partition), 0):
                     continue
                 pair = self.pairs.get(partition, key)
@@ -293,23 +309,39 @@ class Scorer:
     # --- users: own part, links, estimates -> publish ------------------------
 
     async def process_user_events(self, batch: list[Message]) -> None:
+        """Users' own events first, then a slice of the waiting friend updates.
+
+        Friend-update records are only read here (into ``waiting_updates``);
+        what they carry is applied by this and later batches, within the
+        slice of time left after the users' own events, so those are never
+        queued behind a propagation wave (streams/pending_updates.py).
+        """
         started = time.perf_counter()
         rules = self.rules
+        settings = self.settings
         admission = await self.progress.admit(batch)
         if not self.progress.current(admission):
             return  # partitions moved while the broker was asked: the new owner reads these
         pending: list[Outgoing] = []
         tally: Counter = Counter()  # (counter, label) -> n: counted once per batch
+        user_batches: dict[int, UserBatch] = {}
+
+        def user_batch_of(partition: int) -> UserBatch:
+            user_batch = user_batches.get(partition)
+            if user_batch is None:
+                user_batch = user_batches[partition] = UserBatch(
+                    rules,
+                    lambda user, p=partition: self.users.load(p, user),
+                    dedup_window_ms=settings.dedup_window_ms,
+                    dedup_min_ids=settings.dedup_min_ids,
+                )
+            return user_batch
+
         for partition, records in _by_partition(admission.records).items():
-            user_batch = UserBatch(
-                rules,
-                lambda user, p=partition: self.users.load(p, user),
-                dedup_window_ms=self.settings.dedup_window_ms,
-                dedup_min_ids=self.settings.dedup_min_ids,
-            )
+            user_batch = None
             for message in records:
                 if message.topic == topics.FRIEND_UPDATES:
-                    self._apply_friend_updates(user_batch, message, pending)
+                    self._keep_friend_updates(message, pending, tally)
                     continue
                 tally[metrics.EVENTS_IN, message.topic] += 1
                 accepted = self._decode_input(message, pending)
@@ -319,6 +351,8 @@ class Scorer:
                     pending.append(self._reject(message, "wrong_key", _wrong_key_detail("the user_id", accepted.user_id)))
                     continue
                 kind = EVENT_TYPES[message.topic]
+                if user_batch is None:
+                    user_batch = user_batch_of(partition)
                 if user_batch.points(
                     accepted.user_id,
                     accepted.event_id,
@@ -330,22 +364,34 @@ class Scorer:
                     tally[metrics.EVENTS_ACCEPTED, kind] += 1
                 else:
                     tally[metrics.EVENTS_DUPLICATE, kind] += 1
-            now = _now_ms()
+        taken = self._apply_waiting_updates(user_batch_of, time.perf_counter() - started)
+        finishing = time.perf_counter()
+        now = _now_ms()
+        scores: list[ScoreOut] = []
+        written = 0
+        for partition, user_batch in user_batches.items():
             output = user_batch.finish(now)
             for user, state in output.states.items():
                 pending.append(self.users.put(partition, user, state))
+            written += len(output.states)
             counts = output.counts
-            metrics.FRIEND_UPDATES_RECEIVED.labels("applied").inc(counts.updates_applied)
-            metrics.FRIEND_UPDATES_RECEIVED.labels("stale").inc(counts.updates_stale)
+            tally[metrics.FRIEND_UPDATES_RECEIVED, "applied"] += counts.updates_applied
+            tally[metrics.FRIEND_UPDATES_RECEIVED, "stale"] += counts.updates_stale
             pending.extend(self._send_friend_updates(estimates=output.estimates))
-            pending.extend(self._send_scores(output.scores, now))
+            pending.extend(self._send_scores(output.scores))
+            scores.extend(output.scores)
+        if written:
+            per_state = (time.perf_counter() - finishing) / written
+            self._finish_cost = 0.8 * self._finish_cost + 0.2 * per_state
         metrics.add(tally)
         await self._delivered(pending)
+        _observe_latency(scores)
         await self.progress.done(admission)
+        self.waiting_updates.release(taken)
         metrics.BATCHES.labels("score_users").inc()
         metrics.BATCH_SECONDS.labels("score_users").observe(time.perf_counter() - started)
 
-    def _apply_friend_updates(self, user_batch: UserBatch, message: Message, pending: list[Outgoing]) -> None:
+    def _keep_friend_updates(self, message: Message, pending: list[Outgoing], tally: Counter) -> None:
         try:
             updates = friend_updates.decode(message.value)
         except codec.DecodeError as error:
@@ -354,13 +400,39 @@ class Scorer:
             log.error("undecodable friend update at %s[%d]@%d: %s", message.topic, message.partition, message.offset, error.detail)
             pending.append(self._reject(message, error.reason, error.detail))
             return
-        topic, offset = message.topic, message.offset
-        link, estimate = user_batch.link, user_batch.estimate
-        for kind, receiver, sender, value, version, origin_ts in updates:
-            if kind == friend_updates.LINK:
-                link(receiver, sender, value, version, origin_ts, topic, offset)
-            else:
-                estimate(receiver, sender, value, version, origin_ts, topic, offset)
+        coalesced = self.waiting_updates.add(message.partition, message.offset, updates)
+        if coalesced:
+            tally[metrics.FRIEND_UPDATES_RECEIVED, "coalesced"] += coalesced
+
+    def _apply_waiting_updates(self, user_batch_of, own_events_s: float):
+        """Apply waiting friend updates for the batch's propagation slice; returns what was taken."""
+        waiting = self.waiting_updates
+        if not waiting:
+            metrics.FRIEND_UPDATES_WAITING.set(0)
+            return None
+        settings = self.settings
+        slice_s = max(settings.propagation_slice_ms / 1000.0, settings.propagation_share * own_events_s)
+        end = time.perf_counter() + slice_s
+        limit = settings.waiting_updates_limit
+        finish_cost = self._finish_cost
+
+        def out_of_time(taken) -> bool:
+            if waiting.waiting > limit:
+                return False
+            # Finishing each state (deciding, encoding, writing) comes after: count it in.
+            return time.perf_counter() + taken.receivers * finish_cost >= end
+
+        topic = topics.FRIEND_UPDATES
+
+        def apply(partition: int, kind: int, receiver: str, updates) -> None:
+            user_batch = user_batch_of(partition)
+            apply_one = user_batch.link if kind == friend_updates.LINK else user_batch.estimate
+            for sender, (value, version, origin_ts, offset) in updates.items():
+                apply_one(receiver, sender, value, version, origin_ts, topic, offset)
+
+        taken = waiting.take(apply, out_of_time)
+        metrics.FRIEND_UPDATES_WAITING.set(waiting.waiting)
+        return taken
 
     # --- shared plumbing ------------------------------------------------------
 
@@ -430,7 +502,7 @@ class Scorer:
             metrics.FRIEND_UPDATE_MESSAGES_SENT.inc(len(sent))
         return sent
 
-    def _send_scores(self, scores: list[ScoreOut], now_ms: int, *, observe: bool = True) -> list[Outgoing]:
+    def _send_scores(self, scores: list[ScoreOut]) -> list[Outgoing]:
         sent = []
         for score in scores:
             value = codec.encode(
@@ -446,10 +518,6 @@ class Scorer:
                 },
             )
             sent.append(self._send(topics.SCORES, score.user_id.encode(), value, None))
-            if observe and score.direct_ts is not None:
-                metrics.EVENT_TO_SCORE_SECONDS.observe(max(0.0, (now_ms - score.direct_ts) / 1000.0))
-        if observe:
-            metrics.SCORES_PUBLISHED.inc(len(scores))
         return sent
 
     def _send(self, topic: str, key: bytes | None, value: bytes, partition: int | None) -> Outgoing:
@@ -459,6 +527,16 @@ class Scorer:
         between them, and its records are queued in the order they were decided.
         """
         return Outgoing(topic, key, value, partition)
+
+
+def _observe_latency(scores: list[ScoreOut]) -> None:
+    """The batch's scores are published (acknowledged by the broker): how long after their users' own events."""
+    metrics.SCORES_PUBLISHED.inc(len(scores))
+    now_ms = _now_ms()
+    observe = metrics.EVENT_TO_SCORE_SECONDS.observe
+    for score in scores:
+        if score.direct_ts is not None:
+            observe(max(0.0, (now_ms - score.direct_ts) / 1000.0))
 
 
 def _by_partition(batch: Iterable[Message]) -> dict[int, list[Message]]:

@@ -83,10 +83,21 @@ class Intake:
 
     # --- the agent's side -----------------------------------------------------
 
-    async def batches(self) -> AsyncIterator[list[Message]]:
-        """Batches of up to ``batch_size`` records, each waiting at most ``linger`` to fill."""
+    async def batches(self, more_work: Callable[[], bool] = lambda: False) -> AsyncIterator[list[Message]]:
+        """Batches of up to ``batch_size`` records, each waiting at most ``linger`` to fill.
+
+        While ``more_work()`` (the agent has work left from earlier batches)
+        nothing waits: a batch is whatever has arrived, possibly nothing.
+        """
         records = self._records
         while True:
+            if more_work():
+                await asyncio.sleep(0)  # let the fetcher and the other agents run between slices
+                batch = records[: self._batch_size]
+                del records[: len(batch)]
+                self._after_taking(batch)
+                yield batch
+                continue
             if not records:
                 self._arrived.clear()
                 await self._arrived.wait()
@@ -97,13 +108,16 @@ class Intake:
                     pass
             batch = records[: self._batch_size]
             del records[: len(batch)]
-            self._mark_processing(batch)
-            if len(records) < self._batch_size:
-                self._full.clear()
-            if self._paused and len(records) <= self._high // 2:
-                self._resume_all()
+            self._after_taking(batch)
             if batch:
                 yield batch
+
+    def _after_taking(self, batch: list[Message]) -> None:
+        self._mark_processing(batch)
+        if len(self._records) < self._batch_size:
+            self._full.clear()
+        if self._paused and len(self._records) <= self._high // 2:
+            self._resume_all()
 
     def _mark_processing(self, batch: list[Message]) -> None:
         """Tell Faust's livelock check that these partitions are being processed.

@@ -32,7 +32,14 @@ FRIEND_UPDATE_MESSAGES_SENT = Counter(
     "standing_friend_update_messages_sent_total", "Kafka messages carrying friend updates (one per receiving partition per batch)."
 )
 FRIEND_UPDATES_RECEIVED = Counter(
-    "standing_friend_updates_received_total", "Friend updates received, by outcome.", ["outcome"]
+    "standing_friend_updates_received_total",
+    "Friend updates received, by outcome: applied, stale (not newer than what the receiver holds), "
+    "coalesced (replaced by a newer one while waiting, never applied).",
+    ["outcome"],
+)
+FRIEND_UPDATES_WAITING = Gauge(
+    "standing_friend_updates_waiting",
+    "Friend updates read but not applied yet (streams/pending_updates.py): the propagation backlog held in memory.",
 )
 SCORES_PUBLISHED = Counter("standing_scores_published_total", "Score records published to the scores topic.")
 BATCHES = Counter("standing_batches_total", "Batches processed, by agent.", ["agent"])
@@ -44,10 +51,10 @@ BATCH_SECONDS = Histogram(
 )
 EVENT_TO_SCORE_SECONDS = Histogram(
     "standing_event_to_score_seconds",
-    "Latency from an accepted event's time to its own user's score being published "
+    "Latency from an accepted event's time to its own user's score being published, i.e. acknowledged by the broker "
     "(purchase and post: that user; friendship: both users). Friends reached later "
     "through propagation are not observed here: their change has many causes.",
-    buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0),
+    buckets=(0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.15, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0),
 )
 
 # --- gauges refreshed by streams.monitoring every few seconds ------------------

@@ -5,6 +5,7 @@ Refreshed on a timer rather than per event, so the hot path stays free of it.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from pathlib import Path
@@ -35,6 +36,18 @@ def _dir_bytes(path: Path) -> int:
     return sum(file.stat().st_size for file in path.rglob("*") if file.is_file())
 
 
+async def _count_keys(store, partition: int, chunk: int = 5000) -> int:
+    """Exact number of keys in one partition (RocksDB's own estimate counts
+    overwritten versions and was off several-fold). A scan of 100k users and
+    560k pairs held the event loop for hundreds of milliseconds in one go;
+    it gives way every ``chunk`` keys."""
+    keys = 0
+    for keys, _ in enumerate(store.keys(partition), 1):
+        if keys % chunk == 0:
+            await asyncio.sleep(0)
+    return keys
+
+
 def install_monitoring(scorer: Scorer) -> None:
     app = scorer.app
     settings = scorer.settings
@@ -60,7 +73,7 @@ def install_monitoring(scorer: Scorer) -> None:
                 keys = 0
                 for partition in store.partitions():
                     try:
-                        keys += store.count(partition)
+                        keys += await _count_keys(store, partition)
                     except Exception:  # a DB closing during a rebalance
                         pass
                 metrics.TABLE_KEYS.labels(name).set(keys)

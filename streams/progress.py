@@ -71,6 +71,7 @@ class InputProgress:
         self._admin: AIOKafkaAdminClient | None = None
         self._reader: AIOKafkaConsumer | None = None
         self._lookup_lock = asyncio.Lock()
+        self._held_from = None
 
     # --- bookkeeping --------------------------------------------------------
 
@@ -79,9 +80,22 @@ class InputProgress:
         self._next.clear()
         self._generation += 1
 
+    def hold_back(self, held_from) -> None:
+        """Never commit a partition past ``held_from(tp)`` (an offset, or None for no limit).
+
+        Records read but with work still waiting (streams/pending_updates.py)
+        must be read again after a crash.
+        """
+        self._held_from = held_from
+
     def committable(self, tp) -> int | None:
         """The offset to commit for ``tp``, or None if it is not tracked here."""
-        return self._next.get(tp)
+        offset = self._next.get(tp)
+        if offset is not None and self._held_from is not None:
+            held = self._held_from(tp)
+            if held is not None and held < offset:
+                return held
+        return offset
 
     def tracked(self) -> list:
         """The partitions whose offsets are kept here (Faust commits them: ``install_commit_guard``)."""

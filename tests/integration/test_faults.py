@@ -39,13 +39,19 @@ def events_file(tmp_path) -> Path:
 #: and there is a middle to kill a worker in (the default, 8000 records, takes
 #: the whole intake in one batch).
 FAULT_BATCH_SIZE = 100
+#: Each hop of a propagation wave that finds nothing waiting waits this long
+#: to fill its batch, so the wave outlasts the last input by more than a
+#: commit interval and the "propagation" moment (inputs committed, friend
+#: updates still held) can be caught; with the default (5 ms) this small
+#: population's wave often ended between two commits.
+SLOW_PROPAGATION = dict(batch_wait=0.3)
 
 
 class Workers:
     """Worker processes of one test, each with its own ports; all stopped at the end."""
 
     def __init__(self, settings, tmp_path: Path) -> None:
-        self.settings = replace(settings, batch_size=FAULT_BATCH_SIZE)
+        self.settings = replace(settings, batch_size=FAULT_BATCH_SIZE, **SLOW_PROPAGATION)
         self.tmp_path = tmp_path
         self.started: list = []
 

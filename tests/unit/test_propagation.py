@@ -4,7 +4,8 @@ of the batch fixed point, whatever the events and the delivery order.
 Random event sequences on small random graphs — adds, re-weights, removes,
 duplicates, purchases, posts, bad lines — are run through the same batch code
 the worker runs, over simulated partitions served in random order with
-messages delivered twice at random (propagation_sim), and compared with
+messages delivered twice at random (propagation_sim), applied as they come or
+kept waiting and coalesced as the worker keeps them, and compared with
 `standing reference`'s independent scipy solution.
 """
 
@@ -66,10 +67,10 @@ def event_files(draw) -> list[str]:
 
 
 @settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(lines=event_files(), seed=st.integers(0, 2**32 - 1), partitions=st.integers(1, 4))
-def test_incremental_scores_end_within_the_bound_of_the_fixed_point(lines, seed, partitions):
+@given(lines=event_files(), seed=st.integers(0, 2**32 - 1), partitions=st.integers(1, 4), waiting=st.booleans())
+def test_incremental_scores_end_within_the_bound_of_the_fixed_point(lines, seed, partitions, waiting):
     expected = compute_reference(lines, RULES)
-    result = simulate(lines, RULES, seed=seed, partitions=partitions, duplicate_p=0.1)
+    result = simulate(lines, RULES, seed=seed, partitions=partitions, duplicate_p=0.1, waiting=waiting)
     assert set(result.published) == set(expected.raw), "the same users are scored"
     bound = RULES.error_bound
     for user, raw in expected.raw.items():
@@ -77,14 +78,14 @@ def test_incremental_scores_end_within_the_bound_of_the_fixed_point(lines, seed,
 
 
 @settings(max_examples=30, deadline=None)
-@given(seed=st.integers(0, 2**32 - 1))
-def test_a_larger_power_law_population_converges_within_the_bound(seed):
+@given(seed=st.integers(0, 2**32 - 1), waiting=st.booleans())
+def test_a_larger_power_law_population_converges_within_the_bound(seed, waiting):
     from standing.population import PopulationConfig, generate_events
 
     config = PopulationConfig(users=60, events=600, seed=seed % 1000, mean_degree=6, duplicate_share=0.05, invalid_share=0.02)
     lines = [item if isinstance(item, str) else json.dumps(item) for item in generate_events(config, RULES)]
     expected = compute_reference(lines, RULES)
-    result = simulate(lines, RULES, seed=seed, partitions=3, duplicate_p=0.02, max_batch=32)
+    result = simulate(lines, RULES, seed=seed, partitions=3, duplicate_p=0.02, max_batch=32, waiting=waiting)
     worst = max(abs(result.published[u] - raw) for u, raw in expected.raw.items())
     assert worst <= RULES.error_bound + 1e-9
     assert set(result.published) == set(expected.raw)
