@@ -99,9 +99,12 @@ class Settings:
     #: and 0.25 gave 73-92 ms and 242-439 ms.
     propagation_slice_ms: int = 10
     propagation_share: float = 0.25
-    #: Above this many waiting friend updates a batch applies them until half
-    #: are left, whatever the slice (bounds the memory they hold: ~200 B each).
-    waiting_updates_limit: int = 500_000
+    #: Above this many waiting friend updates (~440 B each, measured) a batch
+    #: gives them four slices and at least as much time as its own events, so
+    #: the backlog shrinks again. (Draining it below the limit in one batch
+    #: instead stalled own events for seconds.) Coalescing caps it anyway at
+    #: one update per direction of a friendship.
+    waiting_updates_limit: int = 200_000
     #: After an empty fetch, wait this long before fetching from that broker
     #: again (standing/fetch_pacing.py: noida-db does not long-poll); 0 = off.
     empty_fetch_pause_ms: int = 10

@@ -7,7 +7,9 @@ the cap) and hand them, partition by partition, to the pure batch code of
 
 * ``friendships`` (pair-keyed) -> ``PairBatch`` -> LINK updates to both users;
 * ``purchases``, ``posts`` and ``friend-updates`` (user-keyed, co-partitioned)
-  -> ``UserBatch`` -> estimates to friends and records on ``scores``;
+  -> ``UserBatch`` -> estimates to friends and records on ``scores``; users'
+  own events first, then a bounded slice of the friend updates waiting in
+  ``streams.pending_updates`` (their records stay uncommitted until applied);
 * ``dead-letters`` -> counted in ``standing_dead_letters_total``.
 
 Every write of a batch is synchronous (no await between reading a state and
@@ -51,6 +53,9 @@ log = logging.getLogger(__name__)
 #: Friend updates carried by one Kafka message at most (~400 KB).
 UPDATES_PER_MESSAGE = 10_000
 
+#: A propagation slice doubles at most this many times in batches without own events (10 ms -> 320 ms).
+IDLE_DOUBLINGS = 5
+
 #: States a scan of a whole table reads between two chances for the agents to run.
 SCAN_YIELD_EVERY = 2000
 
@@ -88,6 +93,8 @@ class Scorer:
         self.waiting_updates = PendingUpdates()
         #: seconds to finish one changed state (decide, encode, write): the slice counts it in
         self._finish_cost = 20e-6
+        #: batches in a row without users' own events (the slice grows with them)
+        self._idle_batches = 0
         self.progress.hold_back(
             lambda tp: self.waiting_updates.held_from(tp.partition) if tp.topic == topics.FRIEND_UPDATES else None
         )
@@ -194,7 +201,8 @@ class Scorer:
         changed it; after a rebalance, states changed at or after the group's
         committed offset re-send their current estimate, score and links
         (receivers ignore what they already have) and re-write their changelog
-        record. After a clean hand-over nothing qualifies.
+        record. After a clean hand-over nothing qualifies, unless friend
+        updates were still waiting (their records are read again too).
         """
         committed = await self.progress.committed_offsets()
         assigned = self.app.assignor.assigned_actives()
@@ -364,6 +372,11 @@ class Scorer:
                     tally[metrics.EVENTS_ACCEPTED, kind] += 1
                 else:
                     tally[metrics.EVENTS_DUPLICATE, kind] += 1
+        # A batch with none of the users' own events has no one waiting on it:
+        # each such batch in a row doubles the slice (a propagation wave after
+        # a burst is applied in long slices, not at a slice's overhead each).
+        own_events = user_batches or self.waiting_updates.links_waiting()
+        self._idle_batches = 0 if own_events else self._idle_batches + 1
         taken = self._apply_waiting_updates(user_batch_of, time.perf_counter() - started)
         finishing = time.perf_counter()
         now = _now_ms()
@@ -411,14 +424,16 @@ class Scorer:
             metrics.FRIEND_UPDATES_WAITING.set(0)
             return None
         settings = self.settings
-        slice_s = max(settings.propagation_slice_ms / 1000.0, settings.propagation_share * own_events_s)
-        end = time.perf_counter() + slice_s
-        limit = settings.waiting_updates_limit
+        slice_s = settings.propagation_slice_ms / 1000.0 * 2 ** min(self._idle_batches, IDLE_DOUBLINGS)
+        share = settings.propagation_share
+        if waiting.waiting > settings.waiting_updates_limit:
+            # Too much held: propagation gets four slices and as much time as
+            # the own events (not an unbounded drain: that stalled own events).
+            slice_s, share = 4 * slice_s, max(share, 1.0)
+        end = time.perf_counter() + max(slice_s, share * own_events_s)
         finish_cost = self._finish_cost
 
         def out_of_time(taken) -> bool:
-            if waiting.waiting > limit:
-                return False
             # Finishing each state (deciding, encoding, writing) comes after: count it in.
             return time.perf_counter() + taken.receivers * finish_cost >= end
 

@@ -107,6 +107,10 @@ class PendingUpdates:
     def __bool__(self) -> bool:
         return self.waiting > 0
 
+    def links_waiting(self) -> bool:
+        """True if a link (a user's own friendship event) waits: the next batch must not be slow."""
+        return any(self._lanes[LINK].values())
+
     def held_from(self, partition: int) -> int | None:
         """The lowest offset with an update not yet applied and delivered; None if there is none."""
         held = self._held.get(partition)

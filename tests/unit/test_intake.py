@@ -106,6 +106,29 @@ def test_a_batch_waits_at_most_linger_and_no_longer_once_full():
     assert alone == [(0, 0)]
 
 
+def test_while_the_agent_has_work_left_a_batch_is_whatever_arrived_without_waiting():
+    """Friend updates waiting (streams/pending_updates.py): no lingering, and no waiting for records."""
+
+    async def scenario():
+        intake = Intake(_app(), ("posts",), batch_size=100, linger=5.0)
+        work_left = [True]
+        batches = intake.batches(more_work=lambda: work_left[0])
+        empty = await asyncio.wait_for(batches.__anext__(), 1.0)  # nothing arrived: an empty batch at once
+        await _feed(intake, POSTS_0, [0])
+        some = await asyncio.wait_for(batches.__anext__(), 1.0)  # one record: no waiting out the 5 s
+        work_left[0] = False
+        taking = asyncio.ensure_future(batches.__anext__())
+        await asyncio.sleep(0.05)
+        idle = not taking.done()  # no work and no records: it waits again
+        taking.cancel()
+        return empty, _offsets(some), idle
+
+    empty, some, idle = asyncio.run(scenario())
+    assert empty == []
+    assert some == [(0, 0)]
+    assert idle
+
+
 def test_a_partition_stops_being_fetched_while_too_much_is_buffered_and_resumes_at_half():
     async def scenario():
         app = _app()

@@ -75,6 +75,16 @@ def test_every_link_is_handed_out_even_when_the_time_is_up_but_estimates_only_a_
     assert pending.held_from(1) is None
 
 
+def test_waiting_links_are_told_apart():
+    pending = PendingUpdates()
+    pending.add(0, 1, [(ESTIMATE, "a", "s", 1.0, 1, 0)])
+    assert not pending.links_waiting()
+    pending.add(2, 1, [(LINK, "a", "s", 1.0, 1, 0)])
+    assert pending.links_waiting()
+    _collect(pending, out_of_time=lambda taken: True)
+    assert not pending.links_waiting()
+
+
 def test_partitions_take_turns():
     pending = PendingUpdates()
     for partition in (0, 1, 2):
