@@ -69,6 +69,7 @@ def start_worker_process(settings: Settings, *, log_path: Path, rules_path: Path
         "STANDING_BATCH_WAIT_MS": str(round(settings.batch_wait * 1000)),
         "STANDING_PROPAGATION_SLICE_MS": str(settings.propagation_slice_ms),
         "STANDING_PROPAGATION_SHARE": str(settings.propagation_share),
+        "STANDING_WAITING_UPDATES_LIMIT": str(settings.waiting_updates_limit),
     }
     log_path.parent.mkdir(parents=True, exist_ok=True)
     log = log_path.open("ab")

@@ -99,11 +99,11 @@ class Settings:
     #: and 0.25 gave 73-92 ms and 242-439 ms.
     propagation_slice_ms: int = 10
     propagation_share: float = 0.25
-    #: Above this many waiting friend updates (~440 B each, measured) a batch
-    #: gives them four slices and at least as much time as its own events, so
-    #: the backlog shrinks again. (Draining it below the limit in one batch
-    #: instead stalled own events for seconds.) Coalescing caps it anyway at
-    #: one update per direction of a friendship.
+    #: Friend updates held decoded in memory at most (~440 B each, measured).
+    #: Beyond it, friend-update records are kept unread (about ten times
+    #: smaller) until fewer wait; none of them is committed meanwhile. Giving
+    #: propagation more time instead, above the limit, stalled own events for
+    #: tens of seconds at 100k users.
     waiting_updates_limit: int = 200_000
     #: After an empty fetch, wait this long before fetching from that broker
     #: again (standing/fetch_pacing.py: noida-db does not long-poll); 0 = off.

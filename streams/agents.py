@@ -375,6 +375,8 @@ class Scorer:
         # A batch with none of the users' own events has no one waiting on it:
         # each such batch in a row doubles the slice (a propagation wave after
         # a burst is applied in long slices, not at a slice's overhead each).
+        for message in self.waiting_updates.unqueue(settings.waiting_updates_limit):
+            self._read_friend_updates(message, pending, tally, kinds=(friend_updates.ESTIMATE,))
         own_events = user_batches or self.waiting_updates.links_waiting()
         self._idle_batches = 0 if own_events else self._idle_batches + 1
         taken = self._apply_waiting_updates(user_batch_of, time.perf_counter() - started)
@@ -405,6 +407,23 @@ class Scorer:
         metrics.BATCH_SECONDS.labels("score_users").observe(time.perf_counter() - started)
 
     def _keep_friend_updates(self, message: Message, pending: list[Outgoing], tally: Counter) -> None:
+        """Read a friend-updates record into ``waiting_updates``, or keep it unread while too many wait.
+
+        A record kept unread still has its links read now: they are users'
+        own friendship events, applied every batch (its estimates are read
+        when the record's turn comes).
+        """
+        waiting = self.waiting_updates
+        if not (waiting.queued_records or waiting.waiting >= self.settings.waiting_updates_limit):
+            self._read_friend_updates(message, pending, tally)
+            return
+        if self._read_friend_updates(message, pending, tally, kinds=(friend_updates.LINK,)):
+            waiting.queue(message.partition, message.offset, message)  # its estimates: once fewer wait
+
+    def _read_friend_updates(
+        self, message: Message, pending: list[Outgoing], tally: Counter, kinds=(friend_updates.ESTIMATE, friend_updates.LINK)
+    ) -> bool:
+        """Add the record's updates of ``kinds``; False (and a dead letter) if it is not decodable."""
         try:
             updates = friend_updates.decode(message.value)
         except codec.DecodeError as error:
@@ -412,25 +431,23 @@ class Scorer:
             # foreign writer. Keep it (dead letter) and go on.
             log.error("undecodable friend update at %s[%d]@%d: %s", message.topic, message.partition, message.offset, error.detail)
             pending.append(self._reject(message, error.reason, error.detail))
-            return
+            return False
+        if len(kinds) == 1:
+            updates = [update for update in updates if update[0] == kinds[0]]
         coalesced = self.waiting_updates.add(message.partition, message.offset, updates)
         if coalesced:
             tally[metrics.FRIEND_UPDATES_RECEIVED, "coalesced"] += coalesced
+        return True
 
     def _apply_waiting_updates(self, user_batch_of, own_events_s: float):
         """Apply waiting friend updates for the batch's propagation slice; returns what was taken."""
         waiting = self.waiting_updates
-        if not waiting:
+        if not waiting.waiting:
             metrics.FRIEND_UPDATES_WAITING.set(0)
-            return None
+            return waiting.take(None, None)  # only records read from the queue (if any) to hold
         settings = self.settings
         slice_s = settings.propagation_slice_ms / 1000.0 * 2 ** min(self._idle_batches, IDLE_DOUBLINGS)
-        share = settings.propagation_share
-        if waiting.waiting > settings.waiting_updates_limit:
-            # Too much held: propagation gets four slices and as much time as
-            # the own events (not an unbounded drain: that stalled own events).
-            slice_s, share = 4 * slice_s, max(share, 1.0)
-        end = time.perf_counter() + max(slice_s, share * own_events_s)
+        end = time.perf_counter() + max(slice_s, settings.propagation_share * own_events_s)
         finish_cost = self._finish_cost
 
         def out_of_time(taken) -> bool:

@@ -12,8 +12,12 @@ newest per (receiver, kind, sender) matters, so a newer update replaces the
 one waiting (and the older one is never applied), and a receiver's waiting
 updates are applied together with one read and one write of its state.
 
+Memory: above a limit of waiting updates, further records are kept unread
+(``queue``; their bytes are about ten times smaller than their decoded
+updates) and read as the waiting ones are applied (``unqueue``).
+
 Offsets: a friend-updates record may be committed only when none of its
-updates is still waiting or being applied. ``held_from(partition)`` is the
+updates is still waiting or being applied, and it is not kept unread. ``held_from(partition)`` is the
 lowest such offset; ``streams.progress.InputProgress`` never commits past it,
 so a worker that crashes reads the held records again (receivers ignore what
 they already have). Partitions that move (a rebalance) are dropped with
@@ -22,8 +26,8 @@ they already have). Partitions that move (a rebalance) are dropped with
 
 from __future__ import annotations
 
-from collections import Counter
-from typing import Callable, Iterable
+from collections import Counter, deque
+from typing import Any, Callable, Iterable, Iterator
 
 from streams.friend_updates import ESTIMATE, LINK
 
@@ -63,6 +67,11 @@ class PendingUpdates:
         self._next_partition = 0
         #: updates waiting now (the gauge ``standing_friend_updates_waiting``)
         self.waiting = 0
+        #: partition -> (offset, record) of records kept unread while too many updates wait
+        self._queued: dict[int, deque] = {}
+        self.queued_records = 0
+        #: (partition, offset) of records read from the queue this batch: held until it is delivered
+        self._pinned: list[tuple[int, int]] = []
 
     def add(self, partition: int, offset: int, updates: Iterable[tuple[int, str, str, float, int, int]]) -> int:
         """Keep one record's updates; returns how many replaced or were older than one waiting."""
@@ -96,6 +105,27 @@ class PendingUpdates:
         self.waiting += added
         return superseded
 
+    def queue(self, partition: int, offset: int, record: Any) -> None:
+        """Keep a record unread (its bytes are ~10x smaller than its decoded updates) until ``unqueue``."""
+        self._queued.setdefault(partition, deque()).append((offset, record))
+        self.queued_records += 1
+
+    def unqueue(self, limit: int) -> Iterator[Any]:
+        """Queued records, oldest first and partitions in turn, while fewer than ``limit`` updates wait.
+
+        Each is held until the batch reading it is delivered (``take`` hands
+        it to that batch's ``Taken``), so a commit never passes it before.
+        """
+        while self.queued_records and self.waiting < limit:
+            for partition, records in self._queued.items():
+                if records and self.waiting < limit:
+                    offset, record = records.popleft()
+                    self.queued_records -= 1
+                    held = self._held.setdefault(partition, {})
+                    held[offset] = held.get(offset, 0) + 1
+                    self._pinned.append((partition, offset))
+                    yield record
+
     @staticmethod
     def _unhold(held: dict[int, int], offset: int, n: int) -> None:
         left = held.get(offset, 0) - n
@@ -105,7 +135,7 @@ class PendingUpdates:
             held.pop(offset, None)
 
     def __bool__(self) -> bool:
-        return self.waiting > 0
+        return self.waiting > 0 or self.queued_records > 0
 
     def links_waiting(self) -> bool:
         """True if a link (a user's own friendship event) waits: the next batch must not be slow."""
@@ -114,7 +144,11 @@ class PendingUpdates:
     def held_from(self, partition: int) -> int | None:
         """The lowest offset with an update not yet applied and delivered; None if there is none."""
         held = self._held.get(partition)
-        return min(held) if held else None
+        lowest = min(held) if held else None
+        queued = self._queued.get(partition)
+        if queued and (lowest is None or queued[0][0] < lowest):
+            lowest = queued[0][0]
+        return lowest
 
     def take(
         self,
@@ -130,6 +164,9 @@ class PendingUpdates:
         receivers, so one busy partition does not starve the others.
         """
         taken = Taken(self._generation)
+        for partition, offset in self._pinned:
+            taken.offsets.setdefault(partition, Counter())[offset] += 1
+        self._pinned.clear()
         for partition, receivers in self._lanes[LINK].items():
             while receivers:
                 receiver = next(iter(receivers))
@@ -182,6 +219,9 @@ class PendingUpdates:
         for lane in self._lanes.values():
             lane.clear()
         self._held.clear()
+        self._queued.clear()
+        self.queued_records = 0
+        self._pinned.clear()
         self._generation += 1
         self._next_partition = 0
         self.waiting = 0

@@ -45,13 +45,16 @@ FAULT_BATCH_SIZE = 100
 #: updates still held) can be caught; with the default (5 ms) this small
 #: population's wave often ended between two commits.
 SLOW_PROPAGATION = dict(batch_wait=0.3)
+#: So few friend updates held decoded that records are also kept unread
+#: (streams/pending_updates.py) when the worker is killed.
+FEW_WAITING = dict(waiting_updates_limit=200)
 
 
 class Workers:
     """Worker processes of one test, each with its own ports; all stopped at the end."""
 
     def __init__(self, settings, tmp_path: Path) -> None:
-        self.settings = replace(settings, batch_size=FAULT_BATCH_SIZE, **SLOW_PROPAGATION)
+        self.settings = replace(settings, batch_size=FAULT_BATCH_SIZE, **SLOW_PROPAGATION, **FEW_WAITING)
         self.tmp_path = tmp_path
         self.started: list = []
 

@@ -85,6 +85,26 @@ def test_waiting_links_are_told_apart():
     assert not pending.links_waiting()
 
 
+def test_records_kept_unread_are_held_until_the_batch_reading_them_is_delivered():
+    pending = PendingUpdates()
+    pending.add(0, 4, [(ESTIMATE, "a", "x", 1.0, 1, 0)])
+    pending.queue(0, 5, "record 5")
+    pending.queue(1, 9, "record 9")
+    pending.queue(0, 6, "record 6")
+    assert pending.held_from(0) == 4 and pending.held_from(1) == 9
+    assert list(pending.unqueue(limit=1)) == [], "one update waits already"
+    _, taken = _collect(pending)
+    pending.release(taken)
+    assert pending.held_from(0) == 5, "the first record kept unread"
+    read = list(pending.unqueue(limit=1))
+    assert read == ["record 5", "record 9", "record 6"], "partitions in turn, each in order (nothing was added meanwhile)"
+    assert pending.held_from(0) == 5 and pending.held_from(1) == 9, "read, not yet delivered"
+    _, taken = _collect(pending)
+    pending.release(taken)
+    assert pending.held_from(0) is None and pending.held_from(1) is None
+    assert not pending
+
+
 def test_partitions_take_turns():
     pending = PendingUpdates()
     for partition in (0, 1, 2):
