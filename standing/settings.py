@@ -101,10 +101,12 @@ class Settings:
     propagation_share: float = 0.25
     #: Friend updates held decoded in memory at most (~440 B each, measured).
     #: Beyond it, friend-update records are kept unread (about ten times
-    #: smaller) until fewer wait; none of them is committed meanwhile. Giving
-    #: propagation more time instead, above the limit, stalled own events for
-    #: tens of seconds at 100k users.
-    waiting_updates_limit: int = 200_000
+    #: smaller) until fewer wait; none of them is committed meanwhile.
+    #: Coalescing needs room: at 100k users (1.1M friendship directions) a
+    #: limit of 200k made the replay's propagation tail 340 s instead of 55 s,
+    #: because unread updates cannot replace each other. Giving propagation
+    #: more time above the limit instead stalled own events for tens of seconds.
+    waiting_updates_limit: int = 1_000_000
     #: After an empty fetch, wait this long before fetching from that broker
     #: again (standing/fetch_pacing.py: noida-db does not long-poll); 0 = off.
     empty_fetch_pause_ms: int = 10
