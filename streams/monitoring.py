@@ -108,7 +108,7 @@ def install_monitoring(scorer: Scorer) -> None:
             lag = max(0, ends[tp] - done)
             metrics.CONSUMER_LAG.labels(tp.topic, str(tp.partition)).set(lag)
             previous = progress.get(tp)
-            if lag == 0 or previous is None or previous[0] != done:
+            if lag == 0 or previous is None or previous[0] != done or _held_while_applied(scorer, tp):
                 progress[tp] = (done, now)
                 checks.pop(tp, None)
             elif now - previous[1] >= STALL_S and scorer.ready and not getattr(app, "in_recovery", False):
@@ -121,6 +121,16 @@ def install_monitoring(scorer: Scorer) -> None:
         for tp in list(progress):
             if tp not in mine:
                 del progress[tp]
+
+
+def _held_while_applied(scorer: Scorer, tp: TopicPartition) -> bool:
+    """True if the worker holds ``tp``'s commit back itself: its friend updates were read and wait to be applied.
+
+    A long propagation wave keeps a friend-updates commit still for minutes
+    while every batch applies some of it; that partition is not stalled, and
+    seeking it back would only fetch again what was read.
+    """
+    return tp.topic == topics.FRIEND_UPDATES and scorer.waiting_updates.held_from(tp.partition) is not None
 
 
 async def _seek_back(app, tp: TopicPartition, committed: int) -> None:

@@ -6,7 +6,9 @@ from aiokafka import TopicPartition
 from faust.types import TP
 
 from streams import metrics
-from streams.monitoring import _resume_if_left_out
+from streams.friend_updates import ESTIMATE
+from streams.monitoring import _held_while_applied, _resume_if_left_out
+from streams.pending_updates import PendingUpdates
 
 
 class _FaustConsumerState:
@@ -106,3 +108,12 @@ def test_a_flow_suspended_during_recovery_is_left_alone():
     app = _App(consumer, flow=False, recovered=False)
     _resume_if_left_out(app, TopicPartition("friend-updates", 1), lag=55, stalled_s=25)
     assert not app.flow_control.is_active() and not consumer.flow_active
+
+
+def test_a_friend_updates_partition_whose_commit_the_worker_holds_is_not_stalled():
+    """A long propagation wave holds the commit while every batch applies some of it."""
+    scorer = type("Scorer", (), {"waiting_updates": PendingUpdates()})()
+    scorer.waiting_updates.add(2, 40, [(ESTIMATE, "a", "b", 1.0, 1, 0)])
+    assert _held_while_applied(scorer, TopicPartition("friend-updates", 2))
+    assert not _held_while_applied(scorer, TopicPartition("friend-updates", 3)), "nothing held there"
+    assert not _held_while_applied(scorer, TopicPartition("posts", 2)), "only friend updates wait"
