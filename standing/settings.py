@@ -15,23 +15,21 @@ DEFAULT_BROKER_PORT = 9092
 
 
 def _env_int(name: str, default: int) -> int:
-    raw = os.environ.get(name)
-    if raw is None or raw == "":
-        return default
-    try:
-        return int(raw)
-    except ValueError:
-        raise SystemExit(f"{name}={raw!r} is not a whole number; unset it or give e.g. {name}={default}")
+    return _env_number(name, default, int, "a whole number")
 
 
 def _env_float(name: str, default: float) -> float:
+    return _env_number(name, default, float, "a number")
+
+
+def _env_number(name: str, default, parse, what: str):
     raw = os.environ.get(name)
     if raw is None or raw == "":
         return default
     try:
-        return float(raw)
+        return parse(raw)
     except ValueError:
-        raise SystemExit(f"{name}={raw!r} is not a number; unset it or give e.g. {name}={default}")
+        raise SystemExit(f"{name}={raw!r} is not {what}; unset it or give e.g. {name}={default}")
 
 
 def _env_bool(name: str) -> bool | None:

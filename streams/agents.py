@@ -372,11 +372,11 @@ class Scorer:
                     tally[metrics.EVENTS_ACCEPTED, kind] += 1
                 else:
                     tally[metrics.EVENTS_DUPLICATE, kind] += 1
+        for message in self.waiting_updates.unqueue(settings.waiting_updates_limit):
+            self._read_friend_updates(message, pending, tally, kinds=(friend_updates.ESTIMATE,))
         # A batch with none of the users' own events has no one waiting on it:
         # each such batch in a row doubles the slice (a propagation wave after
         # a burst is applied in long slices, not at a slice's overhead each).
-        for message in self.waiting_updates.unqueue(settings.waiting_updates_limit):
-            self._read_friend_updates(message, pending, tally, kinds=(friend_updates.ESTIMATE,))
         own_events = user_batches or self.waiting_updates.links_waiting()
         self._idle_batches = 0 if own_events else self._idle_batches + 1
         taken = self._apply_waiting_updates(user_batch_of, time.perf_counter() - started)
@@ -442,9 +442,6 @@ class Scorer:
     def _apply_waiting_updates(self, user_batch_of, own_events_s: float):
         """Apply waiting friend updates for the batch's propagation slice; returns what was taken."""
         waiting = self.waiting_updates
-        if not waiting.waiting:
-            metrics.FRIEND_UPDATES_WAITING.set(0)
-            return waiting.take(None, None)  # only records read from the queue (if any) to hold
         settings = self.settings
         slice_s = settings.propagation_slice_ms / 1000.0 * 2 ** min(self._idle_batches, IDLE_DOUBLINGS)
         end = time.perf_counter() + max(slice_s, settings.propagation_share * own_events_s)

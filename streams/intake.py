@@ -93,10 +93,7 @@ class Intake:
         while True:
             if more_work():
                 await asyncio.sleep(0)  # let the fetcher and the other agents run between slices
-                batch = records[: self._batch_size]
-                del records[: len(batch)]
-                self._after_taking(batch)
-                yield batch
+                yield self._take()
                 continue
             if not records:
                 self._arrived.clear()
@@ -106,18 +103,21 @@ class Intake:
                     await asyncio.wait_for(self._full.wait(), self._linger)
                 except asyncio.TimeoutError:
                     pass
-            batch = records[: self._batch_size]
-            del records[: len(batch)]
-            self._after_taking(batch)
+            batch = self._take()
             if batch:
                 yield batch
 
-    def _after_taking(self, batch: list[Message]) -> None:
+    def _take(self) -> list[Message]:
+        """Up to ``batch_size`` of the buffered records, oldest first; resumes fetching below half."""
+        records = self._records
+        batch = records[: self._batch_size]
+        del records[: len(batch)]
         self._mark_processing(batch)
-        if len(self._records) < self._batch_size:
+        if len(records) < self._batch_size:
             self._full.clear()
-        if self._paused and len(self._records) <= self._high // 2:
+        if self._paused and len(records) <= self._high // 2:
             self._resume_all()
+        return batch
 
     def _mark_processing(self, batch: list[Message]) -> None:
         """Tell Faust's livelock check that these partitions are being processed.

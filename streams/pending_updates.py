@@ -16,11 +16,12 @@ Memory: above a limit of waiting updates, further records are kept unread
 (``queue``; their bytes are about ten times smaller than their decoded
 updates) and read as the waiting ones are applied (``unqueue``).
 
-Offsets: a friend-updates record may be committed only when none of its
-updates is still waiting or being applied, and it is not kept unread. ``held_from(partition)`` is the
-lowest such offset; ``streams.progress.InputProgress`` never commits past it,
-so a worker that crashes reads the held records again (receivers ignore what
-they already have). Partitions that move (a rebalance) are dropped with
+Offsets: a friend-updates record may be committed only when it is not kept
+unread and none of its updates is still waiting or being applied.
+``held_from(partition)`` is the lowest offset that may not;
+``streams.progress.InputProgress`` never commits past it, so a worker that
+crashes reads the held records again (receivers ignore what they already
+have). Partitions that move (a rebalance) are dropped with
 ``clear()``: their new owner reads from the committed offset.
 """
 
@@ -203,9 +204,9 @@ class PendingUpdates:
         taken.receivers += 1
         self.waiting -= len(waiting)
 
-    def release(self, taken: Taken | None) -> None:
+    def release(self, taken: Taken) -> None:
         """The batch that applied ``taken`` is delivered: its records need not be read again."""
-        if taken is None or taken.generation != self._generation:
+        if taken.generation != self._generation:
             return  # partitions moved meanwhile; everything held was dropped
         for partition, offsets in taken.offsets.items():
             held = self._held.get(partition)
