@@ -180,6 +180,21 @@ class Scorer:
         self._ready = value
         metrics.READY.set(1 if value else 0)
 
+    async def stop_taking_batches(self, timeout: float) -> bool:
+        """A clean stop begins here, before Faust stops its consumer, tables and producer.
+
+        The agents take no new batch, and the batches in flight finish: their
+        scores and friend updates are delivered and their offsets recorded,
+        so the consumer's last commit covers them. Without it Faust closed the
+        producer under a batch being delivered; the agent crashed, its
+        supervisor started it again, and the new one (reading the intake, not
+        Faust's stream) waited for records for ever: the worker never exited.
+        Returns False when a batch was still in flight after ``timeout`` s.
+        """
+        self.user_intake.close()
+        self.pair_intake.close()
+        return await self.in_flight.finished(timeout, waiting="the stop")
+
     def forget_cached_states(self) -> None:
         """Partitions move: nothing held in memory for the old assignment is used again."""
         self.users.forget()

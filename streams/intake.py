@@ -51,6 +51,8 @@ class Intake:
         self._arrived = asyncio.Event()
         self._full = asyncio.Event()
         self._paused: set[TP] = set()
+        #: set by ``close``: no batch is handed out any more
+        self.closed = False
 
     # --- Faust's side: one callback per assigned partition --------------------
 
@@ -88,24 +90,39 @@ class Intake:
 
         While ``more_work()`` (the agent has work left from earlier batches)
         nothing waits: a batch is whatever has arrived, possibly nothing.
+        Ends once ``close`` is called, without handing out what is buffered.
         """
         records = self._records
-        while True:
+        while not self.closed:
             if more_work():
                 await asyncio.sleep(0)  # let the fetcher and the other agents run between slices
+                if self.closed:
+                    return
                 yield self._take()
                 continue
             if not records:
                 self._arrived.clear()
                 await self._arrived.wait()
-            if len(records) < self._batch_size and self._linger > 0:
+            if len(records) < self._batch_size and self._linger > 0 and not self.closed:
                 try:
                     await asyncio.wait_for(self._full.wait(), self._linger)
                 except asyncio.TimeoutError:
                     pass
+            if self.closed:
+                return
             batch = self._take()
             if batch:
                 yield batch
+
+    def close(self) -> None:
+        """The worker is stopping: the agent's ``batches`` loop ends, now if it waits.
+
+        What is buffered is not handed out; it is not committed either, so
+        whoever owns the partitions next reads it again.
+        """
+        self.closed = True
+        self._arrived.set()
+        self._full.set()
 
     def _take(self) -> list[Message]:
         """Up to ``batch_size`` of the buffered records, oldest first; resumes fetching below half."""
@@ -189,11 +206,11 @@ class InFlight:
         if not self._running:
             self._idle.set()
 
-    async def finished(self, timeout: float) -> bool:
+    async def finished(self, timeout: float, waiting: str = "the rebalance") -> bool:
         """Wait until no batch is in flight; False (and a warning) after ``timeout`` seconds."""
         try:
             await asyncio.wait_for(self._idle.wait(), timeout)
             return True
         except asyncio.TimeoutError:
-            log.warning("a batch is still in flight after %.1f s; the rebalance goes on without it", timeout)
+            log.warning("a batch is still in flight after %.1f s; %s goes on without it", timeout, waiting)
             return False

@@ -25,6 +25,21 @@ from topology.admin import TopologyError, ensure_topics, wait_for_broker
 log = logging.getLogger("standing.worker")
 
 
+class Worker(faust.Worker):
+    """Faust's worker, whose stop lets the scorer's batches finish before the app stops."""
+
+    def __init__(self, app: faust.App, scorer: Scorer, *, stop_timeout: float, **kwargs) -> None:
+        super().__init__(app, **kwargs)
+        self.scorer = scorer
+        self.stop_timeout = stop_timeout
+
+    async def on_stop(self) -> None:
+        # Runs before the app (a child of the worker) stops its consumer,
+        # tables and producer: see Scorer.stop_taking_batches.
+        await self.scorer.stop_taking_batches(self.stop_timeout)
+        await super().on_stop()
+
+
 def build(settings: Settings, rules: Rules) -> tuple[faust.App, Scorer]:
     app = create_app(settings)
     scorer = Scorer(app, settings, rules)
@@ -71,7 +86,7 @@ def run_worker(settings: Settings, rules: Rules, *, loglevel: str = "warning", b
             say(f"cannot serve metrics on {settings.web_host}:{settings.metrics_port} ({error}); pass --metrics-port")
             return 2
     settings.data_dir.mkdir(parents=True, exist_ok=True)
-    app, _ = build(settings, rules)
+    app, scorer = build(settings, rules)
     install_reaper(app, settings, loop)
     tune_garbage_collector(settings.gc_young_threshold)
     say(
@@ -83,8 +98,10 @@ def run_worker(settings: Settings, rules: Rules, *, loglevel: str = "warning", b
         # Some of aiokafka's loggers end up enabled at DEBUG under Faust's
         # logging set-up; building their records cost ~10% of a busy worker.
         logging.disable(logging.DEBUG)
-    worker = faust.Worker(
+    worker = Worker(
         app,
+        scorer,
+        stop_timeout=settings.session_timeout / 2,
         loop=loop,
         loglevel=loglevel,
         quiet=True,

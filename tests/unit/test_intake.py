@@ -129,6 +129,43 @@ def test_while_the_agent_has_work_left_a_batch_is_whatever_arrived_without_waiti
     assert idle
 
 
+def test_close_ends_the_batches_of_a_waiting_a_lingering_and_a_busy_agent_without_handing_out_more():
+    """A clean stop (Scorer.stop_taking_batches): each agent's loop ends instead of waiting for records."""
+
+    async def scenario():
+        idle = Intake(_app(), ("posts",), batch_size=10, linger=5.0)
+        waiting = asyncio.ensure_future(idle.batches().__anext__())  # nothing buffered: waits
+        lingering_intake = Intake(_app(), ("posts",), batch_size=10, linger=5.0)
+        await _feed(lingering_intake, POSTS_0, [0])
+        lingering = asyncio.ensure_future(lingering_intake.batches().__anext__())  # waits to fill
+        busy = Intake(_app(), ("posts",), batch_size=10, linger=5.0)
+        busy_batches = busy.batches(more_work=lambda: True)
+        await busy_batches.__anext__()
+        await _feed(busy, POSTS_0, [0, 1])
+        await asyncio.sleep(0.05)
+        for intake in (idle, lingering_intake, busy):
+            intake.close()
+        ended = []
+        for taking in (waiting, lingering, asyncio.ensure_future(busy_batches.__anext__())):
+            try:
+                await asyncio.wait_for(taking, 1.0)
+                ended.append(False)
+            except StopAsyncIteration:
+                ended.append(True)
+        # A loop started after the stop (Faust's supervisor restarting a crashed agent) ends at once.
+        try:
+            await asyncio.wait_for(busy.batches().__anext__(), 1.0)
+            restarted_ended = False
+        except StopAsyncIteration:
+            restarted_ended = True
+        return ended, restarted_ended, lingering_intake.buffered(), busy.buffered()
+
+    ended, restarted_ended, lingering_left, busy_left = asyncio.run(scenario())
+    assert ended == [True, True, True]
+    assert restarted_ended
+    assert (lingering_left, busy_left) == (1, 2)  # not handed out, and not committed: read again after the restart
+
+
 def test_a_partition_stops_being_fetched_while_too_much_is_buffered_and_resumes_at_half():
     async def scenario():
         app = _app()
