@@ -262,8 +262,8 @@ class Scorer:
                 pending.append(self.pairs.put(partition, key, pair))
                 if pair.version:
                     links = [
-                        LinkOut(pair.user_a, pair.user_b, pair.weight, pair.version, 0),
-                        LinkOut(pair.user_b, pair.user_a, pair.weight, pair.version, 0),
+                        LinkOut(pair.user_a, pair.user_b, pair.weight, pair.version, friend_updates.UNKNOWN_ORIGIN),
+                        LinkOut(pair.user_b, pair.user_a, pair.weight, pair.version, friend_updates.UNKNOWN_ORIGIN),
                     ]
                     pending.extend(self._send_friend_updates(links=links))
                 resent += 1

@@ -13,6 +13,21 @@ from schemas.columns import Columns, column, int_column
 
 ESTIMATE, LINK = 0, 1
 
+#: origin_ts of an update whose originating event time is not known: links
+#: re-sent after a crash (a pair state keeps no event time)
+UNKNOWN_ORIGIN = 0
+
+
+def earliest_origin(a: int, b: int) -> int:
+    """The older of two origin times, where an unknown one (0) is not older than a known one.
+
+    A change that coalesces several updates is as old as the oldest event it
+    reflects; an update re-sent after a crash must not make it look 56 years old.
+    """
+    if a == UNKNOWN_ORIGIN or b == UNKNOWN_ORIGIN:
+        return a or b
+    return a if a < b else b
+
 
 class Outbox:
     """The updates for one receiving partition, in the order decided."""

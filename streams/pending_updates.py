@@ -30,7 +30,7 @@ from __future__ import annotations
 from collections import Counter, deque
 from typing import Any, Callable, Iterable, Iterator
 
-from streams.friend_updates import ESTIMATE, LINK
+from streams.friend_updates import ESTIMATE, LINK, earliest_origin
 
 #: (value, version, origin_ts, offset) of one waiting update
 Waiting = tuple[float, int, int, int]
@@ -94,7 +94,7 @@ class PendingUpdates:
                 added += 1
             elif version > old[1]:
                 # The newer one replaces it, keeping the older origin (as a batch's coalescing does).
-                waiting[sender] = (value, version, min(origin_ts, old[2]), offset)
+                waiting[sender] = (value, version, earliest_origin(origin_ts, old[2]), offset)
                 superseded += 1
                 if old[3] != offset:
                     self._unhold(held, old[3], 1)

@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from typing import Callable, Iterable
 
 from streams import scoring
+from streams.friend_updates import UNKNOWN_ORIGIN, earliest_origin
 from streams.rules import Rules
 from streams.scoring import PairState, UserState
 
@@ -105,7 +106,7 @@ class UserBatch:
 
     def _mark(self, user: str, state: UserState, origin_ts: int, topic: str, offset: int) -> None:
         previous = self._changed.get(user)
-        self._changed[user] = origin_ts if previous is None else min(previous, origin_ts)
+        self._changed[user] = origin_ts if previous is None else earliest_origin(previous, origin_ts)
         if offset > state.source_offsets.get(topic, -1):
             state.source_offsets[topic] = offset
 
@@ -130,6 +131,8 @@ class UserBatch:
         return True
 
     def _mark_direct(self, user: str, ts: int) -> None:
+        if ts == UNKNOWN_ORIGIN:
+            return  # a link re-sent after a crash: no event time to measure a latency from
         previous = self._direct.get(user)
         self._direct[user] = ts if previous is None else min(previous, ts)
 

@@ -6,7 +6,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from streams import scoring
-from streams.friend_updates import ESTIMATE, LINK
+from streams.friend_updates import ESTIMATE, LINK, UNKNOWN_ORIGIN
 from streams.pending_updates import PendingUpdates
 from streams.scoring import UserState
 
@@ -35,6 +35,14 @@ def test_a_newer_update_replaces_the_waiting_one_and_frees_its_record():
     pending.release(taken)
     assert pending.held_from(0) is None
     assert not pending
+
+
+def test_a_re_sent_update_of_unknown_origin_keeps_the_known_one():
+    pending = PendingUpdates()
+    pending.add(0, 10, [(LINK, "a", "b", 1.0, 1, 100)])
+    pending.add(0, 11, [(LINK, "a", "b", 2.0, 2, UNKNOWN_ORIGIN)])
+    applied, _ = _collect(pending)
+    assert applied == [(0, LINK, "a", "b", 2.0, 2, 100, 11)]
 
 
 def test_an_update_not_newer_than_the_waiting_one_is_dropped():

@@ -9,6 +9,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from streams import scoring
+from streams.friend_updates import UNKNOWN_ORIGIN, earliest_origin
 from streams.processor import PairBatch, UserBatch
 from streams.rules import load_rules
 from streams.scoring import FriendEntry, UserState
@@ -176,6 +177,21 @@ def test_latency_is_measured_from_own_events_not_from_friends_estimates():
     assert scores["b"].origin_ts == 2 and scores["b"].direct_ts == 50
     assert scores["c"].direct_ts == 60
     assert scores["a"].origin_ts == 1 and scores["a"].direct_ts is None
+
+
+def test_a_link_re_sent_after_a_crash_has_no_event_time_and_no_latency():
+    """Links re-sent by the recovery scan carry UNKNOWN_ORIGIN (0): measured
+    from it, a latency would be the time since 1970, in the histogram's top bucket."""
+    store: dict[str, UserState] = {}
+    batch = _user_batch(store)
+    batch.link("a", "f", 1.0, 1, origin_ts=UNKNOWN_ORIGIN, topic="updates", offset=0)
+    batch.link("b", "f", 1.0, 1, origin_ts=UNKNOWN_ORIGIN, topic="updates", offset=1)
+    batch.points("b", "e1", 50, [("purchase:groceries", 10.0)], "purchases", 2)
+    scores = {score.user_id: score for score in batch.finish(now_ms=100).scores}
+    assert scores["a"].direct_ts is None
+    assert scores["b"].direct_ts == 50 and scores["b"].origin_ts == 50
+    assert earliest_origin(UNKNOWN_ORIGIN, 7) == earliest_origin(7, UNKNOWN_ORIGIN) == 7
+    assert earliest_origin(9, 7) == 7 and earliest_origin(UNKNOWN_ORIGIN, UNKNOWN_ORIGIN) == UNKNOWN_ORIGIN
 
 
 def test_new_friend_learns_current_estimate_even_without_a_publish():
