@@ -63,7 +63,7 @@ CONSUMER_LAG = Gauge(
     "Records on a partition this worker owns not yet committed by its group (end offset - committed offset).",
     ["topic", "partition"],
 )
-TABLE_KEYS = Gauge("standing_table_keys", "Keys held in a state table on this worker: users, or friendship pairs (exact count, refreshed every 15 s).", ["table"])
+TABLE_KEYS = Gauge("standing_table_keys", "Keys held in a state table on this worker: users, or friendship pairs (exact count, refreshed every 15 s, less often on tables so big that counting would take over 1% of the worker's time).", ["table"])
 TABLE_BYTES = Gauge("standing_table_bytes", "Bytes on disk of a state table on this worker.", ["table"])
 ASSIGNED_PARTITIONS = Gauge("standing_assigned_partitions", "Partitions of the input topics this worker owns.", ["topic"])
 MEMBERS_EVICTED = Counter(
