@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import ctypes
 import os
+import random
 import signal
 import socket
 import subprocess
@@ -32,10 +33,48 @@ def _die_with_parent() -> None:
         pass
 
 
+#: ports free_port handed out in this process: never twice
+_HANDED_OUT: set[int] = set()
+_PICK = random.SystemRandom()  # not the seeded ``random`` a caller may be using
+
+
+def _ephemeral_low(path: str = "/proc/sys/net/ipv4/ip_local_port_range") -> int:
+    try:
+        return int(Path(path).read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return 32768  # Linux's default
+
+
+def _bindable(port: int) -> bool:
+    with closing(socket.socket(socket.AF_INET, socket.SOCK_STREAM)) as sock:
+        try:
+            sock.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+        return True
+
+
 def free_port() -> int:
+    """A loopback port free now, for a server this process is about to start.
+
+    Not one the kernel picks (``bind(port 0)``): those come from the ephemeral
+    range, from which every outgoing connection (Kafka clients, the workers'
+    own) also takes its local port, and one did take such a port between the
+    check and the worker's bind ("address already in use"). Below that range
+    only servers bind; a port is not handed out twice by one process.
+    """
+    low = _ephemeral_low()
+    if low > 21024:
+        for _ in range(100):
+            port = _PICK.randrange(20000, low)
+            if port not in _HANDED_OUT and _bindable(port):
+                _HANDED_OUT.add(port)
+                return port
     with closing(socket.socket(socket.AF_INET, socket.SOCK_STREAM)) as sock:
         sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
+        port = sock.getsockname()[1]
+    _HANDED_OUT.add(port)
+    return port
 
 
 def start_worker_process(settings: Settings, *, log_path: Path, rules_path: Path | None = None) -> subprocess.Popen:
