@@ -103,7 +103,7 @@ class Intake:
             if not records:
                 self._arrived.clear()
                 await self._arrived.wait()
-            if len(records) < self._batch_size and self._linger > 0 and not self.closed:
+            if len(records) < self._batch_size and self._linger > 0:  # ``close`` sets _full: no lingering
                 try:
                     await asyncio.wait_for(self._full.wait(), self._linger)
                 except asyncio.TimeoutError:

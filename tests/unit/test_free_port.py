@@ -8,7 +8,7 @@ from contextlib import closing
 from standing.processes import _ephemeral_low, free_port
 
 
-def test_ports_are_free_distinct_and_below_the_range_outgoing_connections_use(tmp_path):
+def test_ports_are_free_distinct_and_below_the_range_outgoing_connections_use():
     ports = [free_port() for _ in range(50)]
     assert len(set(ports)) == 50
     low = _ephemeral_low()
