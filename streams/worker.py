@@ -11,7 +11,7 @@ import faust
 import uvloop
 from prometheus_client import start_http_server
 
-from standing import fetch_pacing
+from standing import fetch_pacing, group_join
 from standing.settings import Settings
 from streams.agents import Scorer
 from streams import delivery
@@ -61,6 +61,7 @@ def tune_garbage_collector(young_threshold: int) -> None:
 def run_worker(settings: Settings, rules: Rules, *, loglevel: str = "warning", broker_timeout: float = 60.0) -> int:
     """Run until SIGINT/SIGTERM; returns the process exit code."""
     fetch_pacing.install(settings.empty_fetch_pause_ms)
+    group_join.install()  # a join that assigned this worker nothing is retried, not fatal
     delivery.install()  # records reach the intake and the restore without a task each
     if settings.event_loop == "uvloop":
         # For every loop of this process: Faust's consumer thread makes its own.

@@ -1,0 +1,95 @@
+"""A member the group leader leaves out of an assignment joins again (standing/group_join.py).
+
+The leader here is a real aiokafka consumer whose assignor leaves the other
+member out once, as a leader does that computed the assignment from a member
+list without it; the broker then answers that member's SyncGroup with zero
+bytes. Unpatched, aiokafka's coordination task dies on them and the member
+never owns a partition.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+
+import pytest
+from aiokafka import AIOKafkaConsumer
+from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+from aiokafka.coordinator.assignors.roundrobin import RoundRobinPartitionAssignor
+from aiokafka.coordinator.protocol import ConsumerProtocolMemberMetadata
+
+from standing import group_join
+
+TAG_LEFT_OUT = b"left-out"
+
+
+class _LeavesOneOutOnce(RoundRobinPartitionAssignor):
+    """Round-robin, except that the first time two members join it assigns only the untagged one."""
+
+    name = "standing-test-leaves-one-out"
+    tag = b""
+    left_out_once = False
+
+    @classmethod
+    def metadata(cls, topics):
+        return ConsumerProtocolMemberMetadata(cls.version, list(topics), cls.tag)
+
+    @classmethod
+    def assign(cls, cluster, member_metadata):
+        assignment = super().assign(cluster, member_metadata)
+        tagged = [member for member, metadata in member_metadata.items() if metadata.user_data == TAG_LEFT_OUT]
+        if tagged and not _LeavesOneOutOnce.left_out_once:
+            _LeavesOneOutOnce.left_out_once = True
+            # The leader's SyncGroup carries no assignment for it at all.
+            return {member: value for member, value in assignment.items() if member not in tagged}
+        return assignment
+
+
+class _TaggedMember(_LeavesOneOutOnce):
+    tag = TAG_LEFT_OUT
+
+
+@pytest.fixture
+def installed():
+    group_join.install()
+    yield
+    group_join.uninstall()
+
+
+async def _join_with_one_member_left_out(address: str) -> tuple[set, bool]:
+    """(the left-out member's partitions after the second join, whether its coordination task still runs)."""
+    topic = f"group-join-{uuid.uuid4().hex[:8]}"
+    admin = AIOKafkaAdminClient(bootstrap_servers=address)
+    await admin.start()
+    try:
+        await admin.create_topics([NewTopic(topic, num_partitions=4, replication_factor=1)])
+    finally:
+        await admin.close()
+    _LeavesOneOutOnce.left_out_once = False
+    group = f"group-join-{uuid.uuid4().hex[:8]}"
+    options = dict(bootstrap_servers=address, group_id=group, enable_auto_commit=False, retry_backoff_ms=100)
+    leader = AIOKafkaConsumer(topic, partition_assignment_strategy=(_LeavesOneOutOnce,), **options)
+    member = AIOKafkaConsumer(topic, partition_assignment_strategy=(_TaggedMember,), **options)
+    await leader.start()
+    try:
+        # The first member alone in the group becomes its leader.
+        while not leader.assignment():
+            await leader.getmany(timeout_ms=100)
+        await member.start()
+        try:
+            deadline = asyncio.get_running_loop().time() + 30
+            while not member.assignment() and asyncio.get_running_loop().time() < deadline:
+                await asyncio.gather(leader.getmany(timeout_ms=100), member.getmany(timeout_ms=100))
+            task = member._coordinator._coordination_task
+            return set(member.assignment()), not task.done()
+        finally:
+            await member.stop()
+    finally:
+        await leader.stop()
+
+
+def test_a_member_left_out_of_the_assignment_joins_again_and_gets_partitions(broker, installed):
+    partitions, coordinating = asyncio.run(_join_with_one_member_left_out(broker.address))
+    assert _LeavesOneOutOnce.left_out_once  # the leader did leave it out once
+    assert partitions, "the left-out member never got a partition"
+    assert coordinating
