@@ -23,6 +23,14 @@ So the agents do not trust Faust's acknowledgements for the input topics:
 * ``install_commit_guard`` makes Faust commit exactly those offsets for the
   partitions tracked here (its own bookkeeping still serves every other
   partition), so a commit never passes a record that was not processed.
+  Whether an offset still needs committing is judged against the offsets the
+  broker accepted (``confirm``), not Faust's record of its commits: Faust
+  records a commit's offsets as committed even when the commit failed
+  (``Consumer._commit_offsets``), and a commit that failed in a rebalance and
+  returned after the revocation left a partition that Faust took for
+  committed while the broker held no commit. Its records were processed again
+  by the next owner and never committed (seen in CI: 295 purchases left
+  "waiting" for 300 s).
 """
 
 from __future__ import annotations
@@ -67,6 +75,8 @@ class InputProgress:
         self._app = app
         self._settings = settings
         self._next: dict = {}  # Faust TP -> offset
+        #: Faust TP -> the offset the broker last accepted as committed, this assignment
+        self._confirmed: dict = {}
         self._generation = 0
         self._admin: AIOKafkaAdminClient | None = None
         self._reader: AIOKafkaConsumer | None = None
@@ -78,6 +88,7 @@ class InputProgress:
     def forget(self) -> None:
         """Partitions moved: start again from the group's committed offsets."""
         self._next.clear()
+        self._confirmed.clear()
         self._generation += 1
 
     def hold_back(self, held_from) -> None:
@@ -96,6 +107,24 @@ class InputProgress:
             if held is not None and held < offset:
                 return held
         return offset
+
+    def needs_commit(self, tp, offset: int) -> bool:
+        """True unless the broker already accepted ``offset`` (or more) for ``tp`` in this assignment."""
+        confirmed = self._confirmed.get(tp)
+        return confirmed is None or offset > confirmed
+
+    @property
+    def generation(self) -> int:
+        """Moves on every ``forget``: what was started before belongs to an older assignment."""
+        return self._generation
+
+    def confirm(self, committed: dict, generation: int) -> None:
+        """The broker accepted these offsets (Faust TP -> offset) in a commit begun at ``generation``."""
+        if generation != self._generation:
+            return  # partitions moved while the commit was on its way
+        for tp, offset in committed.items():
+            if tp in self._next and offset > self._confirmed.get(tp, -1):
+                self._confirmed[tp] = offset
 
     def tracked(self) -> list:
         """The partitions whose offsets are kept here (Faust commits them: ``install_commit_guard``)."""
@@ -256,7 +285,10 @@ def install_commit_guard() -> None:
     the "gaps" it recorded (``Consumer._new_offset``). For a tracked
     partition the offset is the one ``InputProgress`` vouches for instead,
     and the acknowledgements below it are dropped so Faust's list stays
-    short. The app carries its tracker as ``app.standing_progress``.
+    short; it is committed unless the broker already accepted it
+    (``InputProgress.confirm``, fed from the commits that succeeded), since
+    Faust's ``_committed_offset`` also holds the offsets of failed commits.
+    The app carries its tracker as ``app.standing_progress``.
     """
     from faust.transport.consumer import Consumer
 
@@ -275,8 +307,28 @@ def install_commit_guard() -> None:
             if below:
                 self._acked_index[tp].difference_update(below)
                 acked[:] = [offset for offset in acked if offset >= verified]
-        committed = self._committed_offset[tp]
-        return verified if committed is None or verified > committed else None
+        return verified if progress.needs_commit(tp, verified) else None
+
+    original_should_commit = Consumer._should_commit
+
+    def _should_commit(self, tp, offset):
+        progress = getattr(self.app, "standing_progress", None)
+        if progress is not None and progress.committable(tp) is not None:
+            return True  # _new_offset above decided, against what the broker accepted
+        return original_should_commit(self, tp, offset)
+
+    original_commit_offsets = Consumer._commit_offsets
+
+    async def _commit_offsets(self, offsets, start_new_transaction: bool = True):
+        progress = getattr(self.app, "standing_progress", None)
+        if progress is None:
+            return await original_commit_offsets(self, offsets, start_new_transaction)
+        generation = progress.generation
+        assigned = self.assignment()
+        did_commit = await original_commit_offsets(self, offsets, start_new_transaction)
+        if did_commit:  # Faust records the offsets as committed either way
+            progress.confirm({tp: offset for tp, offset in offsets.items() if tp in assigned}, generation)
+        return did_commit
 
     original_pending = Consumer._filter_tps_with_pending_acks
 
@@ -293,5 +345,7 @@ def install_commit_guard() -> None:
                 yield tp
 
     Consumer._new_offset = _new_offset
+    Consumer._should_commit = _should_commit
+    Consumer._commit_offsets = _commit_offsets
     Consumer._filter_tps_with_pending_acks = _filter_tps_with_pending_acks
     Consumer._standing_commit_guard = True

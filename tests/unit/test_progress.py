@@ -141,7 +141,7 @@ def test_faust_commits_the_guarded_offset_not_its_acknowledgements():
     progress._next[POSTS_0] = 14
     assert consumer._new_offset(POSTS_0) == 14
     assert consumer._acked[POSTS_0] == [14, 15] and consumer._acked_index[POSTS_0] == {14, 15}
-    consumer._committed_offset[POSTS_0] = 14
+    progress.confirm({POSTS_0: 14}, progress.generation)  # the broker accepted 14
     assert consumer._new_offset(POSTS_0) is None  # nothing new to commit
     # Partitions the guard does not track keep Faust's own rule.
     other = TP("dead-letters", 0)
@@ -163,6 +163,55 @@ def test_faust_looks_for_commits_in_tracked_partitions_it_saw_no_acknowledgement
     assert sorted(consumer._filter_tps_with_pending_acks()) == sorted([dead, POSTS_0])
     assert list(consumer._filter_tps_with_pending_acks({"dead-letters"})) == [dead]
     assert consumer._filter_committable_offsets([POSTS_0]) == {POSTS_0: 7}
+
+
+def _committing_consumer(name: str, progress: _Progress, *, accepted: list[bool]):
+    """A guarded consumer whose commits the broker accepts or refuses in turn (``accepted``), owning POSTS_0."""
+    consumer = _guarded_consumer(name, progress)
+    sent: list[dict] = []
+
+    async def commit_to_broker(offsets):
+        sent.append(dict(offsets))
+        return accepted.pop(0)
+
+    async def flush():
+        pass
+
+    consumer._commit = commit_to_broker
+    consumer.assignment = lambda: {POSTS_0}
+    consumer.app.producer.flush = flush
+    consumer.sent = sent
+    return consumer
+
+
+def test_a_failed_commit_is_sent_again_though_faust_counts_it_as_committed():
+    # CI: a commit failed in a rebalance (IllegalGeneration); Faust recorded its
+    # offsets as committed all the same, and the guard, which asked Faust,
+    # never sent them again: 295 records stayed "waiting" for 300 s.
+    progress = _Progress({POSTS_0: 0})
+    consumer = _committing_consumer("standing-progress-test-3", progress, accepted=[False, True])
+    progress._next[POSTS_0] = 295
+    assert asyncio.run(consumer.force_commit()) is False
+    assert consumer._committed_offset[POSTS_0] == 295  # Faust's record of the failed commit
+    assert asyncio.run(consumer.force_commit()) is True
+    assert consumer.sent == [{POSTS_0: 295}, {POSTS_0: 295}]
+    assert asyncio.run(consumer.force_commit()) is False  # accepted: nothing left to send
+    assert consumer.sent == [{POSTS_0: 295}, {POSTS_0: 295}]
+
+
+def test_a_commit_accepted_after_partitions_moved_does_not_count_for_the_new_assignment():
+    progress = _Progress({POSTS_0: 0})
+    consumer = _committing_consumer("standing-progress-test-4", progress, accepted=[True, True])
+    progress._next[POSTS_0] = 40
+    generation = progress.generation
+    progress.forget()  # a rebalance while the commit was on its way
+    progress._next[POSTS_0] = 40  # the same partition again, from the group's commit
+    progress.confirm({POSTS_0: 40}, generation)
+    assert consumer._filter_committable_offsets([POSTS_0]) == {POSTS_0: 40}
+    # Faust's own record, left over from before the partitions moved, does not hold it back either.
+    consumer._committed_offset[POSTS_0] = 40
+    assert asyncio.run(consumer.force_commit()) is True
+    assert consumer.sent == [{POSTS_0: 40}]
 
 
 def test_a_batch_admitted_before_partitions_moved_is_not_current():
