@@ -15,17 +15,27 @@ waited 300 s for a worker whose group membership had died).
 rejoin, and aiokafka joins again after its retry back-off, as it does for a
 SyncGroup that answers "rebalance in progress". The next generation's
 leader sees this member and assigns it partitions.
+
+Any other exception that ends the coordination task leaves the same zombie,
+so ``on_membership_lost`` registers what to do then: the worker crashes (exit
+status 1) and whatever supervises it starts it again, rather than running on
+silently with no partitions.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
+from typing import Callable
 
 from aiokafka.consumer import group_coordinator as _coordinator
 
 log = logging.getLogger(__name__)
 
 _original = _coordinator.CoordinatorGroupRebalance._send_sync_group_request
+_original_routine = _coordinator.GroupCoordinator._coordination_routine
+#: called (in the consumer's thread) with the exception that ended a coordination task
+_membership_lost: Callable[[BaseException], None] | None = None
 
 
 async def _sync_group_or_rejoin(self, request):
@@ -42,10 +52,31 @@ async def _sync_group_or_rejoin(self, request):
     return assignment
 
 
+async def _coordination_routine_reporting_its_end(self):
+    try:
+        await _original_routine(self)
+    except asyncio.CancelledError:
+        raise
+    except Exception as error:  # aiokafka has logged it; the task ends here for good
+        if _membership_lost is not None:
+            _membership_lost(error)
+        raise
+
+
 def install() -> None:
-    """Retry, in every aiokafka consumer of this process, a group join that assigned this member nothing."""
+    """For every aiokafka consumer of this process created from now on: retry a join that assigned
+    this member nothing, and report a coordination task that ended (``on_membership_lost``)."""
     _coordinator.CoordinatorGroupRebalance._send_sync_group_request = _sync_group_or_rejoin
+    _coordinator.GroupCoordinator._coordination_routine = _coordination_routine_reporting_its_end
+
+
+def on_membership_lost(callback: Callable[[BaseException], None] | None) -> None:
+    """Call ``callback(error)`` when a consumer's group coordination ends with an error."""
+    global _membership_lost
+    _membership_lost = callback
 
 
 def uninstall() -> None:
     _coordinator.CoordinatorGroupRebalance._send_sync_group_request = _original
+    _coordinator.GroupCoordinator._coordination_routine = _original_routine
+    on_membership_lost(None)

@@ -48,6 +48,24 @@ def build(settings: Settings, rules: Rules) -> tuple[faust.App, Scorer]:
     return app, scorer
 
 
+def crash_when_membership_is_lost(app: faust.App, loop: asyncio.AbstractEventLoop) -> None:
+    """A consumer whose group coordination died owns nothing for good: crash, so the worker is restarted.
+
+    Called from the consumer's thread (standing/group_join.py); the crash runs
+    on the worker's loop, stops the worker and exits with status 1.
+    """
+
+    def lost(error: BaseException) -> None:
+        log.critical(
+            "this worker's consumer left its group for good (%r): it would own no partition again; "
+            "stopping with exit status 1 so that it is restarted",
+            error,
+        )
+        loop.call_soon_threadsafe(lambda: asyncio.ensure_future(app.crash(error), loop=loop))
+
+    group_join.on_membership_lost(lost)
+
+
 def tune_garbage_collector(young_threshold: int) -> None:
     """Fewer cyclic collections while batches hold many states (Settings.gc_young_threshold says why)."""
     if young_threshold <= 0:
@@ -89,6 +107,7 @@ def run_worker(settings: Settings, rules: Rules, *, loglevel: str = "warning", b
     settings.data_dir.mkdir(parents=True, exist_ok=True)
     app, scorer = build(settings, rules)
     install_reaper(app, settings, loop)
+    crash_when_membership_is_lost(app, loop)
     tune_garbage_collector(settings.gc_young_threshold)
     say(
         f"consuming from {settings.broker} as group {settings.app_id!r}; "
