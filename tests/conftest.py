@@ -11,7 +11,7 @@ import pytest
 
 from standing.broker import EmbeddedBroker
 from standing.settings import Settings
-from tests.helpers import free_port
+from tests.helpers import free_port, log_excerpt
 from topology.admin import ensure_topics
 
 
@@ -19,6 +19,24 @@ def pytest_collection_modifyitems(config, items):
     for item in items:
         if "tests/integration" in str(item.fspath):
             item.add_marker(pytest.mark.integration)
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item, call):
+    """A failed test's report shows the warnings and errors of the logs in its tmp_path (worker logs).
+
+    CI prints the report, not the files; without them a failure in a
+    multi-process test says only what the test saw.
+    """
+    outcome = yield
+    report = outcome.get_result()
+    tmp_path = getattr(item, "funcargs", {}).get("tmp_path")
+    if report.when != "call" or not report.failed or tmp_path is None:
+        return
+    for log in sorted(Path(tmp_path).glob("*.log")):
+        excerpt = log_excerpt(log)
+        if excerpt:
+            report.sections.append((f"{log.name}: warnings and errors", excerpt))
 
 
 @pytest.fixture(scope="session")

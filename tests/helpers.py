@@ -2,6 +2,26 @@
 
 from __future__ import annotations
 
+import re
+from pathlib import Path
+
 from standing.processes import free_port
 
-__all__ = ["free_port"]
+__all__ = ["free_port", "log_excerpt"]
+
+_LEVEL = re.compile(r"\[(WARNING|ERROR|CRITICAL)\]")
+#: Faust's livelock notice for changelog partitions no stream reads (a
+#: paragraph each); it says nothing about why a test failed.
+_NOISE = re.compile(r"Stream has not started processing")
+
+
+def log_excerpt(path: Path, lines: int = 60) -> str:
+    """The last ``lines`` warnings, errors and start-up lines of a worker's log, without Faust's livelock notices."""
+    kept: list[str] = []
+    for line in path.read_text(errors="replace").splitlines():
+        line = line.replace("\x1b[?25l", "").replace("\x1b[?25h", "")
+        if _NOISE.search(line):
+            continue
+        if _LEVEL.search(line) or line.startswith(("standing worker:", "Traceback")) or re.match(r"^\w*(Error|Exception)\b", line):
+            kept.append(line[:400])
+    return "\n".join(kept[-lines:])
