@@ -101,7 +101,7 @@ def start_worker_process(settings: Settings, *, log_path: Path, rules_path: Path
         command += ["--rules", str(rules_path)]
     if settings.worker_id:
         command += ["--worker-id", settings.worker_id]
-    # Batching has no flag of its own; the child reads it from the environment.
+    # Batching and compression have no flag of their own; the child reads them from the environment.
     env = {
         **os.environ,
         "STANDING_BATCH_SIZE": str(settings.batch_size),
@@ -109,6 +109,7 @@ def start_worker_process(settings: Settings, *, log_path: Path, rules_path: Path
         "STANDING_PROPAGATION_SLICE_MS": str(settings.propagation_slice_ms),
         "STANDING_PROPAGATION_SHARE": str(settings.propagation_share),
         "STANDING_WAITING_UPDATES_LIMIT": str(settings.waiting_updates_limit),
+        "STANDING_ROCKSDB_COMPRESSION": settings.rocksdb_compression,
     }
     log_path.parent.mkdir(parents=True, exist_ok=True)
     log = log_path.open("ab")

@@ -45,7 +45,59 @@ def closed_partition_entries(path: Path) -> Iterator[tuple[bytes, bytes]]:
         db.close()
 
 
+#: zstd dictionary per table file, and how many bytes of records to train it on.
+ZSTD_DICT_BYTES = 16 * 1024
+ZSTD_TRAIN_BYTES = 100 * ZSTD_DICT_BYTES
+
+
+def apply_compression(options, compression: str) -> None:
+    """Compress the table files of rocksdict ``options`` with ``compression`` (Settings.rocksdb_compression)."""
+    from rocksdict import DBCompressionType
+
+    options.set_compression_type(getattr(DBCompressionType, compression)())
+    if compression == "zstd":
+        # A dictionary for the bottommost level only, where compactions put
+        # the states that stay: training one for every memtable flush as well
+        # cost 4.7x the CPU of writing the same states (20k users written 5
+        # times over) for no smaller result once compacted.
+        options.set_bottommost_compression_type(DBCompressionType.zstd())
+        # window bits (-14: zstd's default), level 3 (zstd's default), strategy, dictionary size, enabled
+        options.set_bottommost_compression_options(-14, 3, 0, ZSTD_DICT_BYTES, True)
+        options.set_bottommost_zstd_max_train_bytes(ZSTD_TRAIN_BYTES, True)
+
+
+def install_store_options() -> None:
+    """Make Faust's rocksdict stores honour a table's ``compression`` and ``level0_compaction_trigger`` options.
+
+    Faust builds each partition's rocksdict ``Options`` itself
+    (``RocksDBOptions.as_options``) and drops options it has no setter for;
+    RocksDB then compresses with snappy and compacts level 0 after 4 files.
+    Wrapped here: the options Faust builds get these two on top.
+    """
+    from faust.stores.rocksdb import RocksDBOptions
+
+    if getattr(RocksDBOptions, "_standing_compression", False):
+        return
+    original = RocksDBOptions.as_options
+
+    def as_options(self):
+        options = original(self)
+        if self.use_rocksdict:
+            compression = self.extra_options.get("compression")
+            if compression:
+                apply_compression(options, compression)
+            trigger = self.extra_options.get("level0_compaction_trigger")
+            if trigger:
+                options.set_level_zero_file_num_compaction_trigger(trigger)
+        return options
+
+    RocksDBOptions.as_options = as_options
+    RocksDBOptions._standing_compression = True
+
+
 def create_tables(app: faust.App, settings: Settings) -> tuple[faust.Table, faust.Table]:
+    install_store_options()
+
     def table(name: str) -> faust.Table:
         return app.Table(
             name,
@@ -55,6 +107,9 @@ def create_tables(app: faust.App, settings: Settings) -> tuple[faust.Table, faus
                 "write_buffer_size": settings.rocksdb_write_buffer_mb * 2**20,
                 "max_write_buffer_number": 2,
                 "block_cache_size": settings.rocksdb_block_cache_mb * 2**20,
+                # Faust's rocksdict path ignores options it does not know: applied by install_store_options.
+                "compression": settings.rocksdb_compression,
+                "level0_compaction_trigger": settings.rocksdb_level0_compaction_trigger,
             },
             schema=faust.Schema(key_type=bytes, value_type=bytes, key_serializer="raw", value_serializer="raw"),
             changelog_topic=app.topic(

@@ -17,7 +17,8 @@ def test_bench_runs_every_phase_and_writes_its_results(tmp_path, capsys):
     figures = result["figures"]
     for name in (
         "scorer_events_per_s", "friend_updates_per_event", "kafka_messages_per_event", "users_held", "pairs_held",
-        "state_encoded_bytes_per_user", "state_disk_bytes_per_user", "worker_peak_rss_bytes", "recovery_to_ready_s",
+        "state_encoded_bytes_per_user", "state_disk_bytes_per_user", "state_compacted_bytes_per_user",
+        "state_compacted_bytes_per_pair", "worker_peak_rss_bytes", "recovery_to_ready_s",
         "latency_p50_s", "latency_p99_s", "celebrity_change_to_quiescence_s", "raw_aiokafka_events_per_s",
         "plain_faust_events_per_s", "ratio_scorer_over_plain_faust",
     ):  # fmt: skip

@@ -37,3 +37,13 @@ def test_the_garbage_collector_runs_less_often_in_a_worker(monkeypatch):
     finally:
         gc.unfreeze()
         gc.set_threshold(*before)
+
+
+def test_rocksdb_compression_is_zstd_unless_asked_otherwise(monkeypatch):
+    monkeypatch.delenv("STANDING_ROCKSDB_COMPRESSION", raising=False)
+    assert Settings.from_env().rocksdb_compression == "zstd"
+    monkeypatch.setenv("STANDING_ROCKSDB_COMPRESSION", " Snappy")
+    assert Settings.from_env().rocksdb_compression == "snappy"
+    monkeypatch.setenv("STANDING_ROCKSDB_COMPRESSION", "brotli")
+    with pytest.raises(SystemExit, match="STANDING_ROCKSDB_COMPRESSION='brotli'.*zstd, lz4, snappy, none"):
+        Settings.from_env()

@@ -47,3 +47,30 @@ def test_batches_load_through_a_bounded_write_through_cache(tmp_path):
     assert store.load(0, "ann").own == 9.0 and store.load(0, "ann") is not ann_now
     store.forget()
     assert not store._cache and store.load(0, "ann").own == 9.0
+
+
+def _options_file(db_path) -> dict[str, str]:
+    """The column family options RocksDB wrote for a database (its newest OPTIONS file)."""
+    newest = sorted(db_path.glob("OPTIONS-*"))[-1]
+    pairs = (line.strip().split("=", 1) for line in newest.read_text().splitlines() if "=" in line)
+    return {key: value for key, value in pairs}
+
+
+def test_table_files_are_compressed_as_configured(tmp_path):
+    for compression, expected in (("zstd", "kZSTD"), ("lz4", "kLZ4Compression"), ("none", "kNoCompression")):
+        settings = replace(Settings(), data_dir=tmp_path / compression, rocksdb_compression=compression,
+                           rocksdb_level0_compaction_trigger=3, metrics_port=0)  # fmt: skip
+        app = create_app(settings)
+        users, _ = create_tables(app, settings)
+        path = tmp_path / compression / "users-0.db"
+        db = users.data.rocksdb_options.open(path)  # as Faust opens each partition's database
+        db[b"u1"] = b"state" * 50
+        db.close()
+        written = _options_file(path)
+        assert written["compression"] == expected
+        assert written["level0_file_num_compaction_trigger"] == "3"
+        if compression == "zstd":
+            # A dictionary for the bottommost level only (Settings.rocksdb_compression says why).
+            assert written["bottommost_compression"] == "kZSTD"
+            assert "max_dict_bytes=16384" in written["bottommost_compression_opts"]
+            assert "max_dict_bytes=0" in written["compression_opts"]
