@@ -57,9 +57,10 @@ def apply_compression(options, compression: str) -> None:
     options.set_compression_type(getattr(DBCompressionType, compression)())
     if compression == "zstd":
         # A dictionary for the bottommost level only, where compactions put
-        # the states that stay: training one for every memtable flush as well
-        # cost 4.7x the CPU of writing the same states (20k users written 5
-        # times over) for no smaller result once compacted.
+        # the states that stay. Writing 20k users' states 5 times over and
+        # compacting took 1.6 s of CPU so, 5.9 s with a dictionary trained at
+        # every memtable flush too (1.3 s without one, 0.7 s with snappy),
+        # for the same size once compacted.
         options.set_bottommost_compression_type(DBCompressionType.zstd())
         # window bits (-14: zstd's default), level 3 (zstd's default), strategy, dictionary size, enabled
         options.set_bottommost_compression_options(-14, 3, 0, ZSTD_DICT_BYTES, True)
