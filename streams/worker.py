@@ -56,6 +56,8 @@ def crash_when_membership_is_lost(app: faust.App, loop: asyncio.AbstractEventLoo
     """
 
     def lost(error: BaseException) -> None:
+        if app.should_stop:
+            return  # stopping anyway: the exit status stays that of the stop
         log.critical(
             "this worker's consumer left its group for good (%r): it would own no partition again; "
             "stopping with exit status 1 so that it is restarted",
