@@ -110,6 +110,7 @@ def start_worker_process(settings: Settings, *, log_path: Path, rules_path: Path
         "STANDING_PROPAGATION_SHARE": str(settings.propagation_share),
         "STANDING_WAITING_UPDATES_LIMIT": str(settings.waiting_updates_limit),
         "STANDING_ROCKSDB_COMPRESSION": settings.rocksdb_compression,
+        "STANDING_ROCKSDB_LEVEL0_COMPACTION_TRIGGER": str(settings.rocksdb_level0_compaction_trigger),
     }
     log_path.parent.mkdir(parents=True, exist_ok=True)
     log = log_path.open("ab")

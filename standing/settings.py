@@ -177,13 +177,16 @@ class Settings:
             rocksdb_write_buffer_mb=_env_int("STANDING_ROCKSDB_WRITE_BUFFER_MB", base.rocksdb_write_buffer_mb),
             rocksdb_block_cache_mb=_env_int("STANDING_ROCKSDB_BLOCK_CACHE_MB", base.rocksdb_block_cache_mb),
             rocksdb_level0_compaction_trigger=_env_int("STANDING_ROCKSDB_LEVEL0_COMPACTION_TRIGGER", base.rocksdb_level0_compaction_trigger),
-            rocksdb_compression=_rocksdb_compression(env.get("STANDING_ROCKSDB_COMPRESSION") or base.rocksdb_compression),
+            rocksdb_compression=_one_of(
+                "STANDING_ROCKSDB_COMPRESSION", env.get("STANDING_ROCKSDB_COMPRESSION") or base.rocksdb_compression,
+                ROCKSDB_COMPRESSIONS, "a compression",
+            ),
             state_cache_entries=_env_int("STANDING_STATE_CACHE_ENTRIES", base.state_cache_entries),
             propagation_slice_ms=_env_int("STANDING_PROPAGATION_SLICE_MS", base.propagation_slice_ms),
             propagation_share=_env_float("STANDING_PROPAGATION_SHARE", base.propagation_share),
             waiting_updates_limit=_env_int("STANDING_WAITING_UPDATES_LIMIT", base.waiting_updates_limit),
             empty_fetch_pause_ms=_env_int("STANDING_EMPTY_FETCH_PAUSE_MS", base.empty_fetch_pause_ms),
-            event_loop=_event_loop(env.get("STANDING_EVENT_LOOP") or base.event_loop),
+            event_loop=_one_of("STANDING_EVENT_LOOP", env.get("STANDING_EVENT_LOOP") or base.event_loop, EVENT_LOOPS, "an event loop"),
             gc_young_threshold=_env_int("STANDING_GC_YOUNG_THRESHOLD", base.gc_young_threshold),
             web_host=env.get("STANDING_WEB_HOST") or base.web_host,
             web_port=_env_int("STANDING_WEB_PORT", base.web_port),
@@ -231,20 +234,12 @@ class Settings:
 
 
 ROCKSDB_COMPRESSIONS = ("zstd", "lz4", "snappy", "none")
+EVENT_LOOPS = ("uvloop", "asyncio")
 
 
-def _rocksdb_compression(value: str) -> str:
+def _one_of(variable: str, value: str, allowed: tuple[str, ...], what: str) -> str:
+    """``value`` (case and spaces ignored) if it is one of ``allowed``; else stop, saying what to give."""
     chosen = value.strip().lower()
-    if chosen not in ROCKSDB_COMPRESSIONS:
-        raise SystemExit(
-            f"STANDING_ROCKSDB_COMPRESSION={value!r} is not a compression Standing knows; "
-            f"unset it or give one of {', '.join(ROCKSDB_COMPRESSIONS)}"
-        )
-    return chosen
-
-
-def _event_loop(value: str) -> str:
-    chosen = value.strip().lower()
-    if chosen not in ("uvloop", "asyncio"):
-        raise SystemExit(f"STANDING_EVENT_LOOP={value!r} is not an event loop Standing knows; unset it or give uvloop or asyncio")
+    if chosen not in allowed:
+        raise SystemExit(f"{variable}={value!r} is not {what} Standing knows; unset it or give one of {', '.join(allowed)}")
     return chosen

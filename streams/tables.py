@@ -77,7 +77,7 @@ def install_store_options() -> None:
     """
     from faust.stores.rocksdb import RocksDBOptions
 
-    if getattr(RocksDBOptions, "_standing_compression", False):
+    if getattr(RocksDBOptions, "_standing_store_options", False):
         return
     original = RocksDBOptions.as_options
 
@@ -93,7 +93,7 @@ def install_store_options() -> None:
         return options
 
     RocksDBOptions.as_options = as_options
-    RocksDBOptions._standing_compression = True
+    RocksDBOptions._standing_store_options = True
 
 
 def create_tables(app: faust.App, settings: Settings) -> tuple[faust.Table, faust.Table]:

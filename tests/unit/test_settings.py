@@ -1,4 +1,4 @@
-"""Settings read from the environment: the event loop."""
+"""Settings read from the environment: choices, the garbage collector."""
 
 from __future__ import annotations
 
@@ -7,13 +7,22 @@ import pytest
 from standing.settings import Settings
 
 
-def test_the_event_loop_is_uvloop_unless_asked_otherwise(monkeypatch):
-    monkeypatch.delenv("STANDING_EVENT_LOOP", raising=False)
-    assert Settings.from_env().event_loop == "uvloop"
-    monkeypatch.setenv("STANDING_EVENT_LOOP", " AsyncIO ")
-    assert Settings.from_env().event_loop == "asyncio"
-    monkeypatch.setenv("STANDING_EVENT_LOOP", "trio")
-    with pytest.raises(SystemExit, match="STANDING_EVENT_LOOP='trio'.*uvloop or asyncio"):
+@pytest.mark.parametrize(
+    "variable, attribute, default, given, chosen, unknown, listed",
+    [
+        ("STANDING_EVENT_LOOP", "event_loop", "uvloop", " AsyncIO ", "asyncio", "trio", "uvloop, asyncio"),
+        ("STANDING_ROCKSDB_COMPRESSION", "rocksdb_compression", "zstd", " Snappy", "snappy", "brotli", "zstd, lz4, snappy, none"),
+    ],
+)
+def test_a_choice_has_a_default_ignores_case_and_refuses_what_it_does_not_know(
+    monkeypatch, variable, attribute, default, given, chosen, unknown, listed
+):
+    monkeypatch.delenv(variable, raising=False)
+    assert getattr(Settings.from_env(), attribute) == default
+    monkeypatch.setenv(variable, given)
+    assert getattr(Settings.from_env(), attribute) == chosen
+    monkeypatch.setenv(variable, unknown)
+    with pytest.raises(SystemExit, match=f"{variable}='{unknown}'.*give one of {listed}$"):
         Settings.from_env()
 
 
@@ -38,12 +47,3 @@ def test_the_garbage_collector_runs_less_often_in_a_worker(monkeypatch):
         gc.unfreeze()
         gc.set_threshold(*before)
 
-
-def test_rocksdb_compression_is_zstd_unless_asked_otherwise(monkeypatch):
-    monkeypatch.delenv("STANDING_ROCKSDB_COMPRESSION", raising=False)
-    assert Settings.from_env().rocksdb_compression == "zstd"
-    monkeypatch.setenv("STANDING_ROCKSDB_COMPRESSION", " Snappy")
-    assert Settings.from_env().rocksdb_compression == "snappy"
-    monkeypatch.setenv("STANDING_ROCKSDB_COMPRESSION", "brotli")
-    with pytest.raises(SystemExit, match="STANDING_ROCKSDB_COMPRESSION='brotli'.*zstd, lz4, snappy, none"):
-        Settings.from_env()
