@@ -41,12 +41,12 @@ from standing import processes
 from standing.broker import EmbeddedBroker
 from standing.control import backlog, wait_until_quiescent
 from standing.population import LiveSimulation, PopulationConfig, generate_events, power_law_edges
-from standing.producer import EventProducer
-from standing.settings import Settings
+from standing.produce import EventProducer
+from topology.settings import Settings
 from streams import events as ev
-from streams.tables import closed_partition_entries
+from streams.runtime.store import closed_partition_entries
 from topology import topics
-from topology.admin import ensure_topics
+from streams.runtime.admin import ensure_topics
 
 RESULTS_DIR = Path(__file__).resolve().parent.parent / "ops" / "bench" / "results"
 

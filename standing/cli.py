@@ -9,7 +9,7 @@ import json
 import sys
 from pathlib import Path
 
-from standing.settings import DEFAULT_BROKER_PORT, Settings
+from topology.settings import DEFAULT_BROKER_PORT, Settings
 
 
 def _settings(args: argparse.Namespace) -> Settings:
@@ -49,13 +49,13 @@ def cmd_broker(args: argparse.Namespace) -> int:
 
 
 def cmd_worker(args: argparse.Namespace) -> int:
-    from streams.worker import run_worker
+    from streams.runtime.worker import run_worker
 
     return run_worker(_settings(args), _rules(args), loglevel=args.loglevel)
 
 
 def cmd_topics(args: argparse.Namespace) -> int:
-    from topology.admin import TopologyError, ensure_topics, wait_for_broker
+    from streams.runtime.admin import TopologyError, ensure_topics, wait_for_broker
 
     settings = _settings(args)
 
@@ -73,7 +73,7 @@ def cmd_topics(args: argparse.Namespace) -> int:
 
 
 def cmd_produce(args: argparse.Namespace) -> int:
-    from standing.producer import ProduceError, produce_file
+    from standing.produce import ProduceError, produce_file
 
     try:
         summary = asyncio.run(produce_file(_settings(args), args.file))
@@ -125,7 +125,7 @@ def cmd_dump(args: argparse.Namespace) -> int:
 
 def cmd_replay(args: argparse.Namespace) -> int:
     from standing.control import ControlError
-    from standing.producer import ProduceError
+    from standing.produce import ProduceError
     from standing.replay import replay
 
     _rules(args)  # fail fast on a bad rules file
@@ -310,7 +310,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     from standing.redaction import install_secret_redaction
 
-    from standing import fetch_pacing
+    from streams.runtime import fetch_pacing
 
     settings = Settings.from_env()
     install_secret_redaction(settings)

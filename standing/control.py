@@ -24,7 +24,7 @@ from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
 
 from schemas import codec
-from standing.settings import Settings
+from topology.settings import Settings
 from topology import topics
 
 #: Everything the worker's consumer group reads (dead letters are only counted).

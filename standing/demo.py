@@ -22,11 +22,11 @@ from schemas import codec
 from standing import processes
 from standing.broker import EmbeddedBroker, port_is_open
 from standing.population import LiveSimulation, PopulationConfig
-from standing.producer import EventProducer
-from standing.settings import Settings
+from standing.produce import EventProducer
+from topology.settings import Settings
 from streams import events as ev
 from topology import topics
-from topology.admin import ensure_topics
+from streams.runtime.admin import ensure_topics
 
 
 @dataclass

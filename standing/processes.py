@@ -20,7 +20,7 @@ from pathlib import Path
 
 from prometheus_client.parser import text_string_to_metric_families
 
-from standing.settings import Settings
+from topology.settings import Settings
 
 _PR_SET_PDEATHSIG = 1
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import logging
 
-from standing.settings import Settings
+from topology.settings import Settings
 
 MASK = "***"
 

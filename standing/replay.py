@@ -17,9 +17,9 @@ from pathlib import Path
 
 from standing import control, processes
 from standing.broker import EmbeddedBroker, port_is_open
-from standing.producer import produce_file
-from standing.settings import Settings
-from topology.admin import ensure_topics
+from standing.produce import produce_file
+from topology.settings import Settings
+from streams.runtime.admin import ensure_topics
 
 WORKER_COUNTERS = ("standing_events_accepted_total", "standing_events_duplicate_total")
 

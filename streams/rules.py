@@ -22,8 +22,8 @@ class RulesError(Exception):
 
 
 def default_rules_path() -> Path:
-    """The rules shipped with Standing (package data of ``standing``)."""
-    return Path(str(resources.files("standing").joinpath("default_rules.toml")))
+    """The rules shipped with Standing (package data of ``streams``)."""
+    return Path(str(resources.files("streams").joinpath("default_rules.toml")))
 
 
 #: table -> key -> default (the spec's example); None marks a table of name = number

@@ -10,9 +10,9 @@ from pathlib import Path
 import pytest
 
 from standing.broker import EmbeddedBroker
-from standing.settings import Settings
+from topology.settings import Settings
 from tests.helpers import free_port, log_excerpt
-from topology.admin import ensure_topics
+from streams.runtime.admin import ensure_topics
 
 
 def pytest_collection_modifyitems(config, items):

@@ -1,6 +1,6 @@
 """The one declaration of every Kafka topic Standing reads or writes.
 
-Creation (``topology.admin``), the Faust app (``streams.app``), the producers
+Creation (``streams.runtime.admin``), the Faust app (``streams.runtime.app``), the producers
 and ``docker-compose.yml``'s topic creator all take names and settings from
 here, so partition counts cannot drift apart (Faust raises PartitionsMismatch
 when co-partitioned topics disagree).
@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from standing.settings import Settings
+from topology.settings import Settings
 
 # Input topics: producers publish here.
 PURCHASES = "purchases"

@@ -108,7 +108,7 @@ async def test_fetch_pacing_calms_idle_consumers_and_still_delivers(broker):
     per pause, and a record produced while it idles still arrives."""
     from aiokafka.consumer import fetcher
 
-    from standing import fetch_pacing
+    from streams.runtime import fetch_pacing
 
     topic = f"pacing-{time.time_ns()}"
     await _produce(broker.address, topic, [b"first"])

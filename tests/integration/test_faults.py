@@ -18,10 +18,10 @@ from aiokafka import AIOKafkaConsumer
 from standing import processes
 from standing.control import backlog, read_scores, wait_until_quiescent
 from standing.population import PopulationConfig, generate_events, write_jsonl
-from standing.producer import produce_file
+from standing.produce import produce_file
 from standing.reference import reference_file
 from streams.rules import load_rules
-from streams.tables import closed_partition_entries
+from streams.runtime.store import closed_partition_entries
 from tests.helpers import free_port
 
 RULES = load_rules()

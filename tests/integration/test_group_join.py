@@ -24,7 +24,7 @@ from aiokafka.coordinator.assignors.roundrobin import RoundRobinPartitionAssigno
 from aiokafka.consumer import group_coordinator
 from aiokafka.coordinator.protocol import ConsumerProtocolMemberMetadata
 
-from standing import group_join
+from streams.runtime import group_join
 from tests.helpers import free_port
 
 TAG_LEFT_OUT = b"left-out"
@@ -127,8 +127,8 @@ WORKER_LOSING_ITS_GROUP = textwrap.dedent(
     """
     import asyncio, sys, threading
     import faust
-    from standing import group_join
-    from streams.worker import crash_when_membership_is_lost
+    from streams.runtime import group_join
+    from streams.runtime.worker import crash_when_membership_is_lost
 
     app = faust.App("membership-lost", broker="kafka://{broker}", web_host="127.0.0.1", web_port={web_port},
                     store="memory://", datadir=sys.argv[1])

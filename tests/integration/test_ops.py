@@ -25,7 +25,7 @@ from aiokafka import AIOKafkaProducer
 from standing import processes
 from standing.control import wait_until_quiescent
 from standing.population import PopulationConfig, generate_events, write_jsonl
-from standing.producer import produce_file
+from standing.produce import produce_file
 from tests.unit.test_ops_files import (
     ALERTS,
     JOB,

@@ -9,7 +9,7 @@ import asyncio
 from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.partitioner import DefaultPartitioner
 
-from streams.output import Outgoing, Outputs
+from streams.runtime.output import Outgoing, Outputs
 from topology import topics
 
 

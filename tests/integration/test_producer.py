@@ -15,11 +15,11 @@ import pytest
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
 from schemas import codec
-from standing.producer import MAX_PRINTED_REJECTIONS, EventProducer, ProduceError, produce_file, produce_file_sync
+from standing.produce import MAX_PRINTED_REJECTIONS, EventProducer, ProduceError, produce_file, produce_file_sync
 from streams import events as ev
 from tests.helpers import free_port
 from topology import topics
-from topology.admin import end_offsets
+from streams.runtime.admin import end_offsets
 from topology.routing import pair_key, partition_for
 
 GOOD = [

@@ -9,7 +9,7 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.structs import OffsetAndMetadata
 from faust.types import TP
 
-from streams.progress import InputProgress
+from streams.runtime.commits import InputProgress
 from topology import topics
 
 

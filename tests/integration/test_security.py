@@ -8,7 +8,7 @@ import sys
 import time
 from dataclasses import replace
 
-from standing.settings import Settings
+from topology.settings import Settings
 from tests.helpers import free_port
 
 SECRET = "pw-8c1f0e-do-not-log"

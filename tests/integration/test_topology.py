@@ -8,7 +8,7 @@ from dataclasses import replace
 import pytest
 from aiokafka import AIOKafkaProducer
 
-from topology.admin import TopologyError, ensure_topics, wait_for_broker
+from streams.runtime.admin import TopologyError, ensure_topics, wait_for_broker
 from topology.routing import partition_for
 from topology.topics import declared_topics
 from tests.helpers import free_port

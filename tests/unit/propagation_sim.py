@@ -1,6 +1,6 @@
 """A simulator of the distributed algorithm, for property tests (no broker).
 
-It runs the same pure batch code the Faust agents run (``streams.processor``)
+It runs the same pure batch code the Faust agents run (``streams.batch``)
 over in-memory partitions: each partition is a FIFO queue like a Kafka
 partition, partitions are served in random order with random batch sizes,
 and messages are randomly delivered twice (at-least-once redelivery).
@@ -17,8 +17,8 @@ from dataclasses import dataclass, field
 
 from streams import events as ev
 from streams.friend_updates import ESTIMATE, LINK
-from streams.pending_updates import PendingUpdates
-from streams.processor import PairBatch, UserBatch
+from streams.waiting import PendingUpdates
+from streams.batch import PairBatch, UserBatch
 from streams.rules import Rules
 from streams.scoring import PairState, UserState, contributions
 from topology.routing import pair_key, partition_for

@@ -11,7 +11,7 @@ from types import SimpleNamespace
 from faust.types import TP
 from mode.utils.queues import FlowControlEvent
 
-from streams import delivery
+from streams.runtime import dispatch as delivery
 
 OURS = TP("posts", 0)
 THEIRS = TP("dead-letters", 0)

@@ -9,8 +9,8 @@ import faust
 from faust.types import TP
 from mode.utils.queues import FlowControlEvent
 
-from streams import intake as intake_module
-from streams.intake import Intake
+from streams.runtime import intake as intake_module
+from streams.runtime.intake import Intake
 
 POSTS_0 = TP("posts", 0)
 POSTS_1 = TP("posts", 1)
@@ -227,7 +227,7 @@ def test_install_routes_the_intakes_topics_and_leaves_others_to_faust():
 
 
 def test_a_rebalance_waits_for_batches_in_flight_but_not_forever():
-    from streams.intake import InFlight
+    from streams.runtime.intake import InFlight
 
     async def scenario():
         in_flight = InFlight()

@@ -6,7 +6,7 @@ import asyncio
 
 import pytest
 
-from streams.monitoring import KEY_COUNT_INTERVAL_S, _count_keys, next_key_count_after
+from streams.runtime.monitoring import KEY_COUNT_INTERVAL_S, _count_keys, next_key_count_after
 
 
 class _Keys:

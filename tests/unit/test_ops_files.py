@@ -137,7 +137,7 @@ def known_metric_names() -> set[str]:
     from prometheus_client import REGISTRY
     from prometheus_client.metrics import MetricWrapperBase
 
-    from streams import metrics
+    from streams.runtime import metrics
 
     names = {"up", "scrape_duration_seconds", "scrape_samples_scraped", "scrape_series_added"}
     suffixes = {"counter": ("_total",), "histogram": ("_bucket", "_sum", "_count"), "gauge": ("",), "summary": ("_sum", "_count", "")}

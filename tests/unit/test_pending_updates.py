@@ -7,7 +7,7 @@ from hypothesis import strategies as st
 
 from streams import scoring
 from streams.friend_updates import ESTIMATE, LINK, UNKNOWN_ORIGIN
-from streams.pending_updates import PendingUpdates
+from streams.waiting import PendingUpdates
 from streams.scoring import UserState
 
 

@@ -8,9 +8,9 @@ from types import SimpleNamespace
 import faust
 from faust.types import TP
 
-from standing.settings import Settings
-from streams import metrics
-from streams.progress import InputProgress, install_commit_guard
+from topology.settings import Settings
+from streams.runtime import metrics
+from streams.runtime.commits import InputProgress, install_commit_guard
 
 POSTS_0 = TP("posts", 0)
 POSTS_1 = TP("posts", 1)
@@ -102,7 +102,7 @@ def test_a_batch_from_before_a_rebalance_does_not_move_the_new_generation():
 
 
 def test_a_broker_that_does_not_answer_delays_the_batch_without_stopping_it(monkeypatch):
-    import streams.progress as progress_module
+    import streams.runtime.commits as progress_module
 
     monkeypatch.setattr(progress_module, "RETRY_MAX_S", 0.01)
     progress = _Progress({POSTS_0: 0})

@@ -4,8 +4,8 @@ from dataclasses import replace
 
 import pytest
 
-from standing.settings import Settings
-from streams.reaper import liveness_url, reaping_enabled
+from topology.settings import Settings
+from streams.runtime.reaper import liveness_url, reaping_enabled
 
 
 def test_liveness_url_comes_from_the_client_id_and_the_members_host():

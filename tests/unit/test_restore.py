@@ -8,11 +8,11 @@ from types import SimpleNamespace
 
 from faust.types import TP
 
-from standing.settings import Settings
-from streams import metrics
-from streams.app import create_app
-from streams.restore import ChangelogRestore, install
-from streams.tables import FAUST_KEYS_PREFIX, create_tables
+from topology.settings import Settings
+from streams.runtime import metrics
+from streams.runtime.app import create_app
+from streams.runtime.recovery import ChangelogRestore, install
+from streams.runtime.store import FAUST_KEYS_PREFIX, create_tables
 
 CHANGELOG = "standing-users-changelog"
 

@@ -1,4 +1,4 @@
-"""The pure per-user model (streams.scoring) and batch code (streams.processor)."""
+"""The pure per-user model (streams.scoring) and batch code (streams.batch)."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from hypothesis import strategies as st
 
 from streams import scoring
 from streams.friend_updates import UNKNOWN_ORIGIN, earliest_origin
-from streams.processor import PairBatch, UserBatch
+from streams.batch import PairBatch, UserBatch
 from streams.rules import load_rules
 from streams.scoring import FriendEntry, UserState
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from standing.settings import Settings
+from topology.settings import Settings
 
 
 @pytest.mark.parametrize(
@@ -29,7 +29,7 @@ def test_a_choice_has_a_default_ignores_case_and_refuses_what_it_does_not_know(
 def test_the_garbage_collector_runs_less_often_in_a_worker(monkeypatch):
     import gc
 
-    from streams.worker import tune_garbage_collector
+    from streams.runtime.worker import tune_garbage_collector
 
     monkeypatch.delenv("STANDING_GC_YOUNG_THRESHOLD", raising=False)
     assert Settings.from_env().gc_young_threshold == 50_000

@@ -5,10 +5,10 @@ from __future__ import annotations
 from aiokafka import TopicPartition
 from faust.types import TP
 
-from streams import metrics
+from streams.runtime import metrics
 from streams.friend_updates import ESTIMATE
-from streams.monitoring import _held_while_applied, _resume_if_left_out
-from streams.pending_updates import PendingUpdates
+from streams.runtime.monitoring import _held_while_applied, _resume_if_left_out
+from streams.waiting import PendingUpdates
 
 
 class _FaustConsumerState:

@@ -8,7 +8,7 @@ import pytest
 from fastavro import schemaless_writer
 
 from schemas import codec
-from streams import state as state_codec
+from streams import state_codec
 from streams.scoring import FriendEntry, UserState
 
 

@@ -16,7 +16,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from schemas import codec
-from streams import state as state_codec
+from streams import state_codec
 from streams.scoring import FriendEntry, UserState
 
 native = state_codec.native

@@ -5,9 +5,9 @@ from __future__ import annotations
 
 from dataclasses import replace
 
-from standing.settings import Settings
-from streams.app import create_app
-from streams.tables import create_tables
+from topology.settings import Settings
+from streams.runtime.app import create_app
+from streams.runtime.store import create_tables
 
 
 def test_tables_use_the_configured_rocksdb_memory(tmp_path):
@@ -24,8 +24,8 @@ def test_tables_use_the_configured_rocksdb_memory(tmp_path):
 
 def test_batches_load_through_a_bounded_write_through_cache(tmp_path):
     from streams.scoring import UserState
-    from streams import state as state_codec
-    from streams.tables import user_store
+    from streams import state_codec
+    from streams.runtime.store import user_store
 
     settings = replace(Settings(), data_dir=tmp_path, metrics_port=0)
     users_table, _ = create_tables(create_app(settings), settings)

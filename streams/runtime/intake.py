@@ -18,7 +18,7 @@ callback does besides delivering is kept: it waits while Faust holds the flow
 much is buffered (``Consumer.on_buffer_full``), resuming at half.
 
 Faust's acknowledgements are not used for these partitions: the offsets
-committed are the ones ``streams.progress.InputProgress`` vouches for, which
+committed are the ones ``streams.runtime.commits.InputProgress`` vouches for, which
 already sees every batch before it is applied.
 """
 
@@ -32,7 +32,7 @@ from typing import AsyncIterator, Callable
 import faust
 from faust.types import TP, Message
 
-from streams import delivery
+from streams.runtime import dispatch as delivery
 
 log = logging.getLogger(__name__)
 

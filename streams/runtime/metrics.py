@@ -57,7 +57,7 @@ EVENT_TO_SCORE_SECONDS = Histogram(
     buckets=(0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.15, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0),
 )
 
-# --- gauges refreshed by streams.monitoring every few seconds ------------------
+# --- gauges refreshed by streams.runtime.monitoring every few seconds ------------------
 CONSUMER_LAG = Gauge(
     "standing_consumer_lag_records",
     "Records on a partition this worker owns not yet committed by its group (end offset - committed offset).",

@@ -20,9 +20,9 @@ from typing import Callable, Generic, Iterator, TypeVar
 import faust
 from faust.types import TP
 
-from standing.settings import Settings
-from streams import state as state_codec
-from streams.output import Outgoing
+from topology.settings import Settings
+from streams import state_codec
+from streams.runtime.output import Outgoing
 from streams.scoring import PairState, UserState
 from topology.topics import PAIRS_TABLE, USERS_TABLE, changelog_topic
 

@@ -8,7 +8,7 @@ rebalance suspends the flow. Measured here that was the largest single cost
 left in table recovery (a quarter of the main thread) and a few percent of
 input intake.
 
-The worker's own callbacks (``streams.intake``, ``streams.restore``) never
+The worker's own callbacks (``streams.runtime.intake``, ``streams.runtime.recovery``) never
 wait once the flow is running: each has a synchronous ``take(message) ->
 bool`` attached with ``direct``. ``_drain_messages`` below is Faust's loop
 (faust-streaming 0.15.3, ``Consumer._drain_messages``) with one change: when

@@ -22,8 +22,8 @@ from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.client import AIOKafkaClient
 from aiokafka.protocol.group import LeaveGroupRequest
 
-from standing.settings import Settings
-from streams import metrics
+from topology.settings import Settings
+from streams.runtime import metrics
 
 log = logging.getLogger(__name__)
 

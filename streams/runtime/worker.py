@@ -11,16 +11,17 @@ import faust
 import uvloop
 from prometheus_client import start_http_server
 
-from standing import fetch_pacing, group_join
-from standing.settings import Settings
-from streams.agents import Scorer
-from streams import delivery
-from streams.api import install_api
-from streams.monitoring import install_monitoring
-from streams.reaper import install_reaper
-from streams.app import create_app
+from streams.runtime import fetch_pacing
+from streams.runtime import group_join
+from topology.settings import Settings
+from streams.runtime.agents import Scorer
+from streams.runtime import dispatch as delivery
+from streams.runtime.api import install_api
+from streams.runtime.monitoring import install_monitoring
+from streams.runtime.reaper import install_reaper
+from streams.runtime.app import create_app
 from streams.rules import Rules
-from topology.admin import TopologyError, ensure_topics, wait_for_broker
+from streams.runtime.admin import TopologyError, ensure_topics, wait_for_broker
 
 log = logging.getLogger("standing.worker")
 

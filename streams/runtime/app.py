@@ -1,16 +1,16 @@
-"""The Faust application: configuration only (agents live in ``streams.agents``).
+"""The Faust application: configuration only (agents live in ``streams.runtime.agents``).
 
 Faust is used for what it does well — consumer groups and rebalancing,
 RocksDB tables with changelog topics and their recovery, the web server —
 while the per-record work is done in batches by pure code
-(``streams.processor``), which is where the throughput comes from.
+(``streams.batch``), which is where the throughput comes from.
 """
 
 from __future__ import annotations
 
 import faust
 
-from standing.settings import Settings
+from topology.settings import Settings
 
 
 def create_app(settings: Settings) -> faust.App:
@@ -21,7 +21,7 @@ def create_app(settings: Settings) -> faust.App:
         store="rocksdb://",
         datadir=str(settings.data_dir),
         autodiscover=False,
-        # Every topic is created by topology.admin with its configs before the
+        # Every topic is created by streams.runtime.admin with its configs before the
         # worker starts; Faust must not create any with defaults of its own.
         topic_allow_declare=False,
         topic_disable_leader=True,

@@ -13,8 +13,8 @@ from pathlib import Path
 from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
 
-from streams import metrics
-from streams.agents import Scorer
+from streams.runtime import metrics
+from streams.runtime.agents import Scorer
 from topology import topics
 
 log = logging.getLogger(__name__)

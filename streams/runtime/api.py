@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from faust import web
 
-from streams.agents import Scorer
+from streams.runtime.agents import Scorer
 from streams.explain import explain
 from topology.routing import partition_for
 

@@ -19,7 +19,7 @@ updates) and read as the waiting ones are applied (``unqueue``).
 Offsets: a friend-updates record may be committed only when it is not kept
 unread and none of its updates is still waiting or being applied.
 ``held_from(partition)`` is the lowest offset that may not;
-``streams.progress.InputProgress`` never commits past it, so a worker that
+``streams.runtime.commits.InputProgress`` never commits past it, so a worker that
 crashes reads the held records again (receivers ignore what they already
 have). Partitions that move (a rebalance) are dropped with
 ``clear()``: their new owner reads from the committed offset.

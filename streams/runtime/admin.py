@@ -10,7 +10,7 @@ from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import KafkaConnectionError, KafkaError
 
-from standing.settings import Settings
+from topology.settings import Settings
 from topology.topics import TopicSpec, declared_topics
 
 

@@ -28,7 +28,8 @@ from typing import Callable, Iterable
 import faust
 from faust.types import TP, Message
 
-from streams import delivery, metrics
+from streams.runtime import dispatch as delivery
+from streams.runtime import metrics
 
 
 class _Restored:
@@ -114,7 +115,7 @@ def install(app: faust.App, restore: ChangelogRestore) -> None:
     """Route the changelog partitions of ``restore``'s tables through it.
 
     The restore's callback wraps the one Faust builds for the partition
-    (``streams.delivery.route``). Whenever Faust's recovery flushes its
+    (``streams.runtime.dispatch.route``). Whenever Faust's recovery flushes its
     buffers, what the restore holds is written first.
     """
     wrapped: list = []

@@ -1,15 +1,15 @@
 """The Faust agents: where events enter the worker and where scores leave it.
 
 Three agents. The two that score take their records in batches straight from
-Faust's consumer (``streams.intake``: Faust's per-event stream machinery was
+Faust's consumer (``streams.runtime.intake``: Faust's per-event stream machinery was
 the cap) and hand them, partition by partition, to the pure batch code of
-``streams.processor``:
+``streams.batch``:
 
 * ``friendships`` (pair-keyed) -> ``PairBatch`` -> LINK updates to both users;
 * ``purchases``, ``posts`` and ``friend-updates`` (user-keyed, co-partitioned)
   -> ``UserBatch`` -> estimates to friends and records on ``scores``; users'
   own events first, then a bounded slice of the friend updates waiting in
-  ``streams.pending_updates`` (their records stay uncommitted until applied);
+  ``streams.waiting`` (their records stay uncommitted until applied);
 * ``dead-letters`` -> counted in ``standing_dead_letters_total``.
 
 Every write of a batch is synchronous (no await between reading a state and
@@ -31,20 +31,20 @@ import faust
 from faust.types import Message
 
 from schemas import codec
-from standing.settings import Settings
+from topology.settings import Settings
 from streams import events as ev
 from streams import friend_updates
-from streams import intake
-from streams import restore
-from streams import metrics
-from streams.intake import InFlight, Intake
-from streams.output import Outgoing, Outputs
-from streams.pending_updates import PendingUpdates
-from streams.progress import InputProgress, install_commit_guard
-from streams.processor import EstimateOut, LinkOut, PairBatch, ScoreOut, UserBatch
+from streams.runtime import intake
+from streams.runtime import recovery as restore
+from streams.runtime import metrics
+from streams.runtime.intake import InFlight, Intake
+from streams.runtime.output import Outgoing, Outputs
+from streams.waiting import PendingUpdates
+from streams.runtime.commits import InputProgress, install_commit_guard
+from streams.batch import EstimateOut, LinkOut, PairBatch, ScoreOut, UserBatch
 from streams.rules import Rules
 from streams.scoring import contributions, network_part
-from streams.tables import create_tables, pair_store, user_store
+from streams.runtime.store import create_tables, pair_store, user_store
 from topology import topics
 from topology.routing import pair_key, partition_for
 

@@ -22,7 +22,7 @@ from typing import NamedTuple, Protocol
 
 from aiokafka import AIOKafkaProducer
 
-from standing.settings import Settings
+from topology.settings import Settings
 from topology.topics import MAX_RECORD_BYTES
 
 log = logging.getLogger(__name__)

@@ -45,8 +45,8 @@ from faust.types import Message
 from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
 
-from standing.settings import Settings
-from streams import metrics
+from topology.settings import Settings
+from streams.runtime import metrics
 
 log = logging.getLogger(__name__)
 

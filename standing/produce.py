@@ -20,10 +20,10 @@ from aiokafka import AIOKafkaProducer
 from aiokafka.errors import KafkaError
 
 from schemas import codec
-from standing.settings import Settings
+from topology.settings import Settings
 from streams import events as ev
 from topology import topics
-from topology.admin import TopologyError, ensure_topics
+from streams.runtime.admin import TopologyError, ensure_topics
 from topology.routing import partition_for
 from topology.topics import declared_topics
 
