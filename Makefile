@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install demo test test-unit test-integration bench clean
+.PHONY: install demo test test-fast test-integration bench clean
 
 install: $(STAMP)
 
@@ -19,8 +19,8 @@ demo: install
 test: install
 	$(BIN)/pytest -q tests
 
-test-unit: install
-	$(BIN)/pytest -q tests/unit
+test-fast: install
+	$(BIN)/pytest -q tests --ignore=tests/integration
 
 test-integration: install
 	$(BIN)/pytest -q tests/integration

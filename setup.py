@@ -1,11 +1,11 @@
 """Only the C part of the build; everything else is in pyproject.toml.
 
-streams/_state_codec.c is the users table's codec in C (streams/state.py says
+streams/_state_codec.c is the users table's codec in C (streams/state_codec.py says
 why). It assumes a little-endian host, like the columns it packs; elsewhere it
 is not built and the Python codec does the work. A failed build (no C
 compiler) does not stop the install either: the worker then logs a warning
 and runs about a fifth slower, and the test suite fails on it
-(tests/unit/test_state_codec_native.py), so CI cannot miss it.
+(tests/streams/test_state_codec_native.py), so CI cannot miss it.
 """
 
 import sys

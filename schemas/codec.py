@@ -43,32 +43,80 @@ def _without_logical_types(schema):
     return schema
 
 
-def _load() -> tuple[dict[int, tuple[str, dict]], dict[str, int], dict[str, dict]]:
-    """(id -> (name, parsed writer schema), name -> newest id, name -> newest .avsc as written)."""
+def _load() -> tuple[dict[int, tuple[str, dict]], dict[str, int], dict[str, dict], dict[str, list[tuple[int, dict]]]]:
+    """(id -> (name, parsed writer schema), name -> newest id, name -> newest .avsc as written,
+    name -> every (id, .avsc as written), oldest first)."""
     registry = json.loads((SCHEMA_DIR / "registry.json").read_text())
     by_id: dict[int, tuple[str, dict]] = {}
     newest: dict[str, int] = {}
     raw: dict[str, dict] = {}
-    for entry in registry["schemas"]:
+    versions: dict[str, list[tuple[int, dict]]] = {}
+    for entry in sorted(registry["schemas"], key=lambda entry: entry["id"]):
         schema = json.loads((SCHEMA_DIR / entry["file"]).read_text())
         parsed = parse_schema(_without_logical_types(copy.deepcopy(schema)), named_schemas={})
         by_id[entry["id"]] = (entry["name"], parsed)
+        versions.setdefault(entry["name"], []).append((entry["id"], schema))
         if entry["id"] > newest.get(entry["name"], 0):
             newest[entry["name"]] = entry["id"]
             raw[entry["name"]] = schema
-    return by_id, newest, raw
+    return by_id, newest, raw, versions
 
 
-_BY_ID, _NEWEST_ID, _RAW = _load()
+_BY_ID, _NEWEST_ID, _RAW, _VERSIONS = _load()
 #: name -> parsed schema of its newest id: what is written, and what every older id is read as.
 _WRITERS = {name: _BY_ID[id_][1] for name, id_ in _NEWEST_ID.items()}
 _HEADERS = {name: _HEADER.pack(MAGIC, id_) for name, id_ in _NEWEST_ID.items()}
 SCHEMA_NAMES = tuple(sorted(_NEWEST_ID))
 
 
+def register(name: str, schema: dict, id_: int) -> None:
+    """Add a schema that is not in registry.json (a test's own event type, an extension).
+
+    It becomes the newest version of ``name``: written from now on, and read
+    under ``id_``. An id already given to another schema is refused.
+    """
+    global SCHEMA_NAMES
+    known = _BY_ID.get(id_)
+    if known is not None and known[0] != name:
+        raise ValueError(f"schema id {id_} is already {known[0]!r}")
+    parsed = parse_schema(_without_logical_types(copy.deepcopy(schema)), named_schemas={})
+    _BY_ID[id_] = (name, parsed)
+    _NEWEST_ID[name] = id_
+    _RAW[name] = schema
+    if id_ not in [known_id for known_id, _ in _VERSIONS.get(name, [])]:
+        _VERSIONS.setdefault(name, []).append((id_, schema))
+    _WRITERS[name] = parsed
+    _HEADERS[name] = _HEADER.pack(MAGIC, id_)
+    SCHEMA_NAMES = tuple(sorted(_NEWEST_ID))
+
+
 def schema_id(name: str) -> int:
     """The id written for ``name`` (its newest registered version)."""
     return _NEWEST_ID[name]
+
+
+def unregister(name: str) -> None:
+    """Remove a schema added with ``register`` (every id of ``name`` that registry.json does not list)."""
+    global SCHEMA_NAMES
+    listed = {entry["id"] for entry in json.loads((SCHEMA_DIR / "registry.json").read_text())["schemas"]}
+    kept = [(id_, schema) for id_, schema in _VERSIONS.get(name, []) if id_ in listed]
+    for id_, _ in _VERSIONS.get(name, []):
+        if id_ not in listed:
+            del _BY_ID[id_]
+    if kept:
+        _VERSIONS[name] = kept
+        _NEWEST_ID[name], _RAW[name] = kept[-1]
+        _WRITERS[name] = _BY_ID[_NEWEST_ID[name]][1]
+        _HEADERS[name] = _HEADER.pack(MAGIC, _NEWEST_ID[name])
+    else:
+        for table in (_VERSIONS, _NEWEST_ID, _RAW, _WRITERS, _HEADERS):
+            table.pop(name, None)
+    SCHEMA_NAMES = tuple(sorted(_NEWEST_ID))
+
+
+def versions(name: str) -> list[tuple[int, dict]]:
+    """Every registered version of ``name``: (schema id, schema as written in its .avsc), oldest first."""
+    return list(_VERSIONS.get(name, ()))
 
 
 def parsed_schema(name: str) -> dict:

@@ -39,9 +39,10 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 
 from standing import processes
 from standing.broker import EmbeddedBroker
-from standing.control import backlog, wait_until_quiescent
+from standing.control import wait_until_quiescent
+from streams.runtime.lookups import backlog
 from standing.population import LiveSimulation, PopulationConfig, generate_events, power_law_edges
-from standing.produce import EventProducer
+from streams.runtime.producer import EventProducer
 from topology.settings import Settings
 from streams import events as ev
 from streams.runtime.store import closed_partition_entries
@@ -53,8 +54,8 @@ RESULTS_DIR = Path(__file__).resolve().parent.parent / "ops" / "bench" / "result
 PLAIN_FAUST_APP = textwrap.dedent(
     """
     import os, sys, faust
-    from standing import fetch_pacing  # the same client-side long poll as the scorer (noida-db answers empty fetches at once)
-    fetch_pacing.install(int(os.environ.get("STANDING_EMPTY_FETCH_PAUSE_MS", "10")))
+    from streams.runtime.embedded_broker import pace_empty_fetches  # the same client-side long poll as the scorer (noida-db answers empty fetches at once)
+    pace_empty_fetches(int(os.environ.get("STANDING_EMPTY_FETCH_PAUSE_MS", "10")))
     broker, datadir, group, total = sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4])
     app = faust.App(group, broker=f"kafka://{broker}", store="rocksdb://", datadir=datadir, topic_allow_declare=True,
                     topic_disable_leader=True, consumer_auto_offset_reset="earliest", web_enabled=False,
@@ -107,7 +108,7 @@ async def _preproduce(settings: Settings, config: PopulationConfig) -> int:
 
 async def _raw_aiokafka_loop(settings: Settings, total: int) -> float:
     """Consume every input record, keep a per-key sum in a dict, produce one record each."""
-    consumer = AIOKafkaConsumer(*topics.INPUT_TOPICS, bootstrap_servers=settings.bootstrap_servers, group_id="bench-raw",
+    consumer = AIOKafkaConsumer(*ev.CATALOG.topics(), bootstrap_servers=settings.bootstrap_servers, group_id="bench-raw",
                                 auto_offset_reset="earliest", enable_auto_commit=False, max_poll_records=5000)  # fmt: skip
     producer = AIOKafkaProducer(bootstrap_servers=settings.bootstrap_servers, linger_ms=5)
     await consumer.start()

@@ -309,12 +309,16 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     from standing.redaction import install_secret_redaction
+    from streams import runtime
+    from streams.runtime.patches import IncompatibleDependency
 
-    from streams.runtime import fetch_pacing
-
-    settings = Settings.from_env()
+    settings = _settings(args)
     install_secret_redaction(settings)
-    fetch_pacing.install(settings.empty_fetch_pause_ms)
+    try:
+        runtime.install(settings)
+    except IncompatibleDependency as error:
+        print(f"standing {args.command}: {error}", file=sys.stderr)
+        return 2
     try:
         return args.handler(args)
     except KeyboardInterrupt:

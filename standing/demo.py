@@ -16,17 +16,14 @@ from contextlib import ExitStack
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from aiokafka import AIOKafkaConsumer, TopicPartition
-
-from schemas import codec
 from standing import processes
 from standing.broker import EmbeddedBroker, port_is_open
 from standing.population import LiveSimulation, PopulationConfig
-from standing.produce import EventProducer
+from streams.runtime.producer import EventProducer
 from topology.settings import Settings
 from streams import events as ev
-from topology import topics
 from streams.runtime.admin import ensure_topics
+from streams.runtime.lookups import new_scores
 
 
 @dataclass
@@ -113,20 +110,8 @@ async def _live(settings: Settings, config: PopulationConfig, rate: float, secon
                     continue
 
     async def follow_scores() -> None:
-        consumer = AIOKafkaConsumer(bootstrap_servers=settings.bootstrap_servers, **settings.kafka_client_options())
-        await consumer.start()
-        try:
-            partitions = [TopicPartition(topics.SCORES, p) for p in range(settings.partitions)]
-            consumer.assign(partitions)
-            await consumer.seek_to_end(*partitions)
-            while not stop.is_set():
-                batches = await consumer.getmany(timeout_ms=500, max_records=5000)
-                for records in batches.values():
-                    for record in records:
-                        _, score = codec.decode(record.value, "score")
-                        movers.record(score["user_id"], score["score"])
-        finally:
-            await consumer.stop()
+        async for score in new_scores(settings, stop.is_set):
+            movers.record(score["user_id"], score["score"])
 
     async def report() -> None:
         started = time.monotonic()

@@ -59,14 +59,6 @@ class ReferenceResult:
     summary: ReferenceSummary
 
 
-def _subject(event: ev.Event) -> str | tuple[str, str]:
-    """What an event_id is unique within: its user, or the unordered pair of a friendship."""
-    if isinstance(event, ev.Friendship):
-        a, b = event.user_a, event.user_b
-        return (a, b) if a <= b else (b, a)
-    return event.user_id
-
-
 def _decode(line: str | bytes) -> str | None:
     """The text of a line, None for a blank one. Undecodable bytes are invalid JSON, as for `produce`."""
     if isinstance(line, bytes):
@@ -80,10 +72,15 @@ def _decode(line: str | bytes) -> str | None:
     return line if line.strip() else None
 
 
-def compute_reference(lines: Iterable[str | bytes], rules: Rules) -> ReferenceResult:
-    """Replay JSON Lines (text or raw bytes) in order and solve the fixed point."""
+def compute_reference(lines: Iterable[str | bytes], rules: Rules, catalog: ev.Catalog = ev.CATALOG) -> ReferenceResult:
+    """Replay JSON Lines (text or raw bytes) in order and solve the fixed point.
+
+    Each event type's effect (its declaration in ``streams.events``) says
+    what it does here: POINTS adds its points to its user's own part,
+    FRIENDSHIP sets or removes the pair's edge.
+    """
     summary = ReferenceSummary()
-    seen: set[tuple[str | tuple[str, str], str]] = set()
+    seen: set[tuple[str, str]] = set()
     own: dict[str, float] = {}
     edges: dict[tuple[str, str], float] = {}  # (smaller id, larger id) -> weight
     for line in lines:
@@ -91,26 +88,32 @@ def compute_reference(lines: Iterable[str | bytes], rules: Rules) -> ReferenceRe
             text = _decode(line)
             if text is None:
                 continue
-            event = ev.from_json_line(text)
+            event = catalog.from_json_line(text)
         except ev.Rejected as rejection:
             summary.rejected[rejection.reason] += 1
             continue
-        subject = _subject(event)
+        event_type = catalog.of(event)
+        subject = event_type.key(event)  # what an event_id is unique within: the user, or the pair
         if (subject, event.event_id) in seen:
             summary.duplicates += 1
             continue
         seen.add((subject, event.event_id))
         summary.accepted += 1
-        if isinstance(event, ev.Purchase):
-            own[event.user_id] = own.get(event.user_id, 0.0) + rules.purchase_points(event.category, event.amount)
-        elif isinstance(event, ev.Post):
-            own[event.user_id] = own.get(event.user_id, 0.0) + rules.post_points(event.labels)
-        elif event.action == "add":
-            edges[subject] = event.weight
-            own.setdefault(event.user_a, 0.0)
-            own.setdefault(event.user_b, 0.0)
+        if event_type.effect == ev.POINTS:
+            points = sum(value for _, value in event_type.points(event, rules))
+            user = event_type.key(event)
+            own[user] = own.get(user, 0.0) + points
+        elif event_type.effect == ev.FRIENDSHIP:
+            a, b = event.user_a, event.user_b
+            pair = (a, b) if a <= b else (b, a)
+            if event.action == "add":
+                edges[pair] = event.weight
+                own.setdefault(a, 0.0)
+                own.setdefault(b, 0.0)
+            else:
+                edges.pop(pair, None)  # removing what does not exist changes nothing
         else:
-            edges.pop(subject, None)  # removing what does not exist changes nothing
+            raise ValueError(f"the reference does not know the effect {event_type.effect!r} of {event_type.name!r} events")
     return ReferenceResult(solve(own, edges, rules.alpha), own, summary)
 
 

@@ -16,6 +16,7 @@ from dataclasses import replace
 from pathlib import Path
 
 from standing import control, processes
+from streams.runtime.lookups import group_has_members
 from standing.broker import EmbeddedBroker, port_is_open
 from standing.produce import produce_file
 from topology.settings import Settings
@@ -55,7 +56,7 @@ def replay(
         asyncio.run(ensure_topics(settings))
 
         metrics_port = settings.metrics_port
-        if not _group_has_members(settings):
+        if not asyncio.run(group_has_members(settings)):
             metrics_port = processes.free_port()
             worker_settings = replace(
                 settings, data_dir=workdir / "worker", metrics_port=metrics_port, web_port=processes.free_port()
@@ -91,18 +92,3 @@ def replay(
         summary_path.parent.mkdir(parents=True, exist_ok=True)
         summary_path.write_text(json.dumps(summary, indent=2) + "\n")
     return summary
-
-
-def _group_has_members(settings: Settings) -> bool:
-    async def check() -> bool:
-        from aiokafka.admin import AIOKafkaAdminClient
-
-        admin = AIOKafkaAdminClient(bootstrap_servers=settings.bootstrap_servers, **settings.kafka_client_options())
-        await admin.start()
-        try:
-            groups = await admin.describe_consumer_groups([settings.app_id])
-            return control.member_count(groups) > 0
-        finally:
-            await admin.close()
-
-    return asyncio.run(check())

@@ -1,5 +1,5 @@
 /*
- * The users table's codec in C: UserState <-> the bytes streams/state.py writes.
+ * The users table's codec in C: UserState <-> the bytes streams/state_codec.py writes.
  *
  * Why: reading and writing user states (Avro through fastavro, then building
  * a FriendEntry per friend) was the largest share of the worker's time, about
@@ -708,7 +708,7 @@ static PyMethodDef methods[] = {
 };
 
 static struct PyModuleDef module_def = {PyModuleDef_HEAD_INIT, "_state_codec",
-                                        "The users table's codec in C (see streams/state.py).", -1, methods,
+                                        "The users table's codec in C (see streams/state_codec.py).", -1, methods,
                                         NULL, NULL, NULL, NULL};
 
 PyMODINIT_FUNC PyInit__state_codec(void) {

@@ -1,9 +1,18 @@
-"""Where an event enters: the three input events and the rules they must follow.
+"""Where an event enters: one declaration per event type, and the rules every input must follow.
 
-Every input — a JSON line given to `standing produce`, or Avro bytes read from
-a topic by the worker — passes through ``validate`` here, so the producer's
-edge and the worker reject exactly the same things with the same reason codes
-(spec section 1). A rejected input raises ``Rejected(reason, detail)``.
+Each input event type is declared once (``EventType``): its name (the JSON
+``"type"`` and the Avro schema), its topic, its key, how its fields are
+validated, which lane applies it (the user's partition or the pair's), what
+effect it has and, for events that earn points, how the rules price it.
+Topics, the worker's subscriptions, decoding, the reference's dispatch,
+metrics labels and the commands all derive from ``CATALOG``; adding an event
+type is its ``.avsc``, its declaration here, its effect (``streams.batch``) if
+it needs a new one, and its tests.
+
+Every input -- a JSON line given to `standing produce`, or Avro bytes read
+from a topic by the worker -- passes through the same validation, so the
+producer's edge and the worker reject exactly the same things with the same
+reason codes (spec section 1). A rejected input raises ``Rejected(reason, detail)``.
 """
 
 from __future__ import annotations
@@ -11,10 +20,11 @@ from __future__ import annotations
 import json
 import math
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
+from typing import Any, Callable, Iterable, Mapping
 
 from schemas import codec
-from topology import topics
+from streams.rules import Rules
 from topology.routing import pair_key
 
 MAX_ID_LENGTH = 256
@@ -83,12 +93,8 @@ class Friendship:
 
 Event = Purchase | Post | Friendship
 
-_SCHEMA_OF_TYPE = {"purchase": "purchase", "post": "post", "friendship": "friendship"}
-_TYPE_OF_TOPIC = {topics.PURCHASES: "purchase", topics.POSTS: "post", topics.FRIENDSHIPS: "friendship"}
-_TOPIC_OF_CLASS = {Purchase: topics.PURCHASES, Post: topics.POSTS, Friendship: topics.FRIENDSHIPS}
 
-
-# --- field checks ------------------------------------------------------------------
+# --- field checks (for every event type's validate) -------------------------------
 
 # C0 and C1 control characters are what an id may not contain (the pair key's
 # separator is one of them). Lone surrogates (from JSON "\ud800" escapes) are
@@ -104,15 +110,15 @@ def _shown(value: object) -> str:
     return text if len(text) <= _SHOWN_CHARS else f"{text[:_SHOWN_CHARS]}... ({len(text)} characters)"
 
 
-def _field(obj: dict, name: str, kind: str):
+def required(obj: Mapping[str, Any], name: str, kind: str):
     value = obj.get(name)
     if value is None:
         raise Rejected("missing_field", f"a {kind} needs the field {name!r}; add it")
     return value
 
 
-def _id(obj: dict, name: str, kind: str) -> str:
-    value = _field(obj, name, kind)
+def id_field(obj: Mapping[str, Any], name: str, kind: str) -> str:
+    value = required(obj, name, kind)
     if value.__class__ is not str:
         raise Rejected("bad_field_type", f"{name} is {_shown(value)}; ids must be strings (quote it)")
     if not value:
@@ -127,11 +133,11 @@ def _id(obj: dict, name: str, kind: str) -> str:
     return value
 
 
-def _optional_id(obj: dict, name: str, kind: str) -> str | None:
-    return None if obj.get(name) is None else _id(obj, name, kind)
+def optional_id_field(obj: Mapping[str, Any], name: str, kind: str) -> str | None:
+    return None if obj.get(name) is None else id_field(obj, name, kind)
 
 
-def _text(value: object, name: str) -> str:
+def text_field(value: object, name: str) -> str:
     """A string that can be encoded (any content, but valid Unicode)."""
     if value.__class__ is not str:
         raise Rejected("bad_field_type", f"{name} is {_shown(value)}; it must be a string")
@@ -140,8 +146,8 @@ def _text(value: object, name: str) -> str:
     return value
 
 
-def _timestamp(obj: dict, kind: str) -> int:
-    value = _field(obj, "ts", kind)
+def timestamp_field(obj: Mapping[str, Any], kind: str) -> int:
+    value = required(obj, "ts", kind)
     if value.__class__ is not int or not 0 <= value <= MAX_TIMESTAMP:
         raise Rejected(
             "bad_timestamp",
@@ -150,9 +156,9 @@ def _timestamp(obj: dict, kind: str) -> int:
     return value
 
 
-def _number(obj: dict, name: str, kind: str, reason: str, rule: str) -> float:
+def number_field(obj: Mapping[str, Any], name: str, kind: str, reason: str, rule: str) -> float:
     """A finite float from an int or float (booleans are not numbers)."""
-    value = _field(obj, name, kind)
+    value = required(obj, name, kind)
     cls = value.__class__
     if cls is float:
         number = value
@@ -168,155 +174,245 @@ def _number(obj: dict, name: str, kind: str, reason: str, rule: str) -> float:
     return number
 
 
-# --- validation -------------------------------------------------------------------------
+# --- the event types ------------------------------------------------------------
+
+#: Lanes: whose partition applies an event. USER events are keyed by ``user_id``
+#: and applied with the friend updates of that user's partition; PAIR events are
+#: keyed by the unordered pair and applied in order on the pair's partition.
+USER, PAIR = "user", "pair"
+
+#: Effects an event can have (``streams.batch`` applies each; ``standing reference`` solves each).
+POINTS, FRIENDSHIP = "points", "friendship"
+
+
+@dataclass(frozen=True)
+class EventType:
+    """One kind of input event: everything topics, decoding, dispatch and metrics derive from."""
+
+    #: the JSON Lines ``"type"``, the Avro schema's name in schemas/registry.json, the metric label
+    name: str
+    #: the input topic producers publish it to
+    topic: str
+    #: the class of a validated event (a frozen dataclass whose fields are the schema's)
+    event: type
+    #: fields (JSON or Avro-decoded) -> event, or raises Rejected
+    validate: Callable[[Mapping[str, Any]], Any]
+    #: USER or PAIR
+    lane: str
+    #: the Kafka key of an event (its subject: de-duplication is scoped to it)
+    key: Callable[[Any], str]
+    #: POINTS or FRIENDSHIP
+    effect: str
+    #: for POINTS: the (reason code, points) an accepted event adds to its user's own part
+    points: Callable[[Any, Rules], list[tuple[str, float]]] | None = None
+
+    def __post_init__(self) -> None:
+        if self.lane not in (USER, PAIR):
+            raise ValueError(f"event type {self.name!r}: lane must be USER or PAIR, not {self.lane!r}")
+        if self.effect == POINTS and (self.points is None or self.lane != USER):
+            raise ValueError(f"event type {self.name!r}: a POINTS event needs points() and the USER lane")
+
+    def to_record(self, event) -> dict:
+        """The event's fields as the Avro record (tuples as lists)."""
+        return {f.name: _plain(getattr(event, f.name)) for f in fields(event)}
+
+
+def _plain(value):
+    return list(value) if isinstance(value, tuple) else value
 
 
 _AMOUNT_RULE = "purchases need a finite amount >= 0"
 _WEIGHT_RULE = "a friendship weight must be a finite number > 0 (omit it for 1.0)"
 
 
-def validate(event_type: str, obj: dict) -> Event:
-    """An Event from a dict of fields (JSON or Avro), or Rejected.
-
-    Fields are checked in schema order, so the first problem of a record is
-    the one reported.
-    """
-    if event_type == "purchase":
-        event_id = _id(obj, "event_id", "purchase")
-        ts = _timestamp(obj, "purchase")
-        user_id = _id(obj, "user_id", "purchase")
-        category = _text(_field(obj, "category", "purchase"), "category")
-        amount = _number(obj, "amount", "purchase", "bad_amount", _AMOUNT_RULE)
-        if amount < 0:
-            raise Rejected("bad_amount", f"amount is {amount!r}; {_AMOUNT_RULE}")
-        return Purchase(event_id, ts, user_id, category, amount, _optional_id(obj, "merchant_id", "purchase"))
-    if event_type == "post":
-        event_id = _id(obj, "event_id", "post")
-        ts = _timestamp(obj, "post")
-        user_id = _id(obj, "user_id", "post")
-        post_id = _id(obj, "post_id", "post")
-        labels = obj.get("labels")
-        if labels is None:
-            return Post(event_id, ts, user_id, post_id, ())
-        if labels.__class__ is not list and labels.__class__ is not tuple:
-            raise Rejected("bad_field_type", f"labels is {_shown(labels)}; it must be a list of strings (it may be empty)")
-        for label in labels:
-            _text(label, "a label")
-        return Post(event_id, ts, user_id, post_id, tuple(labels))
-    if event_type == "friendship":
-        event_id = _id(obj, "event_id", "friendship")
-        ts = _timestamp(obj, "friendship")
-        user_a = _id(obj, "user_a", "friendship")
-        user_b = _id(obj, "user_b", "friendship")
-        if user_a == user_b:
-            raise Rejected(
-                "self_friendship", f"user_a and user_b are both {_shown(user_a)}; a friendship needs two distinct users"
-            )
-        action = _field(obj, "action", "friendship")
-        if action != "add" and action != "remove":
-            reason = "unknown_action" if action.__class__ is str else "bad_field_type"
-            raise Rejected(reason, f"action is {_shown(action)}; it must be 'add' or 'remove'")
-        if obj.get("weight") is None:
-            return Friendship(event_id, ts, user_a, user_b, action, 1.0)
-        weight = _number(obj, "weight", "friendship", "bad_weight", _WEIGHT_RULE)
-        if weight <= 0:
-            raise Rejected("bad_weight", f"weight is {weight!r}; {_WEIGHT_RULE}")
-        return Friendship(event_id, ts, user_a, user_b, action, weight)
-    raise Rejected("unknown_type", f"type is {_shown(event_type)}; it must be 'purchase', 'post' or 'friendship'")
+def _validate_purchase(obj: Mapping[str, Any]) -> Purchase:
+    event_id = id_field(obj, "event_id", "purchase")
+    ts = timestamp_field(obj, "purchase")
+    user_id = id_field(obj, "user_id", "purchase")
+    category = text_field(required(obj, "category", "purchase"), "category")
+    amount = number_field(obj, "amount", "purchase", "bad_amount", _AMOUNT_RULE)
+    if amount < 0:
+        raise Rejected("bad_amount", f"amount is {amount!r}; {_AMOUNT_RULE}")
+    return Purchase(event_id, ts, user_id, category, amount, optional_id_field(obj, "merchant_id", "purchase"))
 
 
-def from_dict(obj: dict) -> Event:
-    """The JSON Lines form: the fields plus ``"type"``."""
-    if not isinstance(obj, dict):
-        raise Rejected("invalid_json", f"a line must hold a JSON object, not {type(obj).__name__}")
-    event_type = obj.get("type")
-    if event_type is None:
-        raise Rejected("missing_field", "every event needs a 'type': 'purchase', 'post' or 'friendship'")
-    if not isinstance(event_type, str):
-        raise Rejected("unknown_type", f"type is {_shown(event_type)}; it must be 'purchase', 'post' or 'friendship'")
-    return validate(event_type, obj)
+def _validate_post(obj: Mapping[str, Any]) -> Post:
+    event_id = id_field(obj, "event_id", "post")
+    ts = timestamp_field(obj, "post")
+    user_id = id_field(obj, "user_id", "post")
+    post_id = id_field(obj, "post_id", "post")
+    labels = obj.get("labels")
+    if labels is None:
+        return Post(event_id, ts, user_id, post_id, ())
+    if labels.__class__ is not list and labels.__class__ is not tuple:
+        raise Rejected("bad_field_type", f"labels is {_shown(labels)}; it must be a list of strings (it may be empty)")
+    for label in labels:
+        text_field(label, "a label")
+    return Post(event_id, ts, user_id, post_id, tuple(labels))
 
 
-def from_json_line(line: str) -> Event:
-    """One line of a JSON Lines file (the format of produce, replay and reference)."""
-    try:
-        obj = json.loads(line)
-    except (ValueError, RecursionError) as error:  # ValueError also covers ints past Python's digit limit
-        raise Rejected("invalid_json", f"not valid JSON ({_cut(str(error))}); each line must be one JSON object") from None
-    return from_dict(obj)
+def _validate_friendship(obj: Mapping[str, Any]) -> Friendship:
+    event_id = id_field(obj, "event_id", "friendship")
+    ts = timestamp_field(obj, "friendship")
+    user_a = id_field(obj, "user_a", "friendship")
+    user_b = id_field(obj, "user_b", "friendship")
+    if user_a == user_b:
+        raise Rejected("self_friendship", f"user_a and user_b are both {_shown(user_a)}; a friendship needs two distinct users")
+    action = required(obj, "action", "friendship")
+    if action != "add" and action != "remove":
+        reason = "unknown_action" if action.__class__ is str else "bad_field_type"
+        raise Rejected(reason, f"action is {_shown(action)}; it must be 'add' or 'remove'")
+    if obj.get("weight") is None:
+        return Friendship(event_id, ts, user_a, user_b, action, 1.0)
+    weight = number_field(obj, "weight", "friendship", "bad_weight", _WEIGHT_RULE)
+    if weight <= 0:
+        raise Rejected("bad_weight", f"weight is {weight!r}; {_WEIGHT_RULE}")
+    return Friendship(event_id, ts, user_a, user_b, action, weight)
+
+
+def _user_key(event) -> str:
+    return event.user_id
+
+
+PURCHASE = EventType(
+    name="purchase",
+    topic="purchases",
+    event=Purchase,
+    validate=_validate_purchase,
+    lane=USER,
+    key=_user_key,
+    effect=POINTS,
+    points=lambda event, rules: [(rules.purchase_reason(event.category), rules.purchase_points(event.category, event.amount))],
+)
+POST = EventType(
+    name="post",
+    topic="posts",
+    event=Post,
+    validate=_validate_post,
+    lane=USER,
+    key=_user_key,
+    effect=POINTS,
+    points=lambda event, rules: rules.post_contributions(event.labels),
+)
+FRIENDSHIP_TYPE = EventType(
+    name="friendship",
+    topic="friendships",
+    event=Friendship,
+    validate=_validate_friendship,
+    lane=PAIR,
+    key=lambda event: pair_key(event.user_a, event.user_b),
+    effect=FRIENDSHIP,
+)
+
+
+class Catalog:
+    """The event types a worker, a producer or the reference accept, by name, topic and class."""
+
+    def __init__(self, types: Iterable[EventType]) -> None:
+        self.types = tuple(types)
+        self.by_name = {t.name: t for t in self.types}
+        self.by_topic = {t.topic: t for t in self.types}
+        self.by_class = {t.event: t for t in self.types}
+        if not (len(self.by_name) == len(self.by_topic) == len(self.by_class) == len(self.types)):
+            raise ValueError("event types need distinct names, topics and classes")
+        self._names = ", ".join(repr(t.name) for t in self.types)
+
+    def with_types(self, *types: EventType) -> "Catalog":
+        """This catalog and more event types (an extension, or a test's own type)."""
+        return Catalog((*self.types, *types))
+
+    def topics(self, lane: str | None = None) -> tuple[str, ...]:
+        """The input topics, of one lane or all."""
+        return tuple(t.topic for t in self.types if lane is None or t.lane == lane)
+
+    def of(self, event) -> EventType:
+        return self.by_class[type(event)]
+
+    # --- in ----------------------------------------------------------------------
+
+    def validate(self, name: str, obj: Mapping[str, Any]):
+        """An event from a dict of fields (JSON or Avro) of type ``name``, or Rejected.
+
+        Fields are checked in schema order, so the first problem of a record
+        is the one reported.
+        """
+        event_type = self.by_name.get(name) if name.__class__ is str else None
+        if event_type is None:
+            raise Rejected("unknown_type", f"type is {_shown(name)}; it must be one of {self._names}")
+        return event_type.validate(obj)
+
+    def from_dict(self, obj) -> Any:
+        """The JSON Lines form: the fields plus ``"type"``."""
+        if not isinstance(obj, dict):
+            raise Rejected("invalid_json", f"a line must hold a JSON object, not {type(obj).__name__}")
+        event_type = obj.get("type")
+        if event_type is None:
+            raise Rejected("missing_field", f"every event needs a 'type': one of {self._names}")
+        return self.validate(event_type, obj)
+
+    def from_json_line(self, line: str):
+        """One line of a JSON Lines file (the format of produce, replay and reference)."""
+        try:
+            obj = json.loads(line)
+        except (ValueError, RecursionError) as error:  # ValueError also covers ints past Python's digit limit
+            raise Rejected("invalid_json", f"not valid JSON ({_cut(str(error))}); each line must be one JSON object") from None
+        return self.from_dict(obj)
+
+    def from_bytes(self, topic: str, data: bytes):
+        """Decode a record read from an input topic and validate it."""
+        event_type = self.by_topic.get(topic)
+        if event_type is None:
+            raise Rejected("unknown_type", f"topic {topic!r} is not an input topic")
+        try:
+            _, record = codec.decode(data, event_type.name)
+        except codec.DecodeError as error:
+            raise Rejected(error.reason, error.detail) from None
+        return event_type.validate(record)
+
+    # --- out ---------------------------------------------------------------------
+
+    def to_record(self, event) -> tuple[str, dict]:
+        """(schema name, Avro record) of an event."""
+        event_type = self.of(event)
+        return event_type.name, event_type.to_record(event)
+
+    def to_json_dict(self, event) -> dict:
+        """The JSON Lines form, with ``"type"`` (what ``from_dict`` reads)."""
+        name, record = self.to_record(event)
+        return {"type": name, **record}
+
+    def to_bytes(self, event) -> bytes:
+        return codec.encode(*self.to_record(event))
+
+    def topic_for(self, event) -> str:
+        return self.of(event).topic
+
+    def key_for(self, event) -> str:
+        """The Kafka key: user_id, or the unordered pair for friendships (the event's subject)."""
+        return self.of(event).key(event)
+
+
+#: The event types of the spec (section 1).
+CATALOG = Catalog([PURCHASE, POST, FRIENDSHIP_TYPE])
+
+# Shorthands over CATALOG, for callers that take the spec's events.
+validate = CATALOG.validate
+from_dict = CATALOG.from_dict
+from_json_line = CATALOG.from_json_line
+from_bytes = CATALOG.from_bytes
+to_record = CATALOG.to_record
+to_json_dict = CATALOG.to_json_dict
+to_bytes = CATALOG.to_bytes
+topic_for = CATALOG.topic_for
+key_for = CATALOG.key_for
+#: What de-duplication is scoped to (the same as the key).
+subject = CATALOG.key_for
+
+
+def from_record(schema_name: str, record: dict):
+    """An Avro-decoded record of one of the catalog's schemas."""
+    return validate(schema_name, record)
 
 
 def _cut(text: str) -> str:
     return text if len(text) <= 200 else text[:200] + "..."
-
-
-def from_record(schema_name: str, record: dict) -> Event:
-    """An Avro-decoded record of schema ``purchase``, ``post`` or ``friendship``."""
-    return validate(schema_name, record)
-
-
-def from_bytes(topic: str, data: bytes) -> Event:
-    """Decode a record read from an input topic and validate it."""
-    event_type = _TYPE_OF_TOPIC.get(topic)
-    if event_type is None:
-        raise Rejected("unknown_type", f"topic {topic!r} is not an input topic")
-    try:
-        _, record = codec.decode(data, _SCHEMA_OF_TYPE[event_type])
-    except codec.DecodeError as error:
-        raise Rejected(error.reason, error.detail) from None
-    return validate(event_type, record)
-
-
-def to_json_dict(event: Event) -> dict:
-    """The JSON Lines form, with ``"type"`` (what ``from_dict`` reads)."""
-    name, record = to_record(event)
-    return {"type": name, **record}
-
-
-def to_record(event: Event) -> tuple[str, dict]:
-    """(schema name, Avro record) of an event."""
-    if isinstance(event, Purchase):
-        return "purchase", {
-            "event_id": event.event_id,
-            "ts": event.ts,
-            "user_id": event.user_id,
-            "category": event.category,
-            "amount": event.amount,
-            "merchant_id": event.merchant_id,
-        }
-    if isinstance(event, Post):
-        return "post", {
-            "event_id": event.event_id,
-            "ts": event.ts,
-            "user_id": event.user_id,
-            "post_id": event.post_id,
-            "labels": list(event.labels),
-        }
-    return "friendship", {
-        "event_id": event.event_id,
-        "ts": event.ts,
-        "user_a": event.user_a,
-        "user_b": event.user_b,
-        "action": event.action,
-        "weight": event.weight,
-    }
-
-
-def to_bytes(event: Event) -> bytes:
-    return codec.encode(*to_record(event))
-
-
-def topic_for(event: Event) -> str:
-    return _TOPIC_OF_CLASS[type(event)]
-
-
-def key_for(event: Event) -> str:
-    """The Kafka key: user_id, or the unordered pair for friendships."""
-    if isinstance(event, Friendship):
-        return pair_key(event.user_a, event.user_b)
-    return event.user_id
-
-
-def subject(event: Event) -> str:
-    """What de-duplication is scoped to (the same as the key)."""
-    return key_for(event)

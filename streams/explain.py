@@ -14,7 +14,8 @@ credit-bureau notice.
 from __future__ import annotations
 
 from streams.rules import Rules
-from streams.scoring import UserState, network_part
+from streams.scoring import network_part
+from streams.state import UserState
 
 MAX_REASONS = 4
 

@@ -20,7 +20,7 @@ import logging
 
 from schemas import codec
 from schemas.columns import Columns, column, int_column
-from streams.scoring import FriendEntry, PairState, UserState
+from streams.state import FriendEntry, PairState, UserState
 
 log = logging.getLogger(__name__)
 

@@ -39,7 +39,7 @@ Receivers = dict[str, dict[str, Waiting]]
 
 
 class Taken:
-    """Updates handed to a batch; ``PendingUpdates.release`` them once it is delivered."""
+    """Updates handed to a batch; ``WaitingUpdates.release`` them once it is delivered."""
 
     __slots__ = ("generation", "offsets", "updates", "receivers")
 
@@ -51,7 +51,7 @@ class Taken:
         self.receivers = 0
 
 
-class PendingUpdates:
+class WaitingUpdates:
     """Per user partition and kind: receivers in arrival order, each with its newest waiting updates.
 
     Links (a friendship added, re-weighted or removed) are a user's own

@@ -64,10 +64,10 @@ class Settings:
     #: directory (two workers never share a data directory). Give each replica
     #: of a deployment its own (a StatefulSet pod name, for instance).
     worker_id: str = ""
-    #: Remove group members whose worker stopped answering (see
-    #: streams/reaper.py): a workaround for brokers that never expire dead
-    #: members (noida-db 0.2.3). None = only when the broker is on loopback.
-    reap_dead_members: bool | None = None
+    #: Work around the embedded broker (noida-db 0.2.3): pace empty fetches,
+    #: remove dead group members (streams/runtime/embedded_broker.py says
+    #: why). None ("auto") = on for a broker on loopback, off for any other.
+    embedded_broker_workarounds: bool | None = None
     #: Faust web server (query API) bind address and port.
     web_host: str = "127.0.0.1"
     web_port: int = 6066
@@ -77,7 +77,7 @@ class Settings:
     commit_interval: float = 0.5
     #: Seconds without heartbeats before a worker counts as dead and its partitions move.
     session_timeout: float = 10.0
-    #: Largest number of records processed as one batch (streams/intake.py
+    #: Largest number of records processed as one batch (streams/runtime/intake.py
     #: buffers up to four). Each batch waits for two rounds of
     #: acknowledgements (states, then what they caused); bigger batches
     #: coalesce more and wait less often. 10k users / 100k events here: 8000
@@ -91,7 +91,7 @@ class Settings:
     #: Time a batch gives to friend updates (propagation) after its users'
     #: own events, milliseconds, and at least this share of the time those
     #: events took. Updates that do not fit wait, coalesced latest-wins, for
-    #: the next batch (streams/pending_updates.py), so an own event is never
+    #: the next batch (streams/waiting.py), so an own event is never
     #: queued behind a propagation wave. 10k users at 4k events/s: a slice of
     #: 40 ms and share 1 gave event-to-score p50 213 ms, p99 840 ms; 10 ms
     #: and 0.25 gave 73-92 ms and 242-439 ms.
@@ -106,7 +106,8 @@ class Settings:
     #: more time above the limit instead stalled own events for tens of seconds.
     waiting_updates_limit: int = 1_000_000
     #: After an empty fetch, wait this long before fetching from that broker
-    #: again (standing/fetch_pacing.py: noida-db does not long-poll); 0 = off.
+    #: again, while the embedded broker's workarounds are on
+    #: (streams/runtime/embedded_broker.py: noida-db does not long-poll); 0 = off.
     empty_fetch_pause_ms: int = 10
     #: "uvloop" or "asyncio". uvloop, 10k users / 100k events, two runs each:
     #: +9-11% events/s, recovery 32 s instead of 36-37 s (Faust's per-record
@@ -128,7 +129,7 @@ class Settings:
     rocksdb_block_cache_mb: int = 8
     #: How table files are compressed: "zstd" (with a 16 KiB dictionary per
     #: file, trained on its own records), "lz4", "snappy" (RocksDB's default)
-    #: or "none" (streams/tables.py). Measured on 20k users / 112k pairs,
+    #: or "none" (streams/runtime/store.py). Measured on 20k users / 112k pairs,
     #: compacted: user states 377 B on disk with snappy, 321 with zstd, 270
     #: with zstd and a dictionary (encoded: 565); pairs 37, 27, 25 (encoded:
     #: 66). States of different users share most of their shape (schema
@@ -139,12 +140,12 @@ class Settings:
     #: its states, so the files waiting are mostly superseded versions.
     rocksdb_level0_compaction_trigger: int = 4
     #: Decoded user and pair states kept in memory between batches, per table
-    #: (streams/tables.py). Off by default: +9% events/s for +100 MB RSS at
+    #: (streams/runtime/store.py). Off by default: +9% events/s for +100 MB RSS at
     #: 10k users / 100k events with the Python codec; with the C codec
     #: (decoding a typical state takes ~4 us) 2,000 entries gave no gain
     #: (8.0k events/s against 9.2k, within this machine's noise). The
     #: empty-data-dir restart failures once seen with it on matched the
-    #: consumer race streams/progress.py now guards against (those tests also
+    #: consumer race streams/runtime/commits.py now guards against (those tests also
     #: hung without it, 1 run in 8).
     state_cache_entries: int = 0
     #: Per-subject de-duplication memory: event ids younger than this (event time) are kept.
@@ -171,7 +172,7 @@ class Settings:
             partitions=_env_int("STANDING_PARTITIONS", base.partitions),
             app_id=env.get("STANDING_APP_ID") or base.app_id,
             worker_id=env.get("STANDING_WORKER_ID") or "",
-            reap_dead_members=_env_bool("STANDING_REAP_DEAD_MEMBERS"),
+            embedded_broker_workarounds=_env_bool("STANDING_EMBEDDED_BROKER_WORKAROUNDS"),
             batch_size=_env_int("STANDING_BATCH_SIZE", base.batch_size),
             batch_wait=_env_int("STANDING_BATCH_WAIT_MS", int(base.batch_wait * 1000)) / 1000.0,
             rocksdb_write_buffer_mb=_env_int("STANDING_ROCKSDB_WRITE_BUFFER_MB", base.rocksdb_write_buffer_mb),

@@ -1,22 +1,19 @@
-"""The one declaration of every Kafka topic Standing reads or writes.
+"""The topics Standing keeps for itself, and the settings of every topic.
 
-Creation (``streams.runtime.admin``), the Faust app (``streams.runtime.app``), the producers
-and ``docker-compose.yml``'s topic creator all take names and settings from
-here, so partition counts cannot drift apart (Faust raises PartitionsMismatch
-when co-partitioned topics disagree).
+Input topics are named by their event types (``streams.events.CATALOG``);
+``declared_topics`` takes them from there and adds the internal ones, so
+creation (``streams.runtime.admin``), the worker and ``docker-compose.yml``'s
+topic creator (``standing topics``) use one list and partition counts cannot
+drift apart (Faust raises PartitionsMismatch when co-partitioned topics
+disagree).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Iterable
 
 from topology.settings import Settings
-
-# Input topics: producers publish here.
-PURCHASES = "purchases"
-POSTS = "posts"
-FRIENDSHIPS = "friendships"
-INPUT_TOPICS = (PURCHASES, POSTS, FRIENDSHIPS)
 
 # Internal: link changes and friend estimates, batched per receiving partition.
 FRIEND_UPDATES = "friend-updates"
@@ -62,13 +59,11 @@ class TopicSpec:
         return configs
 
 
-def declared_topics(settings: Settings) -> list[TopicSpec]:
-    """Every topic, with its partitions and configs, for these settings."""
+def declared_topics(settings: Settings, input_topics: Iterable[str]) -> list[TopicSpec]:
+    """Every topic, with its partitions and configs: the event types' ``input_topics`` and Standing's own."""
     n = settings.partitions
     return [
-        TopicSpec(PURCHASES, n, doc="purchase events, keyed by user_id"),
-        TopicSpec(POSTS, n, doc="post events, keyed by user_id"),
-        TopicSpec(FRIENDSHIPS, n, doc="friendship events, keyed by the unordered pair"),
+        *(TopicSpec(name, n, doc="input events (streams/events.py declares their type and key)") for name in input_topics),
         TopicSpec(
             FRIEND_UPDATES,
             n,

@@ -11,6 +11,7 @@ from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import KafkaConnectionError, KafkaError
 
 from topology.settings import Settings
+from streams.events import CATALOG, Catalog
 from topology.topics import TopicSpec, declared_topics
 
 
@@ -44,14 +45,19 @@ async def wait_for_broker(settings: Settings, timeout: float = 30.0, *, log: Cal
         delay = min(delay * 2, 2.0)
 
 
+def all_topics(settings: Settings, catalog: Catalog = CATALOG) -> list[TopicSpec]:
+    """Every topic Standing uses: its event types' and its own (topology/topics.py)."""
+    return declared_topics(settings, catalog.topics())
+
+
 async def ensure_topics(settings: Settings, specs: list[TopicSpec] | None = None) -> list[str]:
-    """Create the declared topics that are missing; returns the names created.
+    """Create the declared topics that are missing, all of them at once; returns the names created.
 
     An existing topic with another partition count is an error, not something
     to paper over: co-partitioned topics must agree or keys land on the wrong
     worker.
     """
-    specs = specs if specs is not None else declared_topics(settings)
+    specs = specs if specs is not None else all_topics(settings)
     admin = AIOKafkaAdminClient(bootstrap_servers=settings.bootstrap_servers, **settings.kafka_client_options())
     try:
         await admin.start()

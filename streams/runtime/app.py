@@ -35,7 +35,7 @@ def create_app(settings: Settings) -> faust.App:
         # Static membership: a restarted worker reclaims its own partitions.
         consumer_group_instance_id=settings.group_instance_id,
         # Names the metrics port, whose server (a thread started before Faust)
-        # answers as long as the process lives: peers probe it (streams/reaper.py).
+        # answers as long as the process lives: peers probe it (streams/runtime/embedded_broker.py).
         broker_client_id=f"standing-metrics-{settings.metrics_port}",
         broker_heartbeat_interval=max(0.5, settings.session_timeout / 10),
         producer_acks=-1,

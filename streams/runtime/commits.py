@@ -20,7 +20,7 @@ So the agents do not trust Faust's acknowledgements for the input topics:
   of the batch, and after the batch the partition is sought back to the
   first missing offset, so it is read again in order.
 * ``done`` moves the next offsets once the batch's outputs are acknowledged.
-* ``install_commit_guard`` makes Faust commit exactly those offsets for the
+* the commit guard (``PATCHES``) makes Faust commit exactly those offsets for the
   partitions tracked here (its own bookkeeping still serves every other
   partition), so a commit never passes a record that was not processed.
   Whether an offset still needs committing is judged against the offsets the
@@ -47,6 +47,7 @@ from aiokafka.admin import AIOKafkaAdminClient
 
 from topology.settings import Settings
 from streams.runtime import metrics
+from streams.runtime.patches import Patch
 
 log = logging.getLogger(__name__)
 
@@ -82,6 +83,7 @@ class InputProgress:
         self._reader: AIOKafkaConsumer | None = None
         self._lookup_lock = asyncio.Lock()
         self._held_from = None
+        app.standing_progress = self  # what the commit guard reads (the commit guard, PATCHES)
 
     # --- bookkeeping --------------------------------------------------------
 
@@ -94,7 +96,7 @@ class InputProgress:
     def hold_back(self, held_from) -> None:
         """Never commit a partition past ``held_from(tp)`` (an offset, or None for no limit).
 
-        Records read but with work still waiting (streams/pending_updates.py)
+        Records read but with work still waiting (streams/waiting.py)
         must be read again after a crash.
         """
         self._held_from = held_from
@@ -127,7 +129,7 @@ class InputProgress:
                 self._confirmed[tp] = offset
 
     def tracked(self) -> list:
-        """The partitions whose offsets are kept here (Faust commits them: ``install_commit_guard``)."""
+        """The partitions whose offsets are kept here (Faust commits them: the commit guard)."""
         return list(self._next)
 
     # --- per batch ----------------------------------------------------------
@@ -225,7 +227,7 @@ class InputProgress:
     async def committed_offsets(self) -> dict[tuple[str, int], int]:
         """The group's committed offsets, (topic, partition) -> offset; partitions without one are absent.
 
-        For the recovery scan (streams/agents.py): it finds the states changed
+        For the re-send (streams/runtime/resend.py): it finds the states changed
         by uncommitted records. Waits for the broker like the guard does.
         """
         return await self._asking(self._committed)
@@ -278,74 +280,98 @@ async def _quietly(closing) -> None:
         pass
 
 
-def install_commit_guard() -> None:
-    """Make Faust commit, for the partitions ``InputProgress`` tracks, its offsets.
+# --- the commit guard: Faust commits, for the partitions InputProgress tracks, its offsets ---
+#
+# Faust computes a partition's commit offset from the acknowledgements and the
+# "gaps" it recorded (``Consumer._new_offset``). For a tracked partition the
+# offset is the one ``InputProgress`` vouches for instead, and the
+# acknowledgements below it are dropped so Faust's list stays short; it is
+# committed unless the broker already accepted it (``InputProgress.confirm``,
+# fed from the commits that succeeded), since Faust's ``_committed_offset``
+# also holds the offsets of failed commits. The app carries its tracker as
+# ``app.standing_progress``.
 
-    Faust computes a partition's commit offset from the acknowledgements and
-    the "gaps" it recorded (``Consumer._new_offset``). For a tracked
-    partition the offset is the one ``InputProgress`` vouches for instead,
-    and the acknowledgements below it are dropped so Faust's list stays
-    short; it is committed unless the broker already accepted it
-    (``InputProgress.confirm``, fed from the commits that succeeded), since
-    Faust's ``_committed_offset`` also holds the offsets of failed commits.
-    The app carries its tracker as ``app.standing_progress``.
-    """
-    from faust.transport.consumer import Consumer
 
-    if getattr(Consumer, "_standing_commit_guard", False):
-        return
-    original = Consumer._new_offset
+def _new_offset(self, tp):
+    progress = getattr(self.app, "standing_progress", None)
+    verified = progress.committable(tp) if progress is not None else None
+    if verified is None:
+        return NEW_OFFSET.original(self, tp)
+    acked = self._acked[tp]
+    if acked:
+        below = [offset for offset in acked if offset < verified]
+        if below:
+            self._acked_index[tp].difference_update(below)
+            acked[:] = [offset for offset in acked if offset >= verified]
+    return verified if progress.needs_commit(tp, verified) else None
 
-    def _new_offset(self, tp):
-        progress = getattr(self.app, "standing_progress", None)
-        verified = progress.committable(tp) if progress is not None else None
-        if verified is None:
-            return original(self, tp)
-        acked = self._acked[tp]
-        if acked:
-            below = [offset for offset in acked if offset < verified]
-            if below:
-                self._acked_index[tp].difference_update(below)
-                acked[:] = [offset for offset in acked if offset >= verified]
-        return verified if progress.needs_commit(tp, verified) else None
 
-    original_should_commit = Consumer._should_commit
+def _should_commit(self, tp, offset):
+    progress = getattr(self.app, "standing_progress", None)
+    if progress is not None and progress.committable(tp) is not None:
+        return True  # _new_offset above decided, against what the broker accepted
+    return SHOULD_COMMIT.original(self, tp, offset)
 
-    def _should_commit(self, tp, offset):
-        progress = getattr(self.app, "standing_progress", None)
-        if progress is not None and progress.committable(tp) is not None:
-            return True  # _new_offset above decided, against what the broker accepted
-        return original_should_commit(self, tp, offset)
 
-    original_commit_offsets = Consumer._commit_offsets
+async def _commit_offsets(self, offsets, start_new_transaction: bool = True):
+    progress = getattr(self.app, "standing_progress", None)
+    if progress is None:
+        return await COMMIT_OFFSETS.original(self, offsets, start_new_transaction)
+    generation = progress.generation
+    assigned = self.assignment()
+    did_commit = await COMMIT_OFFSETS.original(self, offsets, start_new_transaction)
+    if did_commit:  # Faust records the offsets as committed either way
+        progress.confirm({tp: offset for tp, offset in offsets.items() if tp in assigned}, generation)
+    return did_commit
 
-    async def _commit_offsets(self, offsets, start_new_transaction: bool = True):
-        progress = getattr(self.app, "standing_progress", None)
-        if progress is None:
-            return await original_commit_offsets(self, offsets, start_new_transaction)
-        generation = progress.generation
-        assigned = self.assignment()
-        did_commit = await original_commit_offsets(self, offsets, start_new_transaction)
-        if did_commit:  # Faust records the offsets as committed either way
-            progress.confirm({tp: offset for tp, offset in offsets.items() if tp in assigned}, generation)
-        return did_commit
 
-    original_pending = Consumer._filter_tps_with_pending_acks
-
-    def _filter_tps_with_pending_acks(self, topics=None):
-        # Faust looks for partitions to commit among those it saw acknowledged;
-        # the intake (streams/intake.py) acknowledges nothing to Faust.
-        listed = set()
-        for tp in original_pending(self, topics):
-            listed.add(tp)
+def _filter_tps_with_pending_acks(self, topics=None):
+    # Faust looks for partitions to commit among those it saw acknowledged;
+    # the intake (streams/runtime/intake.py) acknowledges nothing to Faust.
+    listed = set()
+    for tp in PENDING_ACKS.original(self, topics):
+        listed.add(tp)
+        yield tp
+    progress = getattr(self.app, "standing_progress", None)
+    for tp in progress.tracked() if progress is not None else ():
+        if tp not in listed and (topics is None or tp in topics or tp.topic in topics):
             yield tp
-        progress = getattr(self.app, "standing_progress", None)
-        for tp in progress.tracked() if progress is not None else ():
-            if tp not in listed and (topics is None or tp in topics or tp.topic in topics):
-                yield tp
 
-    Consumer._new_offset = _new_offset
-    Consumer._should_commit = _should_commit
-    Consumer._commit_offsets = _commit_offsets
-    Consumer._filter_tps_with_pending_acks = _filter_tps_with_pending_acks
-    Consumer._standing_commit_guard = True
+
+_GUARD_TEST = "tests/streams/runtime/test_commits.py"
+NEW_OFFSET = Patch(
+    target="faust.transport.consumer:Consumer._new_offset",
+    sha256="1d2c7ea89a7ad4f1a216c1d51936e569162cd66bd56f889e13fd29c910b58eb0",
+    why="Faust's offset from acknowledgements and gaps can pass records it skipped around a rebalance "
+    "(faust-streaming #216, #221, #312, #606); a tracked partition commits the offset InputProgress vouches for",
+    shown_by=_GUARD_TEST,
+    replacement=_new_offset,
+    where="streams/runtime/commits.py",
+)
+SHOULD_COMMIT = Patch(
+    target="faust.transport.consumer:Consumer._should_commit",
+    sha256="5ce941793947ad42b5c4298765d32f8fcbb8dd74b4385a50ab4b466fb651781c",
+    why="it compares with Faust's record of commits, which keeps the offsets of failed commits too; "
+    "for a tracked partition _new_offset has decided against what the broker accepted",
+    shown_by=_GUARD_TEST,
+    replacement=_should_commit,
+    where="streams/runtime/commits.py",
+)
+COMMIT_OFFSETS = Patch(
+    target="faust.transport.consumer:Consumer._commit_offsets",
+    sha256="1a6979904118844111259d182ca1c6e92ccc16364ccbe55c58e59d6e254a7adb",
+    why="only a commit the broker accepted, begun in the current assignment, may count as committed "
+    "(a failed one left purchases[0] uncommitted for good in CI)",
+    shown_by=_GUARD_TEST,
+    replacement=_commit_offsets,
+    where="streams/runtime/commits.py",
+)
+PENDING_ACKS = Patch(
+    target="faust.transport.consumer:Consumer._filter_tps_with_pending_acks",
+    sha256="f6f9239774234e7e230eee7c40c686421a66302be95e59c59a9109c2bba5fbd6",
+    why="Faust looks for partitions to commit among those it saw acknowledged, and the intake acknowledges nothing to it",
+    shown_by=_GUARD_TEST,
+    replacement=_filter_tps_with_pending_acks,
+    where="streams/runtime/commits.py",
+)
+PATCHES = [NEW_OFFSET, SHOULD_COMMIT, COMMIT_OFFSETS, PENDING_ACKS]

@@ -1,4 +1,4 @@
-"""How fetched records reach the callbacks: without a task per record when they cannot wait.
+"""Dispatch: how fetched records reach the callbacks, without a task per record when they cannot wait.
 
 Faust's consumer hands every fetched record to the callback the conductor
 built for its partition through ``Service.wait_first(callback(message),
@@ -21,16 +21,12 @@ before.
 from __future__ import annotations
 
 import asyncio
-from typing import Any, Callable, Iterable, cast
+from typing import Any, Callable, Iterable
 
-from faust.transport import consumer as _consumer
 from faust.transport.consumer import CONSUMER_FETCHING
 from faust.types import TP, Message
 
-_original = _consumer.Consumer._drain_messages
-#: sha256 of the source of the Faust function ``_drain_messages`` below copies;
-#: a test fails when an upgraded Faust changes it, so the copy is looked at again.
-COPIED_FROM_SHA256 = "44a2500309e83c630493f6828af50166ec8d96a0b3e4fb2bab735f704ae93417"
+from streams.runtime.patches import Patch
 
 Take = Callable[[Message], bool]
 
@@ -154,10 +150,20 @@ async def _drain_messages(self, fetcher) -> None:  # pragma: no cover - exercise
         unset_flag(flag_consumer_fetching)
 
 
-def install() -> None:
-    """Use the loop above in every Faust consumer of this process."""
-    cast(Any, _consumer.Consumer)._drain_messages = _drain_messages
-
-
-def uninstall() -> None:
-    cast(Any, _consumer.Consumer)._drain_messages = _original
+DRAIN_MESSAGES = Patch(
+    target="faust.transport.consumer:Consumer._drain_messages",
+    sha256="44a2500309e83c630493f6828af50166ec8d96a0b3e4fb2bab735f704ae93417",
+    why="Faust hands every fetched record to its callback through four futures, two tasks and an asyncio.wait "
+    "(a quarter of table recovery's main thread); the copy gives a record to a callback's synchronous take()",
+    shown_by="tests/streams/runtime/test_dispatch.py",
+    replacement=_drain_messages,
+    where="streams/runtime/dispatch.py (a copy of the upstream loop with one change)",
+)
+BUILD_HANDLER = Patch(
+    target="faust.transport.conductor:Conductor._build_handler",
+    sha256="5c071d1277988c57e4bb62e25551981babd67d6544d85db9b14bdb0d8aa1b56d",
+    why="the callbacks of the intake's and the bulk recovery's partitions must be Standing's, not Faust's streams'",
+    shown_by="tests/streams/runtime/test_dispatch.py",
+    where="streams/runtime/dispatch.py: route() wraps it on each app's conductor",
+)
+PATCHES = [DRAIN_MESSAGES, BUILD_HANDLER]

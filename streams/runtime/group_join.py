@@ -11,7 +11,7 @@ heartbeats or rejoins again, and the worker runs on owning nothing: seen
 here when a second worker joined (``test_two_workers_share_a_replay_and_one_is_killed``
 waited 300 s for a worker whose group membership had died).
 
-``install`` makes such a SyncGroup count as a failed one: the member asks to
+``SYNC_GROUP`` makes such a SyncGroup count as a failed one: the member asks to
 rejoin, and aiokafka joins again after its retry back-off, as it does for a
 SyncGroup that answers "rebalance in progress". The next generation's
 leader sees this member and assigns it partitions.
@@ -28,18 +28,16 @@ import asyncio
 import logging
 from typing import Callable
 
-from aiokafka.consumer import group_coordinator as _coordinator
+from streams.runtime.patches import Patch
 
 log = logging.getLogger(__name__)
 
-_original = _coordinator.CoordinatorGroupRebalance._send_sync_group_request
-_original_routine = _coordinator.GroupCoordinator._coordination_routine
 #: called (in the consumer's thread) with the exception that ended a coordination task
 _membership_lost: Callable[[BaseException], None] | None = None
 
 
 async def _sync_group_or_rejoin(self, request):
-    assignment = await _original(self, request)
+    assignment = await SYNC_GROUP.original(self, request)
     if assignment is not None and len(assignment) == 0:
         log.warning(
             "group %s: the coordinator gave this member no assignment in generation %s "
@@ -54,7 +52,7 @@ async def _sync_group_or_rejoin(self, request):
 
 async def _coordination_routine_reporting_its_end(self):
     try:
-        await _original_routine(self)
+        await COORDINATION_ROUTINE.original(self)
     except asyncio.CancelledError:
         raise
     except Exception as error:  # aiokafka has logged it; the task ends here for good
@@ -63,20 +61,28 @@ async def _coordination_routine_reporting_its_end(self):
         raise
 
 
-def install() -> None:
-    """For every aiokafka consumer of this process created from now on: retry a join that assigned
-    this member nothing, and report a coordination task that ended (``on_membership_lost``)."""
-    _coordinator.CoordinatorGroupRebalance._send_sync_group_request = _sync_group_or_rejoin
-    _coordinator.GroupCoordinator._coordination_routine = _coordination_routine_reporting_its_end
+SYNC_GROUP = Patch(
+    target="aiokafka.consumer.group_coordinator:CoordinatorGroupRebalance._send_sync_group_request",
+    sha256="7429ca078ddf9bb7023fd095d118bd7459d1f39afe3cf7bfbf447280015a37a5",
+    why="a SyncGroup answer with zero assignment bytes (the leader left this member out) raised while "
+    "decoding and ended the consumer's coordination for good; it now counts as a failed join and is retried",
+    shown_by="tests/integration/test_group_join.py",
+    replacement=_sync_group_or_rejoin,
+    where="streams/runtime/group_join.py",
+)
+COORDINATION_ROUTINE = Patch(
+    target="aiokafka.consumer.group_coordinator:GroupCoordinator._coordination_routine",
+    sha256="75273e127d4a4f5d0d59d76874ad83444defda57a365a89986e91841f39ad22e",
+    why="any other error that ends the coordination task leaves a consumer owning nothing for good; "
+    "it is reported (on_membership_lost) so that the worker crashes and is restarted",
+    shown_by="tests/integration/test_group_join.py",
+    replacement=_coordination_routine_reporting_its_end,
+    where="streams/runtime/group_join.py",
+)
+PATCHES = [SYNC_GROUP, COORDINATION_ROUTINE]
 
 
 def on_membership_lost(callback: Callable[[BaseException], None] | None) -> None:
     """Call ``callback(error)`` when a consumer's group coordination ends with an error."""
     global _membership_lost
     _membership_lost = callback
-
-
-def uninstall() -> None:
-    _coordinator.CoordinatorGroupRebalance._send_sync_group_request = _original
-    _coordinator.GroupCoordinator._coordination_routine = _original_routine
-    on_membership_lost(None)

@@ -32,7 +32,7 @@ from typing import AsyncIterator, Callable
 import faust
 from faust.types import TP, Message
 
-from streams.runtime import dispatch as delivery
+from streams.runtime import dispatch
 
 log = logging.getLogger(__name__)
 
@@ -80,8 +80,8 @@ class Intake:
             await acquire_flow()
             take(message)
 
-        # While the flow runs, Faust's consumer calls ``take`` directly (streams/delivery.py).
-        return delivery.direct(on_message, take)
+        # While the flow runs, Faust's consumer calls ``take`` directly (streams/runtime/dispatch.py).
+        return dispatch.direct(on_message, take)
 
     # --- the agent's side -----------------------------------------------------
 
@@ -175,7 +175,7 @@ def install(app: faust.App, *intakes: Intake) -> None:
     group, assignment and recovery see them as usual.
     """
     for intake in intakes:
-        delivery.route(app, intake.topic_names, lambda tp, faust_callback, intake=intake: intake.handler(tp))
+        dispatch.route(app, intake.topic_names, lambda tp, faust_callback, intake=intake: intake.handler(tp))
 
 
 def subscribe(stream: faust.StreamT) -> None:

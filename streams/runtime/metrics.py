@@ -8,6 +8,8 @@ from __future__ import annotations
 
 from prometheus_client import Counter, Gauge, Histogram, disable_created_metrics
 
+from streams import batch
+from streams.events import CATALOG
 from topology import topics
 
 disable_created_metrics()  # the *_created series only add noise to dashboards
@@ -39,7 +41,7 @@ FRIEND_UPDATES_RECEIVED = Counter(
 )
 FRIEND_UPDATES_WAITING = Gauge(
     "standing_friend_updates_waiting",
-    "Friend updates read but not applied yet (streams/pending_updates.py): the propagation backlog held in memory.",
+    "Friend updates read but not applied yet (streams/waiting.py): the propagation backlog held in memory.",
 )
 SCORES_PUBLISHED = Counter("standing_scores_published_total", "Score records published to the scores topic.")
 BATCHES = Counter("standing_batches_total", "Batches processed, by agent.", ["agent"])
@@ -68,34 +70,50 @@ TABLE_BYTES = Gauge("standing_table_bytes", "Bytes on disk of a state table on t
 ASSIGNED_PARTITIONS = Gauge("standing_assigned_partitions", "Partitions of the input topics this worker owns.", ["topic"])
 MEMBERS_EVICTED = Counter(
     "standing_group_members_evicted_total",
-    "Dead consumer-group members this worker removed (brokers that never expire them; streams/reaper.py).",
+    "Dead consumer-group members this worker removed (brokers that never expire them; streams/runtime/embedded_broker.py).",
 )
 PARTITIONS_RESUMED = Counter(
     "standing_stalled_partitions_resumed_total",
     "Stalled owned partitions the worker restarted after recovery: put back into Faust's fetch set, "
-    "flow resumed, or sought back to the committed offset (streams/monitoring.py).",
+    "flow resumed, or sought back to the committed offset (streams/runtime/monitoring.py).",
 )
 INPUT_RECORDS_SKIPPED = Counter(
     "standing_input_records_skipped_total",
     "Input records Faust's consumer skipped (a race around rebalances) that the worker noticed "
-    "before committing past them and read again (streams/progress.py).",
+    "before committing past them and read again (streams/runtime/commits.py).",
     ["topic"],
 )
-for _topic in (*topics.INPUT_TOPICS, topics.FRIEND_UPDATES):
+for _topic in (*CATALOG.topics(), topics.FRIEND_UPDATES):
     INPUT_RECORDS_SKIPPED.labels(_topic)  # at 0 from the start, so rates and alerts have a series
 CHANGELOG_RECORDS_RESTORED = Counter(
     "standing_changelog_records_restored_total",
-    "Changelog records written into this worker's tables while recovering them (streams/restore.py).",
+    "Changelog records written into this worker's tables while recovering them (streams/runtime/recovery.py).",
     ["table"],
 )
 REBALANCES = Counter("standing_rebalances_total", "Rebalances this worker went through (partition assignments).")
 READY = Gauge("standing_ready", "1 when the worker holds recovered partitions and is processing, else 0.")
 
 
-def add(tally) -> None:
-    """Add a batch's counts, ``{(counter, label): n}``, once per batch.
+#: The counters of a batch's counts (``streams.batch``'s names).
+_BATCH_COUNTERS = {
+    batch.EVENTS_IN: EVENTS_IN,
+    batch.ACCEPTED: EVENTS_ACCEPTED,
+    batch.DUPLICATE: EVENTS_DUPLICATE,
+    batch.REJECTED: EVENTS_REJECTED,
+    batch.UPDATES_RECEIVED: FRIEND_UPDATES_RECEIVED,
+    batch.UPDATES_SENT: FRIEND_UPDATES_SENT,
+}
+
+
+def add_counts(counts) -> None:
+    """Add a batch's counts, ``{(name, label): n}``, once per batch.
 
     ``labels()`` plus ``inc()`` per record was 3% of the worker's time.
     """
-    for (counter, label), n in tally.items():
-        counter.labels(label).inc(n)
+    for (name, label), n in counts.items():
+        if not n:
+            continue
+        if name == batch.UPDATE_MESSAGES_SENT:
+            FRIEND_UPDATE_MESSAGES_SENT.inc(n)
+        else:
+            _BATCH_COUNTERS[name].labels(label).inc(n)

@@ -79,7 +79,7 @@ class Outputs:
         State first, then what it caused: the changelog records are acknowledged
         before any friend update, link or score of the batch is sent. A worker
         killed between the two leaves states that show their inputs applied and
-        their publish made, whose outputs the recovery scan re-sends unchanged.
+        their publish made, whose outputs the re-send (streams/runtime/resend.py) sends again unchanged.
         Sent together, a friend update could land while its state's changelog
         record did not: the restored state would publish the same version
         again with another value, which every receiver ignores as stale — a

@@ -7,7 +7,7 @@ remaining work recounted over every partition) before buffering it. Measured
 here, that was 120-200 us of the worker's main thread per record, so the
 2.2M changelog records of 100k users took about five minutes to restore.
 
-``ChangelogRestore`` keeps Faust's recovery in charge: it decides which
+``BulkRecovery`` keeps Faust's recovery in charge: it decides which
 partitions to restore and from which offset to which highwater, when recovery
 starts, ends or restarts, and it still applies the last record of each
 partition itself, which is what tells it that partition is done. Only the
@@ -28,8 +28,9 @@ from typing import Callable, Iterable
 import faust
 from faust.types import TP, Message
 
-from streams.runtime import dispatch as delivery
+from streams.runtime import dispatch
 from streams.runtime import metrics
+from streams.runtime.patches import Patch
 
 
 class _Restored:
@@ -41,7 +42,7 @@ class _Restored:
         self.message = message
 
 
-class ChangelogRestore:
+class BulkRecovery:
     """The active changelog partitions of some tables, restored in batches."""
 
     def __init__(self, app: faust.App, tables: Iterable[faust.Table], *, flush_every: int = 8000) -> None:
@@ -90,8 +91,8 @@ class ChangelogRestore:
             if not take(message):
                 await faust_handler(message)
 
-        # While the flow runs, Faust's consumer calls ``take`` directly (streams/delivery.py).
-        return delivery.direct(on_message, take)
+        # While the flow runs, Faust's consumer calls ``take`` directly (streams/runtime/dispatch.py).
+        return dispatch.direct(on_message, take)
 
     def flush(self, tp: TP) -> None:
         """Write what is pending for ``tp`` (records, then the offset they reach)."""
@@ -111,29 +112,40 @@ class ChangelogRestore:
         return sum(len(records) for records in self._pending.values())
 
 
-def install(app: faust.App, restore: ChangelogRestore) -> None:
-    """Route the changelog partitions of ``restore``'s tables through it.
+def install(app: faust.App, bulk: BulkRecovery) -> None:
+    """Route the changelog partitions of ``bulk``'s tables through it.
 
-    The restore's callback wraps the one Faust builds for the partition
+    Its callback wraps the one Faust builds for the partition
     (``streams.runtime.dispatch.route``). Whenever Faust's recovery flushes its
-    buffers, what the restore holds is written first.
+    buffers, what ``bulk`` holds is written first.
     """
     wrapped: list = []
 
     def build(tp: TP, faust_callback):
         if not wrapped:  # Faust's recovery exists by the first assignment
-            wrapped.append(_flush_with_faust(app.tables.recovery, restore))
-        return restore.handler(tp, faust_callback())
+            wrapped.append(_flush_with_faust(app.tables.recovery, bulk))
+        return bulk.handler(tp, faust_callback())
 
-    delivery.route(app, restore.topic_names, build)
+    dispatch.route(app, bulk.topic_names, build)
 
 
-def _flush_with_faust(recovery, restore: ChangelogRestore) -> Callable[[], None]:
+def _flush_with_faust(recovery, bulk: BulkRecovery) -> Callable[[], None]:
     original_flush = recovery.flush_buffers
 
     def flush_buffers() -> None:
-        restore.flush_all()
+        bulk.flush_all()
         original_flush()
 
     recovery.flush_buffers = flush_buffers
     return flush_buffers
+
+
+FLUSH_BUFFERS = Patch(
+    target="faust.tables.recovery:Recovery.flush_buffers",
+    sha256="6fa9c17f1071018c49cb6d411a34fb4a2c2ac4f41c3de650bbee15831abd6f1f",
+    why="whenever Faust's recovery flushes its buffers (a rebalance, recovery restarting or ending), "
+    "the records held by the bulk recovery must be written first, in order",
+    shown_by="tests/streams/runtime/test_recovery.py",
+    where="streams/runtime/recovery.py: install() wraps it on each app's recovery",
+)
+PATCHES = [FLUSH_BUFFERS]

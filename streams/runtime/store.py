@@ -23,7 +23,8 @@ from faust.types import TP
 from topology.settings import Settings
 from streams import state_codec
 from streams.runtime.output import Outgoing
-from streams.scoring import PairState, UserState
+from streams.runtime.patches import Patch
+from streams.state import PairState, UserState
 from topology.topics import PAIRS_TABLE, USERS_TABLE, changelog_topic
 
 T = TypeVar("T")
@@ -67,38 +68,32 @@ def apply_compression(options, compression: str) -> None:
         options.set_bottommost_zstd_max_train_bytes(ZSTD_TRAIN_BYTES, True)
 
 
-def install_store_options() -> None:
-    """Make Faust's rocksdict stores honour a table's ``compression`` and ``level0_compaction_trigger`` options.
+def _as_options(self):
+    """Faust's rocksdict options, with the table's ``compression`` and ``level0_compaction_trigger`` on top."""
+    options = AS_OPTIONS.original(self)
+    if self.use_rocksdict:
+        compression = self.extra_options.get("compression")
+        if compression:
+            apply_compression(options, compression)
+        trigger = self.extra_options.get("level0_compaction_trigger")
+        if trigger:
+            options.set_level_zero_file_num_compaction_trigger(trigger)
+    return options
 
-    Faust builds each partition's rocksdict ``Options`` itself
-    (``RocksDBOptions.as_options``) and drops options it has no setter for;
-    RocksDB then compresses with snappy and compacts level 0 after 4 files.
-    Wrapped here: the options Faust builds get these two on top.
-    """
-    from faust.stores.rocksdb import RocksDBOptions
 
-    if getattr(RocksDBOptions, "_standing_store_options", False):
-        return
-    original = RocksDBOptions.as_options
-
-    def as_options(self):
-        options = original(self)
-        if self.use_rocksdict:
-            compression = self.extra_options.get("compression")
-            if compression:
-                apply_compression(options, compression)
-            trigger = self.extra_options.get("level0_compaction_trigger")
-            if trigger:
-                options.set_level_zero_file_num_compaction_trigger(trigger)
-        return options
-
-    RocksDBOptions.as_options = as_options
-    RocksDBOptions._standing_store_options = True
+AS_OPTIONS = Patch(
+    target="faust.stores.rocksdb:RocksDBOptions.as_options",
+    sha256="d2a1bea17736d2eb2f8d2da592ef843f31bd9583b17b3fcbb2ebd84c15051660",
+    why="Faust builds each partition's rocksdict Options itself and drops the options it has no setter for, "
+    "so tables were written with snappy and the default level-0 trigger whatever was configured",
+    shown_by="tests/streams/runtime/test_store.py",
+    replacement=_as_options,
+    where="streams/runtime/store.py",
+)
+PATCHES = [AS_OPTIONS]
 
 
 def create_tables(app: faust.App, settings: Settings) -> tuple[faust.Table, faust.Table]:
-    install_store_options()
-
     def table(name: str) -> faust.Table:
         return app.Table(
             name,
@@ -108,7 +103,7 @@ def create_tables(app: faust.App, settings: Settings) -> tuple[faust.Table, faus
                 "write_buffer_size": settings.rocksdb_write_buffer_mb * 2**20,
                 "max_write_buffer_number": 2,
                 "block_cache_size": settings.rocksdb_block_cache_mb * 2**20,
-                # Faust's rocksdict path ignores options it does not know: applied by install_store_options.
+                # Faust's rocksdict path ignores options it does not know: applied by the AS_OPTIONS patch.
                 "compression": settings.rocksdb_compression,
                 "level0_compaction_trigger": settings.rocksdb_level0_compaction_trigger,
             },

@@ -11,17 +11,16 @@ import faust
 import uvloop
 from prometheus_client import start_http_server
 
-from streams.runtime import fetch_pacing
-from streams.runtime import group_join
-from topology.settings import Settings
-from streams.runtime.agents import Scorer
-from streams.runtime import dispatch as delivery
-from streams.runtime.api import install_api
-from streams.runtime.monitoring import install_monitoring
-from streams.runtime.reaper import install_reaper
-from streams.runtime.app import create_app
 from streams.rules import Rules
+from streams.runtime import group_join, install
 from streams.runtime.admin import TopologyError, ensure_topics, wait_for_broker
+from streams.runtime.agents import Scorer
+from streams.runtime.api import install_api
+from streams.runtime.app import create_app
+from streams.runtime.embedded_broker import install_reaper
+from streams.runtime.monitoring import install_monitoring
+from streams.runtime.patches import IncompatibleDependency
+from topology.settings import Settings
 
 log = logging.getLogger("standing.worker")
 
@@ -52,7 +51,7 @@ def build(settings: Settings, rules: Rules) -> tuple[faust.App, Scorer]:
 def crash_when_membership_is_lost(app: faust.App, loop: asyncio.AbstractEventLoop) -> None:
     """A consumer whose group coordination died owns nothing for good: crash, so the worker is restarted.
 
-    Called from the consumer's thread (standing/group_join.py); the crash runs
+    Called from the consumer's thread (streams/runtime/group_join.py); the crash runs
     on the worker's loop, stops the worker and exits with status 1.
     """
 
@@ -81,9 +80,11 @@ def tune_garbage_collector(young_threshold: int) -> None:
 
 def run_worker(settings: Settings, rules: Rules, *, loglevel: str = "warning", broker_timeout: float = 60.0) -> int:
     """Run until SIGINT/SIGTERM; returns the process exit code."""
-    fetch_pacing.install(settings.empty_fetch_pause_ms)
-    group_join.install()  # a join that assigned this worker nothing is retried, not fatal
-    delivery.install()  # records reach the intake and the restore without a task each
+    try:
+        install(settings)  # checks faust-streaming and aiokafka, then patches them (streams/runtime/patches.py)
+    except IncompatibleDependency as error:
+        print(f"standing worker: {error}", file=sys.stderr, flush=True)
+        return 2
     if settings.event_loop == "uvloop":
         # For every loop of this process: Faust's consumer thread makes its own.
         asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())

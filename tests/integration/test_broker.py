@@ -108,7 +108,7 @@ async def test_fetch_pacing_calms_idle_consumers_and_still_delivers(broker):
     per pause, and a record produced while it idles still arrives."""
     from aiokafka.consumer import fetcher
 
-    from streams.runtime import fetch_pacing
+    from streams.runtime.embedded_broker import pace_empty_fetches
 
     topic = f"pacing-{time.time_ns()}"
     await _produce(broker.address, topic, [b"first"])
@@ -124,7 +124,7 @@ async def test_fetch_pacing_calms_idle_consumers_and_still_delivers(broker):
 
     async def idle_fetches(pause_ms: int) -> tuple[int, list[bytes]]:
         nonlocal fetches
-        fetch_pacing.install(pause_ms)
+        pace_empty_fetches(pause_ms)
         paced = fetcher.Fetcher._proc_fetch_request
         fetcher.Fetcher._proc_fetch_request = counting(paced)
         consumer = AIOKafkaConsumer(bootstrap_servers=broker.address, enable_auto_commit=False)
@@ -145,11 +145,11 @@ async def test_fetch_pacing_calms_idle_consumers_and_still_delivers(broker):
         finally:
             await consumer.stop()
             fetcher.Fetcher._proc_fetch_request = paced
-            fetch_pacing.install(0)
+            pace_empty_fetches(0)
 
     unpaced_idle, _ = await idle_fetches(0)
     paced_idle, received = await idle_fetches(20)
     assert received == [b"first", b"second"]
     assert paced_idle <= 1000 / 20 * 1.5, paced_idle  # about one fetch per pause
-    # If this fails, the broker now long-polls and standing/fetch_pacing.py can go.
+    # If this fails, the broker now long-polls and the fetch pacing of streams/runtime/embedded_broker.py can go.
     assert unpaced_idle > 5 * paced_idle, (unpaced_idle, paced_idle)

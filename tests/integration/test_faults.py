@@ -16,7 +16,8 @@ from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka import AIOKafkaConsumer
 
 from standing import processes
-from standing.control import backlog, read_scores, wait_until_quiescent
+from standing.control import wait_until_quiescent
+from streams.runtime.lookups import backlog, read_scores
 from standing.population import PopulationConfig, generate_events, write_jsonl
 from standing.produce import produce_file
 from standing.reference import reference_file
@@ -46,7 +47,7 @@ FAULT_BATCH_SIZE = 100
 #: population's wave often ended between two commits.
 SLOW_PROPAGATION = dict(batch_wait=0.3)
 #: So few friend updates held decoded that records are also kept unread
-#: (streams/pending_updates.py) when the worker is killed.
+#: (streams/waiting.py) when the worker is killed.
 FEW_WAITING = dict(waiting_updates_limit=200)
 
 
@@ -139,7 +140,7 @@ INPUTS = ("purchases", "posts", "friendships")
 
 # A defect of the embedded broker (noida-db 0.2.3), reproduced without
 # Standing or Faust; Apache Kafka does not have it. (Its other defect, dead
-# group members never expiring, is worked around by streams/reaper.py.)
+# group members never expiring, is worked around by streams/runtime/embedded_broker.py.)
 DURABILITY_BUG = pytest.mark.xfail(
     run=False,
     reason="noida-db 0.2.3 loses records it acknowledged (acks=all) shortly before it stops: after the restart "
@@ -188,7 +189,7 @@ def test_a_new_machine_restores_the_tables_byte_for_byte(fresh_settings, workers
     assert len(original) == 2 * fresh_settings.partitions
     assert sum(len(keys) for keys in original.values()) > 1000
     assert restored == original
-    # The bulk path (streams/restore.py) restored them, in many batches of FAULT_BATCH_SIZE.
+    # The bulk path (streams/runtime/recovery.py) restored them, in many batches of FAULT_BATCH_SIZE.
     assert processes.sum_samples(samples, "standing_changelog_records_restored_total") > 10 * FAULT_BATCH_SIZE
 
 

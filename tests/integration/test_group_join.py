@@ -1,4 +1,4 @@
-"""A member the group leader leaves out of an assignment joins again (standing/group_join.py).
+"""A member the group leader leaves out of an assignment joins again (streams/runtime/group_join.py).
 
 The leader here is a real aiokafka consumer whose assignor leaves the other
 member out once, as a leader does that computed the assignment from a member
@@ -58,9 +58,12 @@ class _TaggedMember(_LeavesOneOutOnce):
 
 @pytest.fixture
 def installed():
-    group_join.install()
+    for patch in group_join.PATCHES:
+        patch.apply()
     yield
-    group_join.uninstall()
+    for patch in group_join.PATCHES:
+        patch.remove()
+    group_join.on_membership_lost(None)
 
 
 async def _join_with_one_member_left_out(address: str) -> tuple[set, bool]:
@@ -114,7 +117,7 @@ def test_a_member_left_out_of_the_assignment_joins_again_and_gets_partitions(bro
 def test_a_coordination_that_dies_is_reported(broker, installed, monkeypatch):
     # Without the rejoin above, the same join ends aiokafka's coordination task.
     monkeypatch.setattr(
-        group_coordinator.CoordinatorGroupRebalance, "_send_sync_group_request", group_join._original
+        group_coordinator.CoordinatorGroupRebalance, "_send_sync_group_request", group_join.SYNC_GROUP.original
     )
     lost: list[BaseException] = []
     group_join.on_membership_lost(lost.append)

@@ -26,7 +26,7 @@ from standing import processes
 from standing.control import wait_until_quiescent
 from standing.population import PopulationConfig, generate_events, write_jsonl
 from standing.produce import produce_file
-from tests.unit.test_ops_files import (
+from tests.ops.test_ops_files import (
     ALERTS,
     JOB,
     alert_rules,
@@ -128,8 +128,8 @@ async def _produce_round(settings, tmp_path: Path, seed: int) -> None:
     await producer.start()
     try:
         for i in range(5):  # not Avro: the producer's edge never sees these, the worker rejects them
-            await producer.send(topics.PURCHASES, f"garbage-{seed}-{i}".encode(), key=b"u0")
-            await producer.send(topics.POSTS, b"", key=b"u1")
+            await producer.send("purchases", f"garbage-{seed}-{i}".encode(), key=b"u0")
+            await producer.send("posts", b"", key=b"u1")
         await producer.flush()
     finally:
         await producer.stop()

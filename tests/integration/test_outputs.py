@@ -1,4 +1,4 @@
-"""Where records leave the worker (streams/output.py), against the real broker: order
+"""Where records leave the worker (streams/runtime/output.py), against the real broker: order
 within each partition, keys where the producer's partitioner puts them, and the
 persisted offset of each changelog partition at its last acknowledged record."""
 

@@ -15,7 +15,8 @@ import pytest
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
 from schemas import codec
-from standing.produce import MAX_PRINTED_REJECTIONS, EventProducer, ProduceError, produce_file, produce_file_sync
+from standing.produce import MAX_PRINTED_REJECTIONS, produce_file, produce_file_sync
+from streams.runtime.producer import EventProducer, ProduceError
 from streams import events as ev
 from tests.helpers import free_port
 from topology import topics
@@ -77,9 +78,9 @@ def test_produce_publishes_good_events_once_and_dead_letters_bad_lines(fresh_set
     assert printed[1].startswith("line 5: invalid_json: ")
     assert printed[-1].startswith("produce: 9 lines (5 sent, 4 rejected)")
 
-    by_topic = {name: asyncio.run(_read(fresh_settings, name)) for name in (*topics.INPUT_TOPICS, topics.DEAD_LETTERS)}
+    by_topic = {name: asyncio.run(_read(fresh_settings, name)) for name in (*("purchases", "posts", "friendships"), topics.DEAD_LETTERS)}
     arrived = {}
-    for name in topics.INPUT_TOPICS:
+    for name in ("purchases", "posts", "friendships"):
         for record in by_topic[name]:
             event = ev.from_bytes(name, record.value)
             assert record.key == ev.key_for(event).encode()
@@ -87,10 +88,10 @@ def test_produce_publishes_good_events_once_and_dead_letters_bad_lines(fresh_set
             assert event.event_id not in arrived, "delivered twice"
             arrived[event.event_id] = (name, event)
     assert arrived == {
-        line["event_id"]: (topics.INPUT_TOPICS[("purchase", "post", "friendship").index(line["type"])], ev.from_dict(line))
+        line["event_id"]: (("purchases", "posts", "friendships")[("purchase", "post", "friendship").index(line["type"])], ev.from_dict(line))
         for line in GOOD
     }
-    friendship_keys = {record.key for record in by_topic[topics.FRIENDSHIPS]}
+    friendship_keys = {record.key for record in by_topic["friendships"]}
     assert friendship_keys == {pair_key("ann", "bob").encode(), pair_key("ann", "cid").encode()}
 
     letters = [codec.decode(record.value, "dead_letter")[1] for record in by_topic[topics.DEAD_LETTERS]]
@@ -110,18 +111,18 @@ def test_producer_api_sends_events_and_dead_letters_with_their_origin(fresh_sett
             await producer.send(purchase)
             await producer.send_dead_letter(
                 b"\x00\x00\x00\x00\x01junk", "not_decodable", "the body is not a purchase",
-                source="worker", topic=topics.PURCHASES, partition=2, offset=41, key=b"ann",
+                source="worker", topic="purchases", partition=2, offset=41, key=b"ann",
             )  # fmt: skip
 
     asyncio.run(produce())
-    [sent] = asyncio.run(_read(fresh_settings, topics.PURCHASES))
-    assert (sent.key, ev.from_bytes(topics.PURCHASES, sent.value)) == (b"ann", purchase)
+    [sent] = asyncio.run(_read(fresh_settings, "purchases"))
+    assert (sent.key, ev.from_bytes("purchases", sent.value)) == (b"ann", purchase)
     [letter] = asyncio.run(_read(fresh_settings, topics.DEAD_LETTERS))
     assert letter.key == b"ann"
     record = codec.decode(letter.value, "dead_letter")[1]
     assert record["received_ts"] > 0
     assert {k: v for k, v in record.items() if k != "received_ts"} == {
-        "reason": "not_decodable", "detail": "the body is not a purchase", "topic": topics.PURCHASES,
+        "reason": "not_decodable", "detail": "the body is not a purchase", "topic": "purchases",
         "partition": 2, "offset": 41, "key": b"ann", "original": b"\x00\x00\x00\x00\x01junk", "source": "worker",
     }  # fmt: skip
 
@@ -134,8 +135,8 @@ def test_produce_creates_missing_topics_with_the_configured_partitions(fresh_bro
     _write_lines(path, [json.dumps(GOOD[0]), BAD[0][0]])
     summary = produce_file_sync(fresh, path, progress=False, stream=io.StringIO())
     assert (summary.sent, summary.rejected.total()) == (1, 1)
-    offsets = asyncio.run(end_offsets(fresh, [*topics.INPUT_TOPICS, topics.DEAD_LETTERS]))
-    for name in (*topics.INPUT_TOPICS, topics.DEAD_LETTERS):
+    offsets = asyncio.run(end_offsets(fresh, [*("purchases", "posts", "friendships"), topics.DEAD_LETTERS]))
+    for name in (*("purchases", "posts", "friendships"), topics.DEAD_LETTERS):
         assert sorted(tp.partition for tp in offsets if tp.topic == name) == [0, 1, 2], name
 
 
@@ -144,7 +145,7 @@ def test_produce_refuses_topics_with_another_partition_count(fresh_settings, tmp
     _write_lines(path, [json.dumps(GOOD[0])])
     with pytest.raises(ProduceError, match="partitions"):
         produce_file_sync(replace(fresh_settings, partitions=fresh_settings.partitions + 1), path, progress=False)
-    assert asyncio.run(_read(fresh_settings, topics.PURCHASES)) == []
+    assert asyncio.run(_read(fresh_settings, "purchases")) == []
 
 
 def test_only_the_first_rejections_are_printed_but_all_are_dead_lettered(fresh_settings, tmp_path):

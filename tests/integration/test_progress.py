@@ -18,27 +18,27 @@ def test_start_offsets_are_the_groups_commits_or_the_partitions_beginning(fresh_
         producer = AIOKafkaProducer(bootstrap_servers=fresh_settings.bootstrap_servers)
         await producer.start()
         for index in range(5):
-            await producer.send_and_wait(topics.POSTS, b"x%d" % index, partition=0)
+            await producer.send_and_wait("posts", b"x%d" % index, partition=0)
         await producer.stop()
         committer = AIOKafkaConsumer(bootstrap_servers=fresh_settings.bootstrap_servers, group_id=fresh_settings.app_id)
         await committer.start()
         try:
-            committer.assign([TopicPartition(topics.POSTS, 0)])
-            await committer.commit({TopicPartition(topics.POSTS, 0): OffsetAndMetadata(3, "")})
+            committer.assign([TopicPartition("posts", 0)])
+            await committer.commit({TopicPartition("posts", 0): OffsetAndMetadata(3, "")})
         finally:
             await committer.stop()
         progress = InputProgress(SimpleNamespace(consumer=None), fresh_settings)
         try:
-            starts = await progress._start_offsets([TP(topics.POSTS, 0), TP(topics.POSTS, 1)])
-            between = await progress._records_between(TP(topics.POSTS, 0), 1, 4)
+            starts = await progress._start_offsets([TP("posts", 0), TP("posts", 1)])
+            between = await progress._records_between(TP("posts", 0), 1, 4)
             committed = await progress.committed_offsets()
         finally:
             await progress.stop()
         return starts, between, committed
 
     starts, between, committed = asyncio.run(scenario())
-    assert starts == {TP(topics.POSTS, 0): 3, TP(topics.POSTS, 1): 0}
-    assert committed == {(topics.POSTS, 0): 3}  # what the recovery scan reads
+    assert starts == {TP("posts", 0): 3, TP("posts", 1): 0}
+    assert committed == {("posts", 0): 3}  # what the re-send reads
     assert between is True
 
 
@@ -52,14 +52,14 @@ def test_a_transaction_marker_is_a_real_gap(fresh_settings):
         await plain_producer.start()
         try:
             async with producer.transaction():
-                await producer.send(topics.POSTS, b"in a transaction", partition=2)
-            plain = await plain_producer.send_and_wait(topics.POSTS, b"after it", partition=2)
+                await producer.send("posts", b"in a transaction", partition=2)
+            plain = await plain_producer.send_and_wait("posts", b"after it", partition=2)
         finally:
             await producer.stop()
             await plain_producer.stop()
         progress = InputProgress(SimpleNamespace(consumer=None), fresh_settings)
         try:
-            return plain.offset, await progress._records_between(TP(topics.POSTS, 2), 1, plain.offset)
+            return plain.offset, await progress._records_between(TP("posts", 2), 1, plain.offset)
         finally:
             await progress.stop()
 

@@ -8,9 +8,8 @@ from dataclasses import replace
 import pytest
 from aiokafka import AIOKafkaProducer
 
-from streams.runtime.admin import TopologyError, ensure_topics, wait_for_broker
+from streams.runtime.admin import TopologyError, all_topics, ensure_topics, wait_for_broker
 from topology.routing import partition_for
-from topology.topics import declared_topics
 from tests.helpers import free_port
 
 
@@ -19,7 +18,7 @@ def test_ensure_topics_is_idempotent(fresh_broker, tmp_path):
 
     settings = _settings_for(fresh_broker, tmp_path)
     created = asyncio.run(ensure_topics(settings))
-    assert sorted(created) == sorted(spec.name for spec in declared_topics(settings))
+    assert sorted(created) == sorted(spec.name for spec in all_topics(settings))
     assert asyncio.run(ensure_topics(settings)) == []
 
 

@@ -12,7 +12,7 @@ from streams import scoring
 from streams.friend_updates import UNKNOWN_ORIGIN, earliest_origin
 from streams.batch import PairBatch, UserBatch
 from streams.rules import load_rules
-from streams.scoring import FriendEntry, UserState
+from streams.state import FriendEntry, UserState
 
 RULES = load_rules()
 DAY = 24 * 3600 * 1000
@@ -180,7 +180,7 @@ def test_latency_is_measured_from_own_events_not_from_friends_estimates():
 
 
 def test_a_link_re_sent_after_a_crash_has_no_event_time_and_no_latency():
-    """Links re-sent by the recovery scan carry UNKNOWN_ORIGIN (0): measured
+    """Links re-sent after a crash (streams/runtime/resend.py) carry UNKNOWN_ORIGIN (0): measured
     from it, a latency would be the time since 1970, in the histogram's top bucket."""
     store: dict[str, UserState] = {}
     batch = _user_batch(store)

@@ -17,7 +17,7 @@ from hypothesis import strategies as st
 
 from schemas import codec
 from streams import state_codec
-from streams.scoring import FriendEntry, UserState
+from streams.state import FriendEntry, UserState
 
 native = state_codec.native
 

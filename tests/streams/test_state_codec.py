@@ -9,7 +9,7 @@ from fastavro import schemaless_writer
 
 from schemas import codec
 from streams import state_codec
-from streams.scoring import FriendEntry, UserState
+from streams.state import FriendEntry, UserState
 
 
 def _state(**changes) -> UserState:

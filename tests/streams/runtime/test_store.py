@@ -23,7 +23,7 @@ def test_tables_use_the_configured_rocksdb_memory(tmp_path):
 
 
 def test_batches_load_through_a_bounded_write_through_cache(tmp_path):
-    from streams.scoring import UserState
+    from streams.state import UserState
     from streams import state_codec
     from streams.runtime.store import user_store
 

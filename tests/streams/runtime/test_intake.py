@@ -107,7 +107,7 @@ def test_a_batch_waits_at_most_linger_and_no_longer_once_full():
 
 
 def test_while_the_agent_has_work_left_a_batch_is_whatever_arrived_without_waiting():
-    """Friend updates waiting (streams/pending_updates.py): no lingering, and no waiting for records."""
+    """Friend updates waiting (streams/waiting.py): no lingering, and no waiting for records."""
 
     async def scenario():
         intake = Intake(_app(), ("posts",), batch_size=100, linger=5.0)

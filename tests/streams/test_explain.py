@@ -7,7 +7,7 @@ import pytest
 from streams import scoring
 from streams.explain import MAX_REASONS, band, explain, reasons, render_text
 from streams.rules import load_rules
-from streams.scoring import FriendEntry, UserState
+from streams.state import FriendEntry, UserState
 
 RULES = load_rules()
 

@@ -7,8 +7,8 @@ from faust.types import TP
 
 from streams.runtime import metrics
 from streams.friend_updates import ESTIMATE
-from streams.runtime.monitoring import _held_while_applied, _resume_if_left_out
-from streams.waiting import PendingUpdates
+from streams.runtime.stall_watch import _held_while_applied, _resume_if_left_out
+from streams.waiting import WaitingUpdates
 
 
 class _FaustConsumerState:
@@ -112,7 +112,7 @@ def test_a_flow_suspended_during_recovery_is_left_alone():
 
 def test_a_friend_updates_partition_whose_commit_the_worker_holds_is_not_stalled():
     """A long propagation wave holds the commit while every batch applies some of it."""
-    scorer = type("Scorer", (), {"waiting_updates": PendingUpdates()})()
+    scorer = type("Scorer", (), {"waiting_updates": WaitingUpdates()})()
     scorer.waiting_updates.add(2, 40, [(ESTIMATE, "a", "b", 1.0, 1, 0)])
     assert _held_while_applied(scorer, TopicPartition("friend-updates", 2))
     assert not _held_while_applied(scorer, TopicPartition("friend-updates", 3)), "nothing held there"

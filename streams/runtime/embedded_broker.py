@@ -1,14 +1,28 @@
-"""Removes group members whose worker is gone: a workaround for the embedded broker.
+"""The embedded broker's workarounds, in one place, behind one setting.
 
-Apache Kafka drops a consumer-group member whose heartbeats stop, after the
-session timeout, and rebalances its partitions to the survivors. noida-db
-0.2.3 does not: a SIGKILLed member stays in the group for ever and its
-partitions are never processed again. Where that can happen (by default: a
-broker on loopback, i.e. the embedded one), every worker checks every few
-seconds that each member of its group still lives (its metrics server, named
-in its client id, answers); a member that has not answered for two session timeouts is removed with a LeaveGroup request,
-which makes the broker rebalance as Kafka would have. On Apache Kafka the dead
-member is gone long before, so this never fires there.
+``make demo`` and the integration tests run noida-db 0.2.3, an embedded
+Kafka-compatible broker; production runs Apache Kafka (docker-compose.yml).
+noida-db differs from Kafka in three ways that matter here:
+
+1. **It answers an empty fetch at once** instead of holding it for
+   ``fetch.max.wait.ms``: every idle consumer re-asks in a tight loop (80% of
+   a core, and as much again in the broker). Worked around: the fetch
+   pacing below waits out ``STANDING_EMPTY_FETCH_PAUSE_MS`` after an empty
+   answer (``FETCH_REQUEST``). On Kafka an empty answer comes after the long
+   poll, so the pacing would change nothing there either.
+2. **It never expires a dead group member**: a SIGKILLed worker stays in the
+   group for ever and its partitions are never processed again. Worked
+   around: the reaper below removes members whose process no longer
+   answers (``DeadMemberReaper``).
+3. **It loses records it acknowledged when it stops.** Not worked around
+   (nothing a client can do): ``make demo`` and the tests never rely on a
+   stopped broker's data; see the README, "What the embedded broker is not".
+
+The switch is ``Settings.embedded_broker_workarounds``
+(``STANDING_EMBEDDED_BROKER_WORKAROUNDS=auto|1|0``): ``auto`` turns them on
+for a broker on loopback (the embedded broker, started by ``standing
+broker``, ``demo``, ``replay`` or the tests) and off for any other, so no
+workaround changes behaviour on Apache Kafka.
 """
 
 from __future__ import annotations
@@ -22,10 +36,67 @@ from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.client import AIOKafkaClient
 from aiokafka.protocol.group import LeaveGroupRequest
 
-from topology.settings import Settings
 from streams.runtime import metrics
+from streams.runtime.patches import Patch
+from topology.settings import Settings
 
 log = logging.getLogger(__name__)
+
+LOOPBACK_HOSTS = {"127.0.0.1", "localhost", "::1", "[::1]"}
+
+
+def workarounds_enabled(settings: Settings) -> bool:
+    """Whether this process works around the embedded broker (see the module docstring)."""
+    if settings.embedded_broker_workarounds is not None:
+        return settings.embedded_broker_workarounds
+    hosts = {server.rsplit(":", 1)[0] for server in settings.bootstrap_servers}
+    return hosts <= LOOPBACK_HOSTS
+
+
+# --- 1. empty fetches: client-side long polling ----------------------------------------
+
+_pause_s = 0.0
+
+
+async def _paced_fetch_request(self, assignment, node_id, request):
+    started = time.monotonic()
+    has_new_data = await FETCH_REQUEST.original(self, assignment, node_id, request)
+    if not has_new_data and _pause_s > 0:
+        remaining = _pause_s - (time.monotonic() - started)
+        if remaining > 0:
+            try:
+                await asyncio.sleep(remaining)
+            except asyncio.CancelledError:
+                # close() or a new assignment cancels pending fetches and awaits
+                # them; aiokafka's own request swallows the cancel the same way.
+                pass
+    return has_new_data
+
+
+FETCH_REQUEST = Patch(
+    target="aiokafka.consumer.fetcher:Fetcher._proc_fetch_request",
+    sha256="59bf948fff47eed580671971252454daa614df479733f3bedfefe95bc4d8ad30",
+    why="noida-db answers empty fetches at once, so idle consumers spin (80% of a core each); "
+    "an empty answer is followed by a pause of STANDING_EMPTY_FETCH_PAUSE_MS before that broker is asked again",
+    shown_by="tests/integration/test_broker.py::test_fetch_pacing_calms_idle_consumers_and_still_delivers",
+    replacement=_paced_fetch_request,
+    where="streams/runtime/embedded_broker.py",
+    embedded_broker_only=True,
+)
+PATCHES = [FETCH_REQUEST]
+
+
+def pace_empty_fetches(pause_ms: int) -> None:
+    """Pace empty fetches in this process to one per ``pause_ms`` per broker (0 turns it off)."""
+    global _pause_s
+    _pause_s = max(0, pause_ms) / 1000.0
+    if _pause_s:
+        FETCH_REQUEST.apply()
+    else:
+        FETCH_REQUEST.remove()
+
+
+# --- 2. dead members: the reaper ---------------------------------------------------------
 
 INTERVAL_S = 5.0
 
@@ -48,13 +119,6 @@ def liveness_url(client_id: str, client_host: str) -> str | None:
     if ":" in host:
         host = f"[{host}]"
     return f"http://{host}:{port}/metrics"
-
-
-def reaping_enabled(settings: Settings) -> bool:
-    if settings.reap_dead_members is not None:
-        return settings.reap_dead_members
-    hosts = {server.rsplit(":", 1)[0] for server in settings.bootstrap_servers}
-    return hosts <= {"127.0.0.1", "localhost", "::1", "[::1]"}
 
 
 class DeadMemberReaper:
@@ -151,7 +215,7 @@ def install_reaper(app, settings: Settings, loop: asyncio.AbstractEventLoop) -> 
     Not a Faust timer: Faust starts those only once its consumer has joined
     the group, and a group stuck on a dead member is exactly when it is needed.
     """
-    if not reaping_enabled(settings):
+    if not workarounds_enabled(settings):
         return None
     reaper = DeadMemberReaper(settings)
     running: list[asyncio.Task] = []

@@ -133,7 +133,7 @@ def metric_names(expr: str) -> set[str]:
 
 
 def known_metric_names() -> set[str]:
-    """Sample names the worker can export: streams/metrics.py plus prometheus-client's defaults, and ``up``."""
+    """Sample names the worker can export: streams/runtime/metrics.py plus prometheus-client's defaults, and ``up``."""
     from prometheus_client import REGISTRY
     from prometheus_client.metrics import MetricWrapperBase
 
@@ -243,7 +243,7 @@ def test_every_metric_referenced_exists():
     queries = [(f"panel {name}", expr) for name, expr in panel_queries()] + [(f"alert {name}", expr) for name, expr in alert_rules()]
     assert queries
     unknown = [(where, name) for where, expr in queries for name in sorted(metric_names(expr)) if name not in known]
-    assert not unknown, f"metrics not defined in streams/metrics.py nor default: {unknown}"
+    assert not unknown, f"metrics not defined in streams/runtime/metrics.py nor default: {unknown}"
 
 
 def test_grafana_provisioning():

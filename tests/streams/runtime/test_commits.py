@@ -10,7 +10,8 @@ from faust.types import TP
 
 from topology.settings import Settings
 from streams.runtime import metrics
-from streams.runtime.commits import InputProgress, install_commit_guard
+from streams.runtime.commits import InputProgress
+from streams.runtime.patches import all_patches
 
 POSTS_0 = TP("posts", 0)
 POSTS_1 = TP("posts", 1)
@@ -121,7 +122,9 @@ def test_a_broker_that_does_not_answer_delays_the_batch_without_stopping_it(monk
 
 def _guarded_consumer(name: str, progress: _Progress):
     """A Faust consumer (not started) whose commits the guard decides."""
-    install_commit_guard()
+    for patch in all_patches():
+        if not patch.embedded_broker_only:
+            patch.apply()
     app = faust.App(name, broker="kafka://127.0.0.1:1")
     app.standing_progress = progress
     return app.consumer
@@ -152,7 +155,7 @@ def test_faust_commits_the_guarded_offset_not_its_acknowledgements():
 
 
 def test_faust_looks_for_commits_in_tracked_partitions_it_saw_no_acknowledgement_for():
-    # The intake (streams/intake.py) acknowledges nothing to Faust, whose
+    # The intake (streams/runtime/intake.py) acknowledges nothing to Faust, whose
     # commit only looks at partitions with acknowledgements.
     progress = _Progress({POSTS_0: 0})
     consumer = _guarded_consumer("standing-progress-test-2", progress)

@@ -11,7 +11,7 @@ from faust.types import TP
 from topology.settings import Settings
 from streams.runtime import metrics
 from streams.runtime.app import create_app
-from streams.runtime.recovery import ChangelogRestore, install
+from streams.runtime.recovery import BulkRecovery, install
 from streams.runtime.store import FAUST_KEYS_PREFIX, create_tables
 
 CHANGELOG = "standing-users-changelog"
@@ -22,7 +22,7 @@ def _setup(tmp_path, flush_every: int = 3):
     app = create_app(settings)
     users, pairs = create_tables(app, settings)
     assert users.changelog_topic.get_topic_name() == CHANGELOG
-    restore = ChangelogRestore(app, (users, pairs), flush_every=flush_every)
+    restore = BulkRecovery(app, (users, pairs), flush_every=flush_every)
     return app, users, restore
 
 

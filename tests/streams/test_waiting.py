@@ -7,11 +7,11 @@ from hypothesis import strategies as st
 
 from streams import scoring
 from streams.friend_updates import ESTIMATE, LINK, UNKNOWN_ORIGIN
-from streams.waiting import PendingUpdates
-from streams.scoring import UserState
+from streams.waiting import WaitingUpdates
+from streams.state import UserState
 
 
-def _collect(pending: PendingUpdates, out_of_time=lambda taken: False, chunk: int = 64):
+def _collect(pending: WaitingUpdates, out_of_time=lambda taken: False, chunk: int = 64):
     applied = []
 
     def apply(partition, kind, receiver, updates):
@@ -23,7 +23,7 @@ def _collect(pending: PendingUpdates, out_of_time=lambda taken: False, chunk: in
 
 
 def test_a_newer_update_replaces_the_waiting_one_and_frees_its_record():
-    pending = PendingUpdates()
+    pending = WaitingUpdates()
     assert pending.add(0, 10, [(ESTIMATE, "a", "b", 1.0, 1, 100)]) == 0
     assert pending.add(0, 11, [(ESTIMATE, "a", "b", 2.0, 2, 200)]) == 1
     assert pending.waiting == 1
@@ -38,7 +38,7 @@ def test_a_newer_update_replaces_the_waiting_one_and_frees_its_record():
 
 
 def test_a_re_sent_update_of_unknown_origin_keeps_the_known_one():
-    pending = PendingUpdates()
+    pending = WaitingUpdates()
     pending.add(0, 10, [(LINK, "a", "b", 1.0, 1, 100)])
     pending.add(0, 11, [(LINK, "a", "b", 2.0, 2, UNKNOWN_ORIGIN)])
     applied, _ = _collect(pending)
@@ -46,7 +46,7 @@ def test_a_re_sent_update_of_unknown_origin_keeps_the_known_one():
 
 
 def test_an_update_not_newer_than_the_waiting_one_is_dropped():
-    pending = PendingUpdates()
+    pending = WaitingUpdates()
     pending.add(0, 10, [(ESTIMATE, "a", "b", 2.0, 2, 100)])
     assert pending.add(0, 11, [(ESTIMATE, "a", "b", 1.0, 1, 50), (ESTIMATE, "a", "b", 9.0, 2, 50)]) == 2
     assert pending.held_from(0) == 10
@@ -56,7 +56,7 @@ def test_an_update_not_newer_than_the_waiting_one_is_dropped():
 
 def test_two_updates_of_one_record_for_the_same_sender_hold_the_record_once():
     """A record repeating (receiver, sender) must not leave it held for ever."""
-    pending = PendingUpdates()
+    pending = WaitingUpdates()
     pending.add(3, 7, [(ESTIMATE, "a", "b", 1.0, 1, 0), (ESTIMATE, "a", "b", 2.0, 2, 0)])
     _, taken = _collect(pending)
     pending.release(taken)
@@ -64,14 +64,14 @@ def test_two_updates_of_one_record_for_the_same_sender_hold_the_record_once():
 
 
 def test_links_and_estimates_of_one_sender_wait_apart():
-    pending = PendingUpdates()
+    pending = WaitingUpdates()
     pending.add(0, 1, [(LINK, "a", "b", 1.0, 1, 0), (ESTIMATE, "a", "b", 5.0, 1, 0)])
     applied, _ = _collect(pending)
     assert sorted(kind for _, kind, *_ in applied) == [ESTIMATE, LINK]
 
 
 def test_every_link_is_handed_out_even_when_the_time_is_up_but_estimates_only_a_chunk():
-    pending = PendingUpdates()
+    pending = WaitingUpdates()
     pending.add(0, 1, [(ESTIMATE, f"r{i}", "s", 1.0, 1, 0) for i in range(10)])
     pending.add(1, 1, [(LINK, f"l{i}", "s", 1.0, 1, 0) for i in range(5)])
     applied, taken = _collect(pending, out_of_time=lambda taken: True, chunk=3)
@@ -84,7 +84,7 @@ def test_every_link_is_handed_out_even_when_the_time_is_up_but_estimates_only_a_
 
 
 def test_waiting_links_are_told_apart():
-    pending = PendingUpdates()
+    pending = WaitingUpdates()
     pending.add(0, 1, [(ESTIMATE, "a", "s", 1.0, 1, 0)])
     assert not pending.links_waiting()
     pending.add(2, 1, [(LINK, "a", "s", 1.0, 1, 0)])
@@ -94,7 +94,7 @@ def test_waiting_links_are_told_apart():
 
 
 def test_records_kept_unread_are_held_until_the_batch_reading_them_is_delivered():
-    pending = PendingUpdates()
+    pending = WaitingUpdates()
     pending.add(0, 4, [(ESTIMATE, "a", "x", 1.0, 1, 0)])
     pending.queue(0, 5, "record 5")
     pending.queue(1, 9, "record 9")
@@ -114,7 +114,7 @@ def test_records_kept_unread_are_held_until_the_batch_reading_them_is_delivered(
 
 
 def test_partitions_take_turns():
-    pending = PendingUpdates()
+    pending = WaitingUpdates()
     for partition in (0, 1, 2):
         pending.add(partition, 1, [(ESTIMATE, f"p{partition}r{i}", "s", 1.0, 1, 0) for i in range(4)])
     first, _ = _collect(pending, out_of_time=lambda taken: taken.receivers >= 2, chunk=2)
@@ -124,7 +124,7 @@ def test_partitions_take_turns():
 
 
 def test_held_from_is_the_lowest_record_with_anything_waiting():
-    pending = PendingUpdates()
+    pending = WaitingUpdates()
     pending.add(0, 5, [(ESTIMATE, "a", "x", 1.0, 1, 0)])
     pending.add(0, 6, [(ESTIMATE, "b", "x", 1.0, 1, 0)])
     pending.add(0, 7, [(ESTIMATE, "a", "x", 2.0, 2, 0)])  # frees record 5
@@ -132,7 +132,7 @@ def test_held_from_is_the_lowest_record_with_anything_waiting():
 
 
 def test_after_partitions_move_everything_is_dropped_and_an_old_batch_releases_nothing():
-    pending = PendingUpdates()
+    pending = WaitingUpdates()
     pending.add(0, 5, [(ESTIMATE, "a", "x", 1.0, 1, 0)])
     _, taken = _collect(pending)
     pending.clear()
@@ -166,7 +166,7 @@ def test_applying_what_waited_ends_in_the_states_that_applying_everything_in_ord
         else:
             scoring.apply_estimate(state, sender, value, version)
 
-    pending = PendingUpdates()
+    pending = WaitingUpdates()
     waited: dict[str, UserState] = {}
 
     def apply(partition, kind, receiver, waiting):

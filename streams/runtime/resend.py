@@ -1,0 +1,100 @@
+"""After a crash: re-send what may not have left.
+
+A state write and the records it causes are not atomic: a worker killed
+between them leaves a state that already shows an input as applied (so its
+redelivery is a duplicate) while the friend updates it caused never left.
+Every state records the offsets of the records that changed it; after a
+rebalance, states changed at or after the group's committed offset re-send
+their current estimate, score and links (receivers ignore what they already
+have) and re-write their changelog record. After a clean hand-over nothing
+qualifies, unless friend updates were still waiting (their records are read
+again too).
+
+Not to be confused with *recovery* (Faust rebuilding the tables from their
+changelogs, ``streams.runtime.recovery``): the re-send runs once recovery is
+over, on the recovered tables.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import TYPE_CHECKING
+
+from streams import batch as core
+from streams.batch import EstimateOut, LinkOut
+from streams.friend_updates import UNKNOWN_ORIGIN
+from streams.runtime.output import Outgoing
+
+if TYPE_CHECKING:
+    from streams.runtime.agents import Scorer
+
+log = logging.getLogger(__name__)
+
+#: States a scan of a whole table reads between two chances for the agents to run.
+SCAN_YIELD_EVERY = 2000
+#: Users whose records are delivered together (right after their puts).
+RESEND_CHUNK = 500
+
+
+async def resend_uncommitted(scorer: "Scorer") -> int:
+    """Re-send the outputs of the states changed by records not yet committed; returns how many."""
+    committed = await scorer.progress.committed_offsets()
+    assigned = scorer.app.assignor.assigned_actives()
+    user_topics = set(scorer.user_topic_names)
+    pair_topics = set(scorer.pair_topic_names)
+    user_partitions = sorted({tp.partition for tp in assigned if tp.topic in user_topics})
+    pair_partitions = sorted({tp.partition for tp in assigned if tp.topic in pair_topics})
+    users, pairs, context = scorer.users, scorer.pairs, scorer.context
+    outgoing: list[Outgoing] = []
+    resent = 0
+
+    def sends(records: list[core.Send]) -> None:
+        outgoing.extend(Outgoing(*send) for send in records)
+
+    for partition in user_partitions:
+        candidates = []
+        for scanned, (user, state) in enumerate(users.items(partition), 1):
+            if any(offset >= committed.get((topic, partition), 0) for topic, offset in state.source_offsets.items()):
+                candidates.append(user)
+            if scanned % SCAN_YIELD_EVERY == 0:
+                await asyncio.sleep(0)  # the agents go on meanwhile: this scan must not stall them
+        for start in range(0, len(candidates), RESEND_CHUNK):
+            for user in candidates[start : start + RESEND_CHUNK]:
+                state = users.get(partition, user)  # fresh: agents may have moved on
+                if state is None or state.version == 0:
+                    continue
+                outgoing.append(users.put(partition, user, state))
+                estimates = [
+                    EstimateOut(friend, user, state.published, state.version, state.updated_ts)
+                    for friend in state.current_friends()
+                ]
+                sends(core.friend_update_sends(context, estimates, ()))
+                sends(core.score_sends([core.score_of(user, state, context.rules)]))
+                resent += 1
+            # Delivered right after the puts, with no await between, so that
+            # a newer state an agent writes meanwhile follows these in the
+            # changelog instead of being overtaken by them.
+            await scorer.output.deliver(outgoing)
+            outgoing = []
+    for partition in pair_partitions:
+        for scanned, (key, pair) in enumerate(pairs.items(partition), 1):
+            if scanned % SCAN_YIELD_EVERY == 0:
+                await asyncio.sleep(0)
+            if pair.source_offset < min(committed.get((topic, partition), 0) for topic in pair_topics):
+                continue
+            pair = pairs.get(partition, key)
+            if pair is None:
+                continue
+            outgoing.append(pairs.put(partition, key, pair))
+            if pair.version:
+                links = [
+                    LinkOut(pair.user_a, pair.user_b, pair.weight, pair.version, UNKNOWN_ORIGIN),
+                    LinkOut(pair.user_b, pair.user_a, pair.weight, pair.version, UNKNOWN_ORIGIN),
+                ]
+                sends(core.friend_update_sends(context, (), links))
+            resent += 1
+    if resent:
+        log.warning("after a restart: re-sent the outputs of %d states changed by uncommitted records", resent)
+    await scorer.output.deliver(outgoing)
+    return resent
