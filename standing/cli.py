@@ -168,19 +168,30 @@ def cmd_explain(args: argparse.Namespace) -> int:
     import urllib.parse
     import urllib.request
 
+    from streams import events as ev
     from streams.explain import render_text
 
+    try:
+        user = ev.id_field({"user_id": args.user}, "user_id", "request")
+    except ev.Rejected as rejection:
+        print(f"standing explain: {rejection.detail}", file=sys.stderr)
+        return 2
     settings = Settings.from_env()
     base = (args.api or f"http://{settings.web_host}:{settings.web_port}").rstrip("/")
-    url = f"{base}/users/{urllib.parse.quote(args.user, safe='')}"
+    url = f"{base}/users/{urllib.parse.quote(user, safe='')}"
     try:
         with urllib.request.urlopen(url, timeout=10) as response:
             explanation = json.loads(response.read())
     except urllib.error.HTTPError as error:
-        body = json.loads(error.read() or b"{}")
-        print(f"standing explain: {body.get('error', error.reason)}: {args.user} ({body.get('detail', '')})", file=sys.stderr)
+        try:
+            body = json.loads(error.read() or b"{}")
+        except ValueError:  # not the API's JSON: something else answers on that port
+            body = {}
+        reason = body.get("error", error.reason) if isinstance(body, dict) else error.reason
+        detail = body.get("detail", "") if isinstance(body, dict) else ""
+        print(f"standing explain: {reason}: {user}" + (f" ({detail})" if detail else ""), file=sys.stderr)
         return 1
-    except OSError as error:
+    except (OSError, ValueError) as error:
         print(f"standing explain: no worker answers at {base} ({error}); start one or pass --api URL", file=sys.stderr)
         return 2
     print(json.dumps(explanation, indent=2) if args.json else render_text(explanation))

@@ -60,6 +60,9 @@ def run_demo(
     users: int,
     seed: int,
 ) -> int:
+    # --seconds counts from the command's start: starting the broker and the
+    # worker is part of the run, so `--seconds 30` ends about 30 s after Enter.
+    deadline = None if seconds is None else time.monotonic() + seconds
     host, _, port = settings.bootstrap_servers[0].rpartition(":")
     with ExitStack() as cleanup:
         if not port_is_open(host or "127.0.0.1", int(port)):
@@ -80,7 +83,7 @@ def run_demo(
             f"metrics http://{settings.web_host}:{settings.metrics_port}/metrics"
         )
         try:
-            asyncio.run(_live(settings, PopulationConfig(users=users, seed=seed, events=10**12), rate, seconds, worker))
+            asyncio.run(_live(settings, PopulationConfig(users=users, seed=seed, events=10**12), rate, deadline, worker))
         except KeyboardInterrupt:
             pass
         _say("stopping")
@@ -88,7 +91,7 @@ def run_demo(
     return 0
 
 
-async def _live(settings: Settings, config: PopulationConfig, rate: float, seconds: float | None, worker) -> None:
+async def _live(settings: Settings, config: PopulationConfig, rate: float, deadline: float | None, worker) -> None:
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
@@ -118,7 +121,7 @@ async def _live(settings: Settings, config: PopulationConfig, rate: float, secon
         last_count, last_time = 0, started
         interactive = sys.stdout.isatty()
         while not stop.is_set():
-            await asyncio.sleep(1.0)
+            await asyncio.sleep(1.0 if deadline is None else max(0.0, min(1.0, deadline - time.monotonic())))
             now = time.monotonic()
             if worker.poll() is not None:
                 _say(f"the worker exited with code {worker.returncode}; see its log")
@@ -141,9 +144,9 @@ async def _live(settings: Settings, config: PopulationConfig, rate: float, secon
             ]
             if interactive:
                 print("\x1b[2K" + lines[0] + "\n\x1b[2K" + lines[1] + "\x1b[2A\r", end="", flush=True)
-            elif int(now - started) % 5 == 0:
+            else:
                 print("\n".join(lines), flush=True)
-            if seconds is not None and now - started >= seconds:
+            if deadline is not None and now >= deadline:
                 stop.set()
         if interactive:
             print("\n\n", end="")

@@ -302,7 +302,7 @@ class Send(NamedTuple):
 
 
 #: Names of the counts a batch returns: (name, label) -> n (the runtime adds them to its metrics).
-EVENTS_IN, ACCEPTED, DUPLICATE, REJECTED = "events_in", "accepted", "duplicate", "rejected"
+EVENTS_IN, ACCEPTED, DUPLICATE, REJECTED, REROUTED = "events_in", "accepted", "duplicate", "rejected", "rerouted"
 UPDATES_RECEIVED, UPDATES_SENT, UPDATE_MESSAGES_SENT = "updates_received", "updates_sent", "update_messages_sent"
 
 #: Friend updates carried by one Kafka message at most (~400 KB).
@@ -328,7 +328,7 @@ class BatchResult:
 
     #: (partition, key, state) to write back, in order
     writes: list = field(default_factory=list)
-    #: records to send (friend updates, scores, dead letters)
+    #: records to send (friend updates, scores, dead letters, rerouted inputs)
     sends: list[Send] = field(default_factory=list)
     #: (topic, partition) -> the next offset to read once this batch is delivered
     advance: dict = field(default_factory=dict)
@@ -443,7 +443,7 @@ def score_users(
             event_type = catalog.by_topic[topic]
             user = event_type.key(event)
             if partition_for(user, context.partitions) != record.partition:
-                sends.append(_wrong_key(record, "the user_id", user, counts, now_ms))
+                sends.append(_reroute(record, user, context, counts))
                 continue
             if user_batch is None:
                 user_batch = user_batch_of(partition)
@@ -498,7 +498,7 @@ def route_friendships(records: Sequence[Record], pairs: Store[PairState], contex
             event_type = catalog.by_topic[record.topic]
             key = event_type.key(event)
             if partition_for(key, context.partitions) != record.partition:
-                sends.append(_wrong_key(record, "the pair key", key, counts, now_ms))
+                sends.append(_reroute(record, key, context, counts))
                 continue
             outcome = pair_batch.friendship(
                 key, event.user_a, event.user_b, event.event_id, event.ts, event.action, event.weight, record.offset
@@ -580,9 +580,20 @@ def score_of(user: str, state: UserState, rules: Rules) -> ScoreOut:
     )
 
 
+#: Largest dead letter written: the topic's limit, less room for the record's framing.
+DEAD_LETTER_MAX_BYTES = topics.MAX_RECORD_BYTES - 64 * 1024
+
+
 def dead_letter(record: Record, reason: str, detail: str, now_ms: int) -> Send:
-    """A rejected record for the dead-letter topic, with where it came from and why."""
+    """A rejected record for the dead-letter topic, with where it came from and why.
+
+    The original bytes are kept whole (``dead-letters`` takes records 16x
+    larger than an input topic); an original that would still not fit (an
+    input topic configured beyond that) is cut, and the detail says so and
+    where the whole record is.
+    """
     key = record.key if isinstance(record.key, bytes) else None
+    original = record.value if isinstance(record.value, bytes) else b""
     value = {
         "reason": reason,
         "detail": detail,
@@ -590,11 +601,21 @@ def dead_letter(record: Record, reason: str, detail: str, now_ms: int) -> Send:
         "partition": record.partition,
         "offset": record.offset,
         "key": key,
-        "original": record.value if isinstance(record.value, bytes) else b"",
+        "original": original,
         "received_ts": now_ms,
         "source": "worker",
     }
-    return Send(topics.DEAD_LETTERS, key, codec.encode("dead_letter", value), None)
+    encoded = codec.encode("dead_letter", value)
+    excess = len(encoded) + 2 * len(key or b"") - DEAD_LETTER_MAX_BYTES
+    if excess > 0:
+        kept = max(0, len(original) - excess - 1024)
+        value["original"] = original[:kept]
+        value["detail"] = (
+            f"{detail} [original cut to its first {kept} of {len(original)} bytes; "
+            f"the whole record is at {record.topic}[{record.partition}]@{record.offset} until the topic's retention]"
+        )
+        encoded = codec.encode("dead_letter", value)
+    return Send(topics.DEAD_LETTERS, key, encoded, None)
 
 
 # --- reading records ---------------------------------------------------------------------
@@ -610,13 +631,17 @@ def _decode(catalog: Catalog, record: Record, sends: list[Send], counts: Counter
         return None
 
 
-def _wrong_key(record: Record, what: str, key: str, counts: Counter, now_ms: int) -> Send:
-    counts[REJECTED, "wrong_key"] += 1
-    detail = (
-        f"the record is on a partition that does not own its subject; its Kafka key must be {what} "
-        f"({key!r}) so the default partitioner routes it; re-publish it with that key"
-    )
-    return dead_letter(record, "wrong_key", detail, now_ms)
+def _reroute(record: Record, key: str, context: Context, counts: Counter) -> Send:
+    """A valid event on a partition that does not own its subject: the same bytes, to the partition that does.
+
+    Producers choose partitions with their client's partitioner: librdkafka's
+    default (confluent-kafka, Go, .NET, kcat) hashes keys with CRC32, Java's
+    and aiokafka's with murmur2, which is what Standing's partitions follow.
+    Any other choice is routed here, once, and counted; the event is scored
+    when it is read on its own partition, exactly as if produced there.
+    """
+    counts[REROUTED, record.topic] += 1
+    return Send(record.topic, key.encode(), record.value, partition_for(key, context.partitions))
 
 
 def _keep_friend_updates(

@@ -48,7 +48,8 @@ REASONS = (
     "self_friendship",
     "unknown_action",
     "bad_weight",
-    "wrong_key",
+    # not a rule of the events: a record the worker failed to process on its own, repeatedly
+    "processing_failed",
 )
 
 

@@ -83,7 +83,7 @@ def render_text(explanation: dict) -> str:
         f"{explanation['user_id']}: {explanation['score']:.0f} ({explanation['band']}) "
         f"on a scale of {explanation['scale']['min']:.0f}-{explanation['scale']['max']:.0f}",
         f"  raw {explanation['raw']:+.3f} = own behaviour {explanation['raw'] - explanation['network']:+.3f}"
-        f" + friends {explanation['network']:+.3f}   ({explanation['friends']} friends)",
+        f" + friends {explanation['network']:+.3f}   ({_count(explanation['friends'], 'friend')})",
         "  what moved it most:",
     ]
     for reason in explanation["reasons"] or []:
@@ -99,3 +99,7 @@ def render_text(explanation: dict) -> str:
         trail = " -> ".join(f"{point['score']:.0f}" for point in explanation["history"][-8:])
         lines.append(f"  recent history: {trail}")
     return "\n".join(lines)
+
+
+def _count(n: int, thing: str) -> str:
+    return f"{n} {thing}" if n == 1 else f"{n} {thing}s"

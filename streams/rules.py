@@ -72,8 +72,8 @@ class Rules:
         return -cap if points < -cap else cap if points > cap else points
 
     def purchase_reason(self, category: str) -> str:
-        """The reason code explanations group a purchase under."""
-        return f"purchase:{category}" if category in self.purchase_weights else "purchase:other"
+        """The reason code explanations group a purchase under: its category, named (at most 64 characters of it)."""
+        return f"purchase:{category}" if len(category) <= 64 else f"purchase:{category[:63]}\u2026"
 
     def post_contributions(self, labels: Sequence[str]) -> list[tuple[str, float]]:
         """``("post:<label>", points)`` per label with a rule, repeats included; unknown labels add nothing."""

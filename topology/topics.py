@@ -35,6 +35,13 @@ DAY_MS = 24 * 3600 * 1000
 #: record, over Kafka's 1 MB default; 16 MiB holds about 600,000 friends.
 MAX_RECORD_BYTES = 16 * 2**20
 _BIG_RECORDS = {"max.message.bytes": str(MAX_RECORD_BYTES)}
+#: Largest input record (max.message.bytes of the input topics): Kafka's
+#: default, said explicitly. ``dead-letters`` takes MAX_RECORD_BYTES, so the
+#: dead letter of any input record fits with its provenance; an input topic
+#: someone configured larger still gets dead letters, with the original cut
+#: (streams/batch.py: dead_letter).
+MAX_INPUT_RECORD_BYTES = 1048588
+_INPUT_RECORDS = {"max.message.bytes": str(MAX_INPUT_RECORD_BYTES)}
 
 
 def changelog_topic(app_id: str, table: str) -> str:
@@ -63,7 +70,10 @@ def declared_topics(settings: Settings, input_topics: Iterable[str]) -> list[Top
     """Every topic, with its partitions and configs: the event types' ``input_topics`` and Standing's own."""
     n = settings.partitions
     return [
-        *(TopicSpec(name, n, doc="input events (streams/events.py declares their type and key)") for name in input_topics),
+        *(
+            TopicSpec(name, n, doc="input events (streams/events.py declares their type and key)", extra=_INPUT_RECORDS)
+            for name in input_topics
+        ),
         TopicSpec(
             FRIEND_UPDATES,
             n,
@@ -72,7 +82,7 @@ def declared_topics(settings: Settings, input_topics: Iterable[str]) -> list[Top
             extra=_BIG_RECORDS,
         ),
         TopicSpec(SCORES, n, cleanup_policy="compact", retention_ms=-1, doc="latest score per user_id"),
-        TopicSpec(DEAD_LETTERS, n, retention_ms=30 * DAY_MS, doc="rejected events with their reason"),
+        TopicSpec(DEAD_LETTERS, n, retention_ms=30 * DAY_MS, doc="rejected events with their reason", extra=_BIG_RECORDS),
         *(
             TopicSpec(
                 changelog_topic(settings.app_id, table),

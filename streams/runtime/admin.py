@@ -8,6 +8,7 @@ from typing import Callable
 
 from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
 from aiokafka.errors import KafkaConnectionError, KafkaError
 
 from topology.settings import Settings
@@ -69,6 +70,7 @@ async def ensure_topics(settings: Settings, specs: list[TopicSpec] | None = None
                     f"topic {spec.name!r} has {have} partitions but Standing is configured for {spec.partitions}; "
                     f"set STANDING_PARTITIONS={have} (or --partitions {have}), or delete the topic so it is recreated"
                 )
+        await _raise_size_limits(admin, [spec for spec in specs if spec.name in existing])
         missing = [spec for spec in specs if spec.name not in existing]
         if missing:
             await admin.create_topics(
@@ -80,6 +82,39 @@ async def ensure_topics(settings: Settings, specs: list[TopicSpec] | None = None
         raise TopologyError(f"cannot reach Kafka at {settings.broker}; start it with `standing broker` or pass --broker") from None
     finally:
         await admin.close()
+
+
+#: DescribeConfigs' source of a value set on the topic itself (DYNAMIC_TOPIC_CONFIG).
+_SET_ON_TOPIC = 1
+
+
+async def _raise_size_limits(admin: AIOKafkaAdminClient, specs: list[TopicSpec]) -> None:
+    """An existing topic whose max.message.bytes is below Standing's gets Standing's.
+
+    Topics created before a release raised a limit (dead-letters once kept
+    the broker's 1 MiB, so the dead letter of an input record at the limit
+    did not fit and stopped its partition). Only raised, never lowered; the
+    topic's other settings (an operator's retention) are kept: AlterConfigs
+    replaces a topic's whole set, so it is sent with every value set on the topic.
+    """
+    wanted = {spec.name: int(spec.configs["max.message.bytes"]) for spec in specs if "max.message.bytes" in spec.configs}
+    if not wanted:
+        return
+    described = await admin.describe_configs([ConfigResource(ConfigResourceType.TOPIC, name) for name in wanted])
+    changes = []
+    for response in described:
+        for error_code, _, _, name, entries in (resource[:5] for resource in response.resources):
+            if error_code or name not in wanted:
+                continue
+            values = {entry[0]: entry[1] for entry in entries}
+            current = int(values.get("max.message.bytes") or 0)
+            if current >= wanted[name]:
+                continue
+            kept = {entry[0]: entry[1] for entry in entries if entry[3] is not True and entry[3] == _SET_ON_TOPIC}
+            kept["max.message.bytes"] = str(wanted[name])
+            changes.append(ConfigResource(ConfigResourceType.TOPIC, name, kept))
+    if changes:
+        await admin.alter_configs(changes)
 
 
 async def _partition_counts(settings: Settings, names: list[str]) -> dict[str, int]:

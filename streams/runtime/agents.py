@@ -36,6 +36,7 @@ from streams.waiting import WaitingUpdates
 from streams.runtime import intake, metrics
 from streams.runtime import recovery
 from streams.runtime.commits import InputProgress
+from streams.runtime.failures import ATTEMPTS, FailureGuard
 from streams.runtime.intake import InFlight, Intake
 from streams.runtime.output import Outgoing, Outputs
 from streams.runtime.resend import resend_uncommitted
@@ -69,7 +70,7 @@ class Scorer:
         self.users_table, self.pairs_table = create_tables(app, settings)
         self.users = user_store(self.users_table, settings.state_cache_entries)
         self.pairs = pair_store(self.pairs_table, settings.state_cache_entries)
-        self.ready = False  # sets the gauge too (the property below)
+        self._recovered = False
 
         def raw_topic(*names: str) -> faust.TopicT:
             return app.topic(*names, key_type=bytes, value_type=bytes, key_serializer="raw", value_serializer="raw")
@@ -101,6 +102,13 @@ class Scorer:
 
         #: batches being applied or delivered; a rebalance waits for them
         self.in_flight = InFlight()
+        #: no record can stop a lane: retries, then one record at a time, then dead letters
+        self.user_guard = FailureGuard(
+            "score_users", process=self.process_user_batch, pass_over=self._pass_over, rewind=self._rewind_users
+        )
+        self.pair_guard = FailureGuard(
+            "route_friendships", process=self.process_pair_batch, pass_over=self._pass_over, rewind=self._rewind_pairs
+        )
 
         @app.agent(self.user_topics, name="score_users")
         async def score_users(stream):
@@ -108,7 +116,8 @@ class Scorer:
             async for batch in self.user_intake.batches(more_work=self.waiting_updates.__bool__):
                 try:
                     with self.in_flight:
-                        await self.process_user_batch(batch)
+                        await self.user_guard.run(batch)
+                    self._publish_ready()
                 except BaseException:
                     self.users.forget()  # its loaded states may be half-applied
                     raise
@@ -119,7 +128,8 @@ class Scorer:
             async for batch in self.pair_intake.batches():
                 try:
                     with self.in_flight:
-                        await self.process_pair_batch(batch)
+                        await self.pair_guard.run(batch)
+                    self._publish_ready()
                 except BaseException:
                     self.pairs.forget()
                     raise
@@ -159,17 +169,22 @@ class Scorer:
         async def on_partitions_assigned(sender, assigned, **kwargs) -> None:
             self.forget_cached_states()  # recovery is about to write the tables
             self.progress.forget()
+            self.user_guard.reset()
+            self.pair_guard.reset()
 
     @property
     def ready(self) -> bool:
-        """True once the tables of the current assignment are recovered."""
-        return self._ready
+        """True once the tables of the current assignment are recovered, and while no lane keeps failing."""
+        return self._recovered and not (self.user_guard.failing or self.pair_guard.failing)
 
     @ready.setter
-    def ready(self, value: bool) -> None:
+    def ready(self, recovered: bool) -> None:
+        self._recovered = recovered
+        self._publish_ready()
+
+    def _publish_ready(self) -> None:
         # The gauge moves with it: readiness probes and the recovery benchmark read it.
-        self._ready = value
-        metrics.READY.set(1 if value else 0)
+        metrics.READY.set(1 if self.ready else 0)
 
     async def stop_taking_batches(self, timeout: float) -> bool:
         """A clean stop begins here, before Faust stops its consumer, tables and producer.
@@ -221,6 +236,32 @@ class Scorer:
         self.waiting_updates.release(result.taken)
         metrics.BATCHES.labels("score_users").inc()
         metrics.BATCH_SECONDS.labels("score_users").observe(time.perf_counter() - started)
+
+    # --- after a failed batch (streams/runtime/failures.py) -------------------------------
+
+    async def _rewind_users(self) -> None:
+        self.users.forget()
+        self.waiting_updates.clear()  # their records are read again from the committed offsets
+        metrics.FRIEND_UPDATES_WAITING.set(0)
+        self.user_intake.clear()
+        await self.progress.rewind(self.user_topic_names)
+        self._publish_ready()
+
+    async def _rewind_pairs(self) -> None:
+        self.pairs.forget()
+        self.pair_intake.clear()
+        await self.progress.rewind(self.pair_topic_names)
+        self._publish_ready()
+
+    async def _pass_over(self, record, error: BaseException) -> None:
+        """A record that fails on its own: to the dead-letter topic, and its offset is done."""
+        admission = await self.progress.admit([record])
+        if not self.progress.current(admission) or not admission.records:
+            return
+        detail = f"the worker failed to process this record {ATTEMPTS} times on its own: {type(error).__name__}: {error}"
+        await self.output.deliver([Outgoing(*core.dead_letter(record, "processing_failed", detail[:2000], _now_ms()))])
+        metrics.EVENTS_REJECTED.labels("processing_failed").inc()
+        await self.progress.done(admission)
 
     async def _deliver(self, store, result: core.BatchResult) -> None:
         """Write the batch's states, then send its records and wait until the broker acknowledged every one.

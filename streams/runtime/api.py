@@ -1,39 +1,79 @@
-"""The read-only query API on every worker (Faust's web server).
+"""The read-only HTTP API on every worker (Faust's web server).
 
-GET /users/{user_id}  the score with its explanation (404 for an unknown user);
-                      a request reaching a worker that does not own the
-                      user's partition is forwarded to the owner by Faust's
-                      table router.
+GET /users/{user_id}  the score with its explanation (404 for an unknown user,
+                      400 for a user id that could not be one); a request
+                      reaching a worker that does not own the user's
+                      partition is forwarded to the owner by Faust's table
+                      router.
 GET /health           the process is up.
 GET /ready            the worker holds recovered partitions (503 otherwise).
+GET /subjects/...,    Standing's schemas in the Confluent Schema Registry's
+    /schemas/ids/...  dialect (streams/runtime/registry_api.py).
+
+Anything but GET (and the registry's lookup POST) answers 405.
 """
 
 from __future__ import annotations
 
+import json
+import urllib.parse
+
 from faust import web
 
-from streams.runtime.agents import Scorer
+from streams import events as ev
 from streams.explain import explain
+from streams.runtime.agents import Scorer
+from streams.runtime.registry_api import CONTENT_TYPE, ReadOnlyRegistry
 from topology.routing import partition_for
 
-MAX_USER_ID_LENGTH = 256
+MAX_USER_ID_LENGTH = ev.MAX_ID_LENGTH
+
+
+def user_id_from(raw_segment: str) -> tuple[str | None, str | None]:
+    """(user id, None) from a URL path segment as sent, or (None, why it cannot be a user id).
+
+    The same rules as ids in events (1 to 256 characters, no control
+    characters, valid UTF-8): a request for an id no event could carry is a
+    bad request, not an unknown user, and its bytes are not echoed back.
+    """
+    try:
+        text = urllib.parse.unquote_to_bytes(raw_segment).decode("utf-8")
+    except UnicodeDecodeError:
+        return None, "the user id is not UTF-8 text; percent-encode the UTF-8 bytes of the id"
+    try:
+        return ev.id_field({"user_id": text}, "user_id", "request"), None
+    except ev.Rejected as rejection:
+        detail = {
+            "empty_id": "the user id is empty",
+            "id_too_long": f"user ids have at most {MAX_USER_ID_LENGTH} characters",
+            "bad_id": "user ids may not contain control characters",
+        }.get(rejection.reason, rejection.detail)
+        return None, detail
 
 
 def install_api(scorer: Scorer) -> None:
     app = scorer.app
     partitions = scorer.settings.partitions
+    registry = ReadOnlyRegistry(scorer.catalog, scorer.settings.app_id)
 
     @app.page("/users/{user_id}")
-    @app.table_route(table=scorer.users_table, match_info="user_id")
     async def user(view: web.View, request: web.Request, user_id: str) -> web.Response:
-        if not user_id or len(user_id) > MAX_USER_ID_LENGTH:
-            return view.json({"error": "bad user id", "detail": f"user ids are 1 to {MAX_USER_ID_LENGTH} characters"}, status=400)
-        state = scorer.users.get(partition_for(user_id, partitions), user_id)
+        # Checked before routing: an id no event could carry is refused by whichever worker gets it.
+        segment = request.raw_path.split("?", 1)[0].rstrip("/").rsplit("/", 1)[-1]
+        checked, problem = user_id_from(segment)
+        if checked is None:
+            return view.json({"error": "bad user id", "detail": problem}, status=400)
+        return await owned_user(view, request, user_id=checked)
+
+    @app.table_route(table=scorer.users_table, match_info="user_id")
+    async def owned_user(view: web.View, request: web.Request, user_id: str) -> web.Response:
+        checked = user_id
+        state = scorer.users.get(partition_for(checked, partitions), checked)
         if state is None:
             return view.json(
-                {"error": "unknown user", "user_id": user_id, "detail": "no accepted event has named this user"}, status=404
+                {"error": "unknown user", "user_id": checked, "detail": "no accepted event has named this user"}, status=404
             )
-        return view.json(explain(user_id, state, scorer.rules))
+        return view.json(explain(checked, state, scorer.rules))
 
     @app.page("/health")
     async def health(view: web.View, request: web.Request) -> web.Response:
@@ -44,3 +84,39 @@ def install_api(scorer: Scorer) -> None:
         if scorer.ready:
             return view.json({"status": "ready"})
         return view.json({"status": "recovering"}, status=503)
+
+    class RegistryView(web.View):
+        """A registry path: GET answers, anything that would change the registry is refused."""
+
+        def _answer(self, status_body) -> web.Response:
+            status, body = status_body
+            return self.bytes(json.dumps(body).encode(), content_type=CONTENT_TYPE, status=status)
+
+        async def get(self, request: web.Request, **kwargs) -> web.Response:
+            return self._answer(registry.get(request.path))
+
+        async def post(self, request: web.Request, **kwargs) -> web.Response:
+            parts = [part for part in request.path.split("/") if part]
+            if len(parts) == 2 and parts[0] == "subjects":  # "is this schema registered?": a lookup
+                try:
+                    body = json.loads(await request.read())
+                except ValueError:
+                    body = {}
+                return self._answer(registry.lookup(parts[1], body))
+            return self._answer(registry.refuse("POST", request.path))
+
+        async def put(self, request: web.Request, **kwargs) -> web.Response:
+            return self._answer(registry.refuse("PUT", request.path))
+
+        async def delete(self, request: web.Request, **kwargs) -> web.Response:
+            return self._answer(registry.refuse("DELETE", request.path))
+
+    for path in (
+        "/subjects",
+        "/subjects/{subject}",
+        "/subjects/{subject}/versions",
+        "/subjects/{subject}/versions/{version}",
+        "/schemas/ids/{id}",
+        "/schemas/ids/{id}/subjects",
+    ):
+        app.page(path)(type(f"Registry{abs(hash(path))}", (RegistryView,), {}))

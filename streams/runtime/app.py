@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import faust
 
+from streams.runtime import embedded_broker
 from topology.settings import Settings
 
 
@@ -35,8 +36,9 @@ def create_app(settings: Settings) -> faust.App:
         # Static membership: a restarted worker reclaims its own partitions.
         consumer_group_instance_id=settings.group_instance_id,
         # Names the metrics port, whose server (a thread started before Faust)
-        # answers as long as the process lives: peers probe it (streams/runtime/embedded_broker.py).
-        broker_client_id=f"standing-metrics-{settings.metrics_port}",
+        # answers as long as the process lives, and this process's token:
+        # peers probe it (streams/runtime/embedded_broker.py).
+        broker_client_id=embedded_broker.client_id(settings.metrics_port),
         broker_heartbeat_interval=max(0.5, settings.session_timeout / 10),
         producer_acks=-1,
         producer_linger_ms=1,

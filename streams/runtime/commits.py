@@ -93,6 +93,27 @@ class InputProgress:
         self._confirmed.clear()
         self._generation += 1
 
+    async def rewind(self, topic_names) -> None:
+        """The partitions of these topics start again from the group's committed offsets.
+
+        After a failed batch (streams/runtime/failures.py): whatever was read
+        since the commit is read again, in order, and the consumer is sought
+        there so that it fetches it again.
+        """
+        names = set(topic_names)
+        assigned = [tp for tp in self._app.consumer.assignment() if tp.topic in names]
+        for tp in assigned:
+            self._next.pop(tp, None)
+            self._confirmed.pop(tp, None)
+        if not assigned:
+            return
+        starts = await self._asking(self._start_offsets, assigned)
+        for tp, offset in starts.items():
+            try:
+                await self._app.consumer.seek(tp, offset)
+            except Exception as error:  # a rebalance meanwhile positions it from the commit
+                log.debug("could not seek %s[%d] back to %d: %r", tp.topic, tp.partition, offset, error)
+
     def hold_back(self, held_from) -> None:
         """Never commit a partition past ``held_from(tp)`` (an offset, or None for no limit).
 

@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import secrets
 import time
 
 import aiohttp
@@ -100,25 +101,45 @@ def pace_empty_fetches(pause_ms: int) -> None:
 
 INTERVAL_S = 5.0
 
+#: This process's token: part of its Kafka client id and answered by its
+#: metrics server, so a probe tells this process from whatever listens on the
+#: same port later (a replacement worker on another data directory, which
+#: once kept a dead member "alive" for good).
+PROCESS_TOKEN = secrets.token_hex(6)
+IDENTITY_METRIC = "standing_worker_identity_info"
+
+
+def client_id(metrics_port: int) -> str:
+    """The worker's Kafka client id: where its process answers, and which process it is."""
+    return f"standing-metrics-{metrics_port}-{PROCESS_TOKEN}"
+
+
+def parse_client_id(client_id: str) -> tuple[int, str | None] | None:
+    """(metrics port, process token) of ``standing-metrics-PORT[-TOKEN]``; None if not a worker's."""
+    prefix = "standing-metrics-"
+    if not client_id.startswith(prefix):
+        return None
+    port, _, token = client_id[len(prefix):].partition("-")
+    if not port.isdigit() or int(port) == 0:
+        return None
+    return int(port), token or None
+
 
 def liveness_url(client_id: str, client_host: str) -> str | None:
-    """Where a member's process answers while it lives: its metrics server.
+    """Where a member's process answers while it lives: its metrics server, asked for its identity.
 
-    The worker names its metrics port in its Kafka client id
-    (``standing-metrics-PORT``); the broker reports the member's host. That
-    server is a thread started before Faust, so it answers during start-up,
-    recovery and a stuck rebalance alike, and stops only with the process.
+    The worker names its metrics port and its process token in its Kafka
+    client id; the broker reports the member's host. That server is a thread
+    started before Faust, so it answers during start-up, recovery and a stuck
+    rebalance alike, and stops only with the process.
     """
-    prefix = "standing-metrics-"
-    if not client_id.startswith(prefix) or not client_id[len(prefix):].isdigit():
-        return None
-    port = int(client_id[len(prefix):])
-    if port == 0:
+    parsed = parse_client_id(client_id)
+    if parsed is None:
         return None
     host = client_host.lstrip("/") or "127.0.0.1"
     if ":" in host:
         host = f"[{host}]"
-    return f"http://{host}:{port}/metrics"
+    return f"http://{host}:{parsed[0]}/metrics?name[]={IDENTITY_METRIC}"
 
 
 class DeadMemberReaper:
@@ -141,12 +162,12 @@ class DeadMemberReaper:
             await self.close()
             return []
         now = time.monotonic()
-        present = {member_id for member_id, _ in members}
+        present = {member_id for member_id, _, _ in members}
         for gone in set(self.silent_since) - present:
             del self.silent_since[gone]
         evicted = []
-        for member_id, url in members:
-            if url is None or await self._answers(url):
+        for member_id, url, token in members:
+            if url is None or await self._answers(url, token):
                 self.silent_since.pop(member_id, None)
                 continue
             since = self.silent_since.setdefault(member_id, now)
@@ -158,7 +179,8 @@ class DeadMemberReaper:
                     self.silent_since.pop(member_id, None)
         return evicted
 
-    async def _members(self) -> list[tuple[str, str | None]]:
+    async def _members(self) -> list[tuple[str, str | None, str | None]]:
+        """(member id, liveness url, process token) of every member of the group."""
         if self._admin is None:
             self._admin = AIOKafkaAdminClient(bootstrap_servers=self.settings.bootstrap_servers, **self.settings.kafka_client_options())
             await self._admin.start()
@@ -170,15 +192,21 @@ class DeadMemberReaper:
                 if error_code or name != self.settings.app_id:
                     continue
                 for member in group[5]:
-                    members.append((member[0], liveness_url(member[1], member[2])))
+                    parsed = parse_client_id(member[1])
+                    members.append((member[0], liveness_url(member[1], member[2]), parsed[1] if parsed else None))
         return members
 
-    async def _answers(self, url: str) -> bool:
+    async def _answers(self, url: str, token: str | None) -> bool:
+        """The member's own process answers: the token of its client id (any answer for ids without one)."""
         if self._http is None:
             self._http = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=2.0))
         try:
             async with self._http.get(url) as response:
-                return response.status < 500
+                if response.status >= 500:
+                    return False
+                if token is None:
+                    return True  # a worker from before tokens: the port answering is all there is to check
+                return f'token="{token}"' in await response.text()
         except (aiohttp.ClientError, OSError, TimeoutError):
             return False
 

@@ -6,7 +6,7 @@ worker defines what operators need here and serves it with prometheus-client.
 
 from __future__ import annotations
 
-from prometheus_client import Counter, Gauge, Histogram, disable_created_metrics
+from prometheus_client import Counter, Gauge, Histogram, Info, disable_created_metrics
 
 from streams import batch
 from streams.events import CATALOG
@@ -26,6 +26,12 @@ DEAD_LETTERS = Counter(
     "standing_dead_letters_total",
     "Records on the dead-letter topic, whoever rejected them (the producer's edge or a worker).",
     ["reason", "source"],
+)
+INPUT_RECORDS_REROUTED = Counter(
+    "standing_input_records_rerouted_total",
+    "Input records found on a partition that does not own their subject (a producer partitioning with another "
+    "hash than Kafka's default murmur2, e.g. librdkafka's CRC32) and sent to the partition that does.",
+    ["topic"],
 )
 FRIEND_UPDATES_SENT = Counter(
     "standing_friend_updates_sent_total", "Friend updates (estimates and link changes) sent.", ["kind"]
@@ -85,11 +91,20 @@ INPUT_RECORDS_SKIPPED = Counter(
 )
 for _topic in (*CATALOG.topics(), topics.FRIEND_UPDATES):
     INPUT_RECORDS_SKIPPED.labels(_topic)  # at 0 from the start, so rates and alerts have a series
+for _topic in CATALOG.topics():
+    INPUT_RECORDS_REROUTED.labels(_topic)
 CHANGELOG_RECORDS_RESTORED = Counter(
     "standing_changelog_records_restored_total",
     "Changelog records written into this worker's tables while recovering them (streams/runtime/recovery.py).",
     ["table"],
 )
+BATCH_FAILURES = Counter(
+    "standing_batch_failures_total",
+    "Batches (or single records) whose processing failed and was retried, by agent (streams/runtime/failures.py).",
+    ["agent"],
+)
+for _agent in ("score_users", "route_friendships"):
+    BATCH_FAILURES.labels(_agent)
 REBALANCES = Counter("standing_rebalances_total", "Rebalances this worker went through (partition assignments).")
 READY = Gauge("standing_ready", "1 when the worker holds recovered partitions and is processing, else 0.")
 
@@ -100,6 +115,7 @@ _BATCH_COUNTERS = {
     batch.ACCEPTED: EVENTS_ACCEPTED,
     batch.DUPLICATE: EVENTS_DUPLICATE,
     batch.REJECTED: EVENTS_REJECTED,
+    batch.REROUTED: INPUT_RECORDS_REROUTED,
     batch.UPDATES_RECEIVED: FRIEND_UPDATES_RECEIVED,
     batch.UPDATES_SENT: FRIEND_UPDATES_SENT,
 }
@@ -117,3 +133,12 @@ def add_counts(counts) -> None:
             FRIEND_UPDATE_MESSAGES_SENT.inc(n)
         else:
             _BATCH_COUNTERS[name].labels(label).inc(n)
+
+
+def publish_identity(group_instance_id: str) -> None:
+    """Who answers on this metrics port: the process token of its Kafka client id (streams/runtime/embedded_broker.py)."""
+    from streams.runtime.embedded_broker import IDENTITY_METRIC, PROCESS_TOKEN
+
+    Info(IDENTITY_METRIC.removesuffix("_info"), "This worker process: its Kafka client id token and group.instance.id.").info(
+        {"token": PROCESS_TOKEN, "group_instance_id": group_instance_id}
+    )

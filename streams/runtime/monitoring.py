@@ -71,6 +71,17 @@ def install_monitoring(scorer: Scorer) -> None:
         metrics.REBALANCES.inc()
         metrics.CONSUMER_LAG.clear()  # partitions no longer ours must not linger
 
+    @app.on_before_shutdown.connect
+    async def close_lag_clients(sender, **kwargs) -> None:
+        # Left open, their tasks (metadata sync, fetch routine, connection
+        # reader) kept mode's shutdown waiting a full second for them.
+        for client in list(clients.values()):
+            try:
+                await client.close() if hasattr(client, "close") else await client.stop()
+            except Exception:
+                pass
+        clients.clear()
+
     @app.timer(interval=INTERVAL_S)
     async def refresh() -> None:
         assigned = app.assignor.assigned_actives()

@@ -1,6 +1,7 @@
 """Every change Standing makes to faust-streaming and aiokafka: one list, checked before anything is changed.
 
-Standing runs on exact versions of both (pyproject.toml pins them). Where
+Standing runs on exact versions of both, and of mode-streaming (Faust's service
+framework), which pyproject.toml pins. Where
 their behaviour had to change, the function is replaced or wrapped, never
 edited in place, and each change is a ``Patch`` here: what it replaces, why,
 the test that shows the upstream behaviour it corrects, and the sha256 of the
@@ -24,7 +25,7 @@ from dataclasses import dataclass, field
 from typing import Any, Callable
 
 #: The versions every patch was written and checked against.
-PINNED = {"faust-streaming": "0.15.3", "aiokafka": "0.14.0"}
+PINNED = {"faust-streaming": "0.15.3", "mode-streaming": "0.7.1", "aiokafka": "0.14.0"}
 
 
 class IncompatibleDependency(RuntimeError):
@@ -109,7 +110,7 @@ class Patch:
 
 def all_patches() -> list[Patch]:
     """Every patch, in the order they are applied."""
-    from streams.runtime import commits, dispatch, embedded_broker, group_join, recovery, store
+    from streams.runtime import commits, dispatch, embedded_broker, group_join, recovery, store, worker
 
     return [
         *dispatch.PATCHES,
@@ -118,6 +119,7 @@ def all_patches() -> list[Patch]:
         *store.PATCHES,
         *group_join.PATCHES,
         *embedded_broker.PATCHES,
+        *worker.PATCHES,
     ]
 
 

@@ -15,6 +15,9 @@ with the registry's read-only error):
 * ``/subjects/{subject}/versions``
 * ``/subjects/{subject}/versions/{version}`` (a number or ``latest``)
 * ``/schemas/ids/{id}`` (and ``/schemas/ids/{id}/subjects``)
+* ``POST /subjects/{subject}``: is this schema registered under the subject?
+  (what a serializer with ``auto.register.schemas`` off and
+  ``use.latest.version`` off asks; it changes nothing)
 
 Errors have the registry's JSON form: ``{"error_code": 40401, "message": ...}``.
 """
@@ -23,6 +26,8 @@ from __future__ import annotations
 
 import json
 from typing import Any
+
+from fastavro.schema import to_parsing_canonical_form
 
 from schemas import codec
 from streams.events import CATALOG, Catalog
@@ -33,7 +38,7 @@ from topology.topics import changelog_topic
 CONTENT_TYPE = "application/vnd.schemaregistry.v1+json"
 
 SUBJECT_NOT_FOUND, VERSION_NOT_FOUND, SCHEMA_NOT_FOUND = 40401, 40402, 40403
-INVALID_VERSION, READ_ONLY = 42202, 42205
+INVALID_SCHEMA, INVALID_VERSION, READ_ONLY = 42201, 42202, 42205
 
 
 def subjects(catalog: Catalog = CATALOG, app_id: str = "standing") -> dict[str, str]:
@@ -70,6 +75,20 @@ class ReadOnlyRegistry:
         if len(parts) in (3, 4) and parts[:2] == ["schemas", "ids"]:
             return self._by_id(parts[2], subjects_only=len(parts) == 4 and parts[3] == "subjects")
         return _error(404, SUBJECT_NOT_FOUND if parts[:1] == ["subjects"] else 404, f"Not found: /{'/'.join(parts)}")
+
+    def lookup(self, subject: str, body: Any) -> tuple[int, Any]:
+        """POST /subjects/{subject}: the version of ``subject`` whose schema is the one posted."""
+        name = self._subjects.get(subject)
+        if name is None:
+            return _error(404, SUBJECT_NOT_FOUND, f"Subject '{subject}' not found.")
+        try:
+            posted = to_parsing_canonical_form(json.loads(body["schema"]))
+        except Exception as error:  # not JSON, not a schema: the registry's "invalid schema"
+            return _error(422, INVALID_SCHEMA, f"Invalid schema: {error}")
+        for number, (id_, schema) in enumerate(codec.versions(name), 1):
+            if to_parsing_canonical_form(schema) == posted:
+                return 200, {"subject": subject, "version": number, "id": id_, "schema": _text(schema)}
+        return _error(404, SCHEMA_NOT_FOUND, f"Schema not found under subject '{subject}'")
 
     def refuse(self, method: str, path: str) -> tuple[int, Any]:
         return _error(

@@ -115,6 +115,12 @@ def create_tables(app: faust.App, settings: Settings) -> tuple[faust.Table, faus
                 value_serializer="raw",
                 compacting=True,
                 deleting=False,
+                # As Faust's own changelog topics (Table._new_changelog_topic):
+                # no stream acknowledges their records, so the consumer must
+                # not track them. Acked, Faust's livelock check logged
+                # "Stream has not started processing" for every changelog
+                # partition ~6 times a second from 5 minutes after start.
+                acks=False,
             ),
         )
 

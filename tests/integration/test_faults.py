@@ -59,11 +59,13 @@ class Workers:
         self.tmp_path = tmp_path
         self.started: list = []
 
-    def start(self, data_dir: Path, worker_id: str = ""):
-        settings = replace(self.settings, data_dir=data_dir, worker_id=worker_id, web_port=free_port(), metrics_port=free_port())
+    def start(self, data_dir: Path, worker_id: str = "", *, ports_of=None):
+        """A worker on ``data_dir``; with ``ports_of``, on the web and metrics ports of that earlier worker."""
+        web, metrics = (ports_of.web_port, ports_of.metrics_port) if ports_of is not None else (free_port(), free_port())
+        settings = replace(self.settings, data_dir=data_dir, worker_id=worker_id, web_port=web, metrics_port=metrics)
         log_path = self.tmp_path / f"worker-{len(self.started)}.log"
         process = processes.start_worker_process(settings, log_path=log_path)
-        process.metrics_port = settings.metrics_port
+        process.metrics_port, process.web_port = settings.metrics_port, settings.web_port
         self.started.append(process)
         processes.wait_for_metrics(settings.metrics_port, process, log_path=log_path)
         return process
@@ -165,6 +167,22 @@ def test_sigkill_then_restart_ends_exact(fresh_settings, workers, events_file, t
         _pause_when(fresh_settings, first, lambda s: sum(s[t] for t in INPUTS) == 0 and s["friend-updates"] > 0)
     _kill(first)  # SIGKILL ends a stopped process too
     workers.start(tmp_path / ("data-1" if restart_dir == "same" else "data-2"), worker_id="w1")
+    _assert_exact(fresh_settings, events_file)
+
+
+def test_a_replacement_on_a_new_path_with_the_same_ports_takes_over(fresh_settings, workers, events_file, tmp_path):
+    """Killed, then replaced at once by a worker of another identity on the killed one's ports.
+
+    The dead member's liveness probe reaches the replacement's metrics port,
+    which must not answer for the dead process (streams/runtime/embedded_broker.py);
+    the replacement binds the ports its predecessor still held for a moment.
+    """
+    first = workers.start(tmp_path / "data-1")
+    asyncio.run(produce_file(fresh_settings, events_file, progress=False))
+    total = sum(asyncio.run(_remaining(fresh_settings))[topic] for topic in INPUTS)
+    _pause_when(fresh_settings, first, lambda s: 0 < sum(s[t] for t in INPUTS) < total * 0.7)
+    _kill(first)
+    workers.start(tmp_path / "elsewhere" / "data-2", ports_of=first)
     _assert_exact(fresh_settings, events_file)
 
 

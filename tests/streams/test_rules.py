@@ -43,7 +43,8 @@ def test_purchase_points_are_weight_times_amount_capped(tmp_path):
     assert rules.purchase_points("bets", 30) == -10.0  # -30, capped
     assert rules.purchase_points("bets", 4) == -4.0
     assert rules.purchase_reason("books") == "purchase:books"
-    assert rules.purchase_reason("unlisted") == "purchase:other"
+    assert rules.purchase_reason("unlisted") == "purchase:unlisted"  # named, not "other"
+    assert rules.purchase_reason("x" * 100) == "purchase:" + "x" * 63 + "\u2026"
 
 
 def test_post_points_sum_every_label_and_ignore_unknown_ones(tmp_path):

@@ -5,12 +5,19 @@ from dataclasses import replace
 import pytest
 
 from topology.settings import Settings
-from streams.runtime.embedded_broker import liveness_url, workarounds_enabled
+from streams.runtime.embedded_broker import PROCESS_TOKEN, client_id, liveness_url, parse_client_id, workarounds_enabled
+
+IDENTITY = "/metrics?name[]=standing_worker_identity_info"
 
 
 def test_liveness_url_comes_from_the_client_id_and_the_members_host():
-    assert liveness_url("standing-metrics-9464", "/10.0.0.7") == "http://10.0.0.7:9464/metrics"
-    assert liveness_url("standing-metrics-9464", "/::1") == "http://[::1]:9464/metrics"
+    assert liveness_url("standing-metrics-9464", "/10.0.0.7") == "http://10.0.0.7:9464" + IDENTITY
+    assert liveness_url("standing-metrics-9464-0a1b2c", "/::1") == "http://[::1]:9464" + IDENTITY
+
+
+def test_the_client_id_carries_this_processs_token():
+    assert parse_client_id(client_id(9464)) == (9464, PROCESS_TOKEN)
+    assert parse_client_id("standing-metrics-9464") == (9464, None)  # a worker from before tokens
 
 
 @pytest.mark.parametrize("client_id", ["faust-0.11", "standing-metrics-", "standing-metrics-x1", "standing-metrics-0", ""])

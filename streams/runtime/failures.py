@@ -1,0 +1,188 @@
+"""No record can stop a partition: a failed batch is retried, then read one record at a time, and a
+record that fails alone is dead-lettered and passed over.
+
+A batch can fail for two kinds of reasons. The broker (a restart, a network
+split): every retry fails the same way until it is back, and no record is to
+blame; such errors (aiokafka's retriable ones, timeouts, connections) are
+waited out with a back-off, and never dead-letter anything. Or one record
+(a bug meeting a record nobody foresaw, a state or a dead letter the broker
+refuses): the same batch fails every time, the partition stops, the agent
+crash-loops. ``FailureGuard`` handles the second: after ``ATTEMPTS`` failures
+in a row without progress it processes the failed batch's records one by
+one; a record that fails alone ``ATTEMPTS`` times goes to the dead-letter
+topic (reason ``processing_failed``, with the error) and is passed over, with
+one ERROR naming it. While batches keep failing the lane counts as failing:
+``/ready`` answers 503 and ``StandingBatchesFailing`` fires.
+
+After any failure the lane is rewound (``rewind``): what it held in memory
+is dropped and its partitions are read again from their committed offsets,
+so nothing half-applied is kept and nothing unprocessed is committed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import Awaitable, Callable, Sequence
+
+from aiokafka.errors import KafkaError
+
+from streams.runtime import metrics
+
+log = logging.getLogger(__name__)
+
+#: Failures of the same records before they are read one by one; failures of one record alone before it is passed over.
+ATTEMPTS = 3
+#: Longest wait between two attempts while the broker does not answer.
+BACKOFF_MAX_S = 5.0
+
+
+def transient(error: BaseException) -> bool:
+    """An error no record is to blame for: the broker or the network, to be waited out."""
+    if isinstance(error, KafkaError):
+        return bool(getattr(error, "retriable", False)) or "Connection" in type(error).__name__
+    return isinstance(error, (asyncio.TimeoutError, ConnectionError, OSError))
+
+
+def _where(record) -> str:
+    return f"{record.topic}[{record.partition}]@{record.offset}"
+
+
+class FailureGuard:
+    """Runs one lane's batches so that no record can stop it."""
+
+    def __init__(
+        self,
+        lane: str,
+        *,
+        process: Callable[[Sequence], Awaitable[None]],
+        pass_over: Callable[[object, BaseException], Awaitable[None]],
+        rewind: Callable[[], Awaitable[None]],
+        sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
+    ) -> None:
+        self.lane = lane
+        self._process = process
+        self._pass_over = pass_over
+        self._rewind = rewind
+        self._sleep = sleep
+        #: failures in a row (transient or not): the lane counts as failing from ATTEMPTS on
+        self.failures = 0
+        #: failures in a row of batches that began at the same records
+        self._same_start = 0
+        self._last_start: tuple | None = None
+        #: while set: (topic, partition) -> last offset of the batch that kept failing; read one by one up to there
+        self._isolating: dict[tuple[str, int], int] = {}
+        #: (topic, partition, offset) -> failures of that record alone
+        self._alone: dict[tuple[str, int, int], int] = {}
+
+    @property
+    def failing(self) -> bool:
+        return self.failures >= ATTEMPTS
+
+    def reset(self) -> None:
+        """Partitions moved: what was suspected belongs to the old assignment."""
+        self.failures = 0
+        self._same_start = 0
+        self._last_start = None
+        self._isolating.clear()
+        self._alone.clear()
+
+    async def run(self, batch: Sequence) -> None:
+        if self._isolating:
+            await self._one_by_one(batch)
+            return
+        try:
+            await self._process(batch)
+        except asyncio.CancelledError:
+            raise
+        except Exception as error:
+            await self._failed(batch, error)
+        else:
+            self._succeeded()
+
+    def _succeeded(self) -> None:
+        self.failures = 0
+        self._same_start = 0
+        self._last_start = None
+
+    async def _failed(self, batch: Sequence, error: BaseException) -> None:
+        self.failures += 1
+        metrics.BATCH_FAILURES.labels(self.lane).inc()
+        start = tuple(sorted({(r.topic, r.partition): r.offset for r in reversed(batch)}.items()))
+        self._same_start = self._same_start + 1 if start == self._last_start else 1
+        self._last_start = start
+        if transient(error):
+            delay = min(BACKOFF_MAX_S, 0.5 * 2 ** min(self.failures - 1, 4))
+            log.warning(
+                "%s: a batch of %d records could not be completed (%r): the broker did not answer; "
+                "reading it again in %.1f s", self.lane, len(batch), error, delay,
+            )  # fmt: skip
+            await self._rewind()
+            await self._sleep(delay)
+            return
+        log.error(
+            "%s: a batch of %d records failed (%s: %s), attempt %d of %d before its records are read one by one; "
+            "its partitions are read again from their committed offsets",
+            self.lane, len(batch), type(error).__name__, error, self._same_start, ATTEMPTS,
+            exc_info=self._same_start == 1,
+        )  # fmt: skip
+        await self._rewind()
+        if self._same_start >= ATTEMPTS:
+            ends: dict[tuple[str, int], int] = {}
+            for record in batch:
+                slot = (record.topic, record.partition)
+                ends[slot] = max(ends.get(slot, -1), record.offset)
+            self._isolating = ends
+
+    async def _one_by_one(self, batch: Sequence) -> None:
+        for record in batch:
+            slot = (record.topic, record.partition)
+            if record.offset > self._isolating.get(slot, -1):
+                # Past the records that failed together: whole batches again from here.
+                try:
+                    await self._process([record])
+                except asyncio.CancelledError:
+                    raise
+                except Exception as error:
+                    await self._failed([record], error)
+                    return
+                continue
+            try:
+                await self._process([record])
+            except asyncio.CancelledError:
+                raise
+            except Exception as error:
+                if transient(error):
+                    await self._failed([record], error)
+                    return
+                where = (record.topic, record.partition, record.offset)
+                self._alone[where] = self._alone.get(where, 0) + 1
+                self.failures += 1
+                metrics.BATCH_FAILURES.labels(self.lane).inc()
+                if self._alone[where] < ATTEMPTS:
+                    await self._rewind()
+                    return
+                log.error(
+                    "%s: the record at %s fails on its own (%s: %s) after %d attempts; it goes to the dead-letter "
+                    "topic (reason processing_failed) and is passed over. Read it there, fix what it exposed, "
+                    "and re-publish it if it must count",
+                    self.lane, _where(record), type(error).__name__, error, ATTEMPTS,
+                )  # fmt: skip
+                try:
+                    await self._pass_over(record, error)
+                except asyncio.CancelledError:
+                    raise
+                except Exception as failure:  # the broker refused even that: try again later
+                    log.error("%s: could not pass over %s (%r); trying again", self.lane, _where(record), failure)
+                    await self._rewind()
+                    return
+                del self._alone[where]
+            self._done_with(slot, record.offset)
+        if not self._isolating:
+            self._succeeded()
+
+    def _done_with(self, slot: tuple[str, int], offset: int) -> None:
+        if offset >= self._isolating.get(slot, -1):
+            self._isolating.pop(slot, None)
+            if not self._isolating:
+                self._succeeded()

@@ -1,0 +1,130 @@
+"""Outside clients, as an integrator writes them from the README: confluent-kafka with its defaults,
+and its Schema Registry client and AvroSerializer pointed at a worker."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+import pytest
+from confluent_kafka.schema_registry import SchemaRegistryClient
+from confluent_kafka.schema_registry.error import SchemaRegistryError
+
+from examples.produce_with_confluent_kafka import RegistrySerializers, WireFormat, produce
+from schemas import codec
+from standing import processes
+from standing.control import wait_until_quiescent
+from standing.population import PopulationConfig, generate_events, write_jsonl
+from standing.reference import compare, reference_file
+from streams.rules import load_rules
+from streams.runtime.lookups import read_scores
+
+RULES = load_rules()
+SCHEMAS = Path(__file__).resolve().parents[2] / "schemas"
+
+
+@pytest.fixture
+def worker(fresh_settings, tmp_path):
+    log_path = tmp_path / "worker.log"
+    process = processes.start_worker_process(fresh_settings, log_path=log_path)
+    try:
+        processes.wait_for_metrics(fresh_settings.metrics_port, process, log_path=log_path)
+        _wait_for_web(fresh_settings)
+        yield process
+    finally:
+        processes.stop_process(process)
+
+
+def _wait_for_web(settings, timeout: float = 60.0) -> None:
+    import time
+
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            with urllib.request.urlopen(f"{_registry_url(settings)}/ready", timeout=2):
+                return
+        except OSError:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.2)
+
+
+def _events(tmp_path: Path) -> Path:
+    path = tmp_path / "events.jsonl"
+    write_jsonl(path, generate_events(PopulationConfig(users=400, events=4000, seed=21), RULES))
+    return path
+
+
+def _scored_like_the_reference(settings, events: Path) -> None:
+    asyncio.run(wait_until_quiescent(settings, timeout=300, progress=None))
+    scores = {user: score["raw"] for user, score in asyncio.run(read_scores(settings)).items()}
+    result = compare(scores, reference_file(events, RULES).raw)
+    assert result.within(RULES.error_bound), result
+
+
+def _registry_url(settings) -> str:
+    return f"http://{settings.web_host}:{settings.web_port}"
+
+
+def test_a_confluent_kafka_producer_with_default_settings_scores_like_the_reference(fresh_settings, worker, tmp_path):
+    events = _events(tmp_path)
+    produced = produce(events, fresh_settings.broker, WireFormat(SCHEMAS))
+    _scored_like_the_reference(fresh_settings, events)
+    samples = processes.scrape_metrics(fresh_settings.metrics_port)
+    rerouted = processes.sum_samples(samples, "standing_input_records_rerouted_total")
+    # librdkafka hashes keys with CRC32, not murmur2: most records land elsewhere and are routed, none rejected
+    assert produced * 0.5 < rerouted < produced
+    assert processes.sum_samples(samples, "standing_events_rejected_total") == 0
+    assert processes.sum_samples(samples, "standing_events_accepted_total") == produced
+
+
+def test_avro_serializer_against_a_workers_registry_endpoint_scores_like_the_reference(fresh_settings, worker, tmp_path):
+    events = _events(tmp_path)
+    produce(events, fresh_settings.broker, RegistrySerializers(_registry_url(fresh_settings)))
+    _scored_like_the_reference(fresh_settings, events)
+
+
+def test_the_registry_endpoint_speaks_the_schema_registry_dialect(fresh_settings, worker):
+    client = SchemaRegistryClient({"url": _registry_url(fresh_settings)})
+    subjects = client.get_subjects()
+    assert {"purchases-value", "posts-value", "friendships-value", "scores-value", "dead-letters-value"} <= set(subjects)
+    latest = client.get_latest_version("purchases-value")
+    assert latest.schema_id == codec.schema_id("purchase") and latest.version == len(client.get_versions("purchases-value"))
+    assert json.loads(client.get_schema(latest.schema_id).schema_str) == codec.schema_json("purchase")
+    # a serializer that looks its schema up (use.latest.version off) finds it too
+    assert client.lookup_schema("purchases-value", latest.schema).schema_id == latest.schema_id
+    # user_state has two versions: both are served, the newest is "latest"
+    changelog = f"{fresh_settings.app_id}-users-changelog-value"
+    assert [client.get_version(changelog, v).schema_id for v in client.get_versions(changelog)] == [
+        id_ for id_, _ in codec.versions("user_state")
+    ]
+    with pytest.raises(SchemaRegistryError) as unknown:
+        client.get_latest_version("no-such-topic-value")
+    assert (unknown.value.http_status_code, unknown.value.error_code) == (404, 40401)
+    with pytest.raises(SchemaRegistryError) as missing:
+        client.get_schema(987654)
+    assert missing.value.error_code == 40403
+    fresh = SchemaRegistryClient({"url": _registry_url(fresh_settings)})  # the first one cached the schema's id
+    with pytest.raises(SchemaRegistryError) as refused:
+        fresh.register_schema("purchases-value", latest.schema)
+    assert refused.value.error_code == 42205 and "read-only" in refused.value.error_message
+
+
+def test_the_api_refuses_ids_no_event_could_carry_without_echoing_them(fresh_settings, worker):
+    base = f"http://{fresh_settings.web_host}:{fresh_settings.web_port}/users/"
+
+    def status(path: str) -> tuple[int, dict]:
+        try:
+            with urllib.request.urlopen(base + path, timeout=10) as response:
+                return response.status, json.loads(response.read())
+        except urllib.error.HTTPError as error:
+            return error.code, json.loads(error.read())
+
+    for bad in ("%00", "a%0Ab", "%1F", "%FF", "%ED%A0%80", "x" * 257):
+        code, body = status(bad)
+        assert code == 400, (bad, code, body)
+        assert "user_id" not in body and bad not in json.dumps(body)
+    assert status("nobody-yet") == (404, {"error": "unknown user", "user_id": "nobody-yet", "detail": "no accepted event has named this user"})

@@ -1,0 +1,95 @@
+"""No record can stop a lane: retried, then read one by one, a record that fails alone passed over."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import NamedTuple
+
+from aiokafka.errors import KafkaConnectionError, MessageSizeTooLargeError
+
+from streams.runtime.failures import ATTEMPTS, FailureGuard, transient
+
+
+class Rec(NamedTuple):
+    topic: str
+    partition: int
+    offset: int
+
+
+class Lane:
+    """A lane over one partition: a log of offsets, processed in order, committed as processed."""
+
+    def __init__(self, poison: set[int], *, error=ValueError("this record breaks the batch")) -> None:
+        self.poison = poison
+        self.error = error
+        self.committed = 0
+        self.processed: list[int] = []
+        self.passed_over: list[int] = []
+        self.rewinds = 0
+        self.guard = FailureGuard("test", process=self.process, pass_over=self.pass_over, rewind=self.rewind, sleep=self.nap)
+        self.naps: list[float] = []
+
+    async def process(self, records) -> None:
+        if any(r.offset in self.poison for r in records):
+            raise self.error
+        self.processed += [r.offset for r in records]
+        self.committed = records[-1].offset + 1
+
+    async def pass_over(self, record, error) -> None:
+        self.passed_over.append(record.offset)
+        self.committed = record.offset + 1
+
+    async def rewind(self) -> None:
+        self.rewinds += 1
+
+    async def nap(self, seconds: float) -> None:
+        self.naps.append(seconds)
+
+    def run(self, end: int, batch: int = 5, rounds: int = 100) -> None:
+        """Batches from the committed offset, as a consumer sought back to it would read them."""
+
+        async def go() -> None:
+            for _ in range(rounds):
+                if self.committed >= end:
+                    return
+                records = [Rec("posts", 0, o) for o in range(self.committed, min(end, self.committed + batch))]
+                await self.guard.run(records)
+
+        asyncio.run(go())
+
+
+def test_a_record_that_fails_alone_is_passed_over_and_everything_else_is_processed():
+    lane = Lane(poison={7})
+    lane.run(end=20)
+    assert lane.passed_over == [7]
+    assert lane.processed == [o for o in range(20) if o != 7]
+    assert not lane.guard.failing, "healthy again once past it"
+
+
+def test_while_batches_keep_failing_the_lane_counts_as_failing():
+    lane = Lane(poison={2})
+    lane.run(end=10, rounds=ATTEMPTS)  # the failed batches, before any record is read alone
+    assert lane.guard.failing and lane.rewinds == ATTEMPTS and lane.passed_over == []
+
+
+def test_a_broker_that_does_not_answer_dead_letters_nothing_and_is_waited_out():
+    lane = Lane(poison={3}, error=KafkaConnectionError("no broker"))
+    lane.run(end=10, rounds=20)
+    assert lane.passed_over == [] and lane.committed == 0
+    assert lane.naps and max(lane.naps) <= 5.0 and lane.naps == sorted(lane.naps), "a growing back-off"
+    lane.poison.clear()  # the broker is back
+    lane.run(end=10)
+    assert lane.processed == list(range(10)) and not lane.guard.failing
+
+
+def test_which_errors_are_the_brokers():
+    assert transient(KafkaConnectionError()) and transient(asyncio.TimeoutError()) and transient(ConnectionResetError())
+    assert not transient(MessageSizeTooLargeError()) and not transient(ValueError("a bug"))
+
+
+def test_partitions_moving_forget_the_suspects():
+    lane = Lane(poison={1})
+    lane.run(end=10, rounds=ATTEMPTS)
+    assert lane.guard.failing
+    lane.guard.reset()
+    assert not lane.guard.failing
