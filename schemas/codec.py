@@ -144,6 +144,12 @@ def encode(name: str, record: dict) -> bytes:
 def decode(data: bytes, expected: str | tuple[str, ...] | None = None) -> tuple[str, dict]:
     """(schema name, record) of framed bytes, read as the newest version of
     that schema; DecodeError, and nothing else, for anything that is not."""
+    name, _, record = decode_with_id(data, expected)
+    return name, record
+
+
+def decode_with_id(data: bytes, expected: str | tuple[str, ...] | None = None) -> tuple[str, int, dict]:
+    """``decode``, and the schema id the bytes were written with (for readers of packed columns)."""
     if not isinstance(data, (bytes, bytearray, memoryview)):
         raise DecodeError("not_decodable", f"expected bytes, got {type(data).__name__}")
     if len(data) < _HEADER.size:
@@ -170,4 +176,4 @@ def decode(data: bytes, expected: str | tuple[str, ...] | None = None) -> tuple[
         ) from None
     if body.tell() != len(data):
         raise DecodeError("not_decodable", f"{len(data) - body.tell()} bytes left over after a {name!r} record")
-    return name, record
+    return name, id_, record

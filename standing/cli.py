@@ -163,25 +163,25 @@ def cmd_demo(args: argparse.Namespace) -> int:
     )
 
 
-def cmd_explain(args: argparse.Namespace) -> int:
+def _ask_worker(args: argparse.Namespace, command: str, path_suffix: str = "") -> tuple[int, dict | None]:
+    """(exit code, the JSON a worker answers about ``args.user``), saying what went wrong otherwise."""
     import urllib.error
     import urllib.parse
     import urllib.request
 
     from streams import events as ev
-    from streams.explain import render_text
 
     try:
         user = ev.id_field({"user_id": args.user}, "user_id", "request")
     except ev.Rejected as rejection:
-        print(f"standing explain: {rejection.detail}", file=sys.stderr)
-        return 2
+        print(f"standing {command}: {rejection.detail}", file=sys.stderr)
+        return 2, None
     settings = Settings.from_env()
     base = (args.api or f"http://{settings.web_host}:{settings.web_port}").rstrip("/")
-    url = f"{base}/users/{urllib.parse.quote(user, safe='')}"
+    url = f"{base}/users/{urllib.parse.quote(user, safe='')}{path_suffix}"
     try:
         with urllib.request.urlopen(url, timeout=10) as response:
-            explanation = json.loads(response.read())
+            return 0, json.loads(response.read())
     except urllib.error.HTTPError as error:
         try:
             body = json.loads(error.read() or b"{}")
@@ -189,13 +189,32 @@ def cmd_explain(args: argparse.Namespace) -> int:
             body = {}
         reason = body.get("error", error.reason) if isinstance(body, dict) else error.reason
         detail = body.get("detail", "") if isinstance(body, dict) else ""
-        print(f"standing explain: {reason}: {user}" + (f" ({detail})" if detail else ""), file=sys.stderr)
-        return 1
+        print(f"standing {command}: {reason}: {user}" + (f" ({detail})" if detail else ""), file=sys.stderr)
+        return 1, None
     except (OSError, ValueError) as error:
-        print(f"standing explain: no worker answers at {base} ({error}); start one or pass --api URL", file=sys.stderr)
-        return 2
-    print(json.dumps(explanation, indent=2) if args.json else render_text(explanation))
-    return 0
+        print(f"standing {command}: no worker answers at {base} ({error}); start one or pass --api URL", file=sys.stderr)
+        return 2, None
+
+
+def cmd_explain(args: argparse.Namespace) -> int:
+    from streams.explain import render_text
+
+    code, explanation = _ask_worker(args, "explain")
+    if explanation is not None:
+        print(json.dumps(explanation, indent=2) if args.json else render_text(explanation))
+    return code
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    code, held = _ask_worker(args, "export", "/export")
+    if held is not None:
+        text = json.dumps(held, indent=2, ensure_ascii=False) + "\n"
+        if args.out:
+            args.out.write_text(text, encoding="utf-8")
+            print(f"wrote everything held about {args.user} to {args.out}", file=sys.stderr)
+        else:
+            sys.stdout.write(text)
+    return code
 
 
 def cmd_bench(args: argparse.Namespace) -> int:
@@ -303,6 +322,11 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_argument("user")
     sub.add_argument("--api", metavar="URL", help="a worker's query API (default http://127.0.0.1:$STANDING_WEB_PORT, port 6066)")
     sub.add_argument("--json", action="store_true", help="print the API's JSON instead of text")
+
+    sub = command("export", "everything Standing holds about one user, as JSON (asks a worker's API)", cmd_export)
+    sub.add_argument("user")
+    sub.add_argument("--api", metavar="URL", help="a worker's query API (default http://127.0.0.1:$STANDING_WEB_PORT, port 6066)")
+    sub.add_argument("--out", type=Path, help="write it to this file instead of standard output")
 
     sub = command("bench", "the scorer against baselines on the same events (prints a table, writes JSON)", cmd_bench)
     sub.add_argument("--users", type=int, default=100_000, help="simulated users (default 100,000)")

@@ -57,6 +57,8 @@ class ReferenceResult:
     raw: dict[str, float]
     own: dict[str, float]
     summary: ReferenceSummary
+    #: user -> event_id -> whether it counts, for every purchase and post a worker holds (not forgotten by an erasure)
+    held: dict[str, dict[str, bool]] = field(default_factory=dict)
 
 
 def _decode(line: str | bytes) -> str | None:
@@ -73,16 +75,18 @@ def _decode(line: str | bytes) -> str | None:
 
 
 def compute_reference(lines: Iterable[str | bytes], rules: Rules, catalog: ev.Catalog = ev.CATALOG) -> ReferenceResult:
-    """Replay JSON Lines (text or raw bytes) in order and solve the fixed point.
+    """Read JSON Lines (text or raw bytes) in order, apply the spec's rules, and solve the fixed point.
 
     Each event type's effect (its declaration in ``streams.events``) says
     what it does here: POINTS adds its points to its user's own part,
-    FRIENDSHIP sets or removes the pair's edge.
+    FRIENDSHIP sets or removes the pair's edge (in file order), RETRACTION
+    makes the user's event ``retracts`` count nothing wherever it is in the
+    file, ERASURE voids every event naming the user with ``ts`` at or before
+    its own, wherever it is in the file (spec section 9).
     """
     summary = ReferenceSummary()
     seen: set[tuple[str, str]] = set()
-    own: dict[str, float] = {}
-    edges: dict[tuple[str, str], float] = {}  # (smaller id, larger id) -> weight
+    accepted: list = []
     for line in lines:
         try:
             text = _decode(line)
@@ -99,11 +103,33 @@ def compute_reference(lines: Iterable[str | bytes], rules: Rules, catalog: ev.Ca
             continue
         seen.add((subject, event.event_id))
         summary.accepted += 1
-        if event_type.effect == ev.POINTS:
-            points = sum(value for _, value in event_type.points(event, rules))
+        accepted.append((event_type, event))
+
+    erased: dict[str, int] = {}
+    for event_type, event in accepted:
+        if event_type.effect == ev.ERASURE:
+            erased[event.user_id] = max(erased.get(event.user_id, -1), event.ts)
+
+    def void(event_type, event) -> bool:
+        named = (event.user_a, event.user_b) if event_type.effect == ev.FRIENDSHIP else (event.user_id,)
+        return any(event.ts <= erased.get(user, -1) for user in named)
+
+    kept = [(event_type, event) for event_type, event in accepted if event_type.effect != ev.ERASURE and not void(event_type, event)]
+    retracted = {(event.user_id, event.retracts) for event_type, event in kept if event_type.effect == ev.RETRACTION}
+    own: dict[str, float] = {}
+    held: dict[str, dict[str, bool]] = {}
+    edges: dict[tuple[str, str], float] = {}  # (smaller id, larger id) -> weight
+    for event_type, event in kept:
+        effect = event_type.effect
+        if effect == ev.POINTS:
             user = event_type.key(event)
+            counts = (user, event.event_id) not in retracted
+            points = sum(value for _, value in event_type.points(event, rules)) if counts else 0.0
             own[user] = own.get(user, 0.0) + points
-        elif event_type.effect == ev.FRIENDSHIP:
+            held.setdefault(user, {})[event.event_id] = counts
+        elif effect == ev.RETRACTION:
+            own.setdefault(event.user_id, 0.0)
+        elif effect == ev.FRIENDSHIP:
             a, b = event.user_a, event.user_b
             pair = (a, b) if a <= b else (b, a)
             if event.action == "add":
@@ -113,12 +139,18 @@ def compute_reference(lines: Iterable[str | bytes], rules: Rules, catalog: ev.Ca
             else:
                 edges.pop(pair, None)  # removing what does not exist changes nothing
         else:
-            raise ValueError(f"the reference does not know the effect {event_type.effect!r} of {event_type.name!r} events")
-    return ReferenceResult(solve(own, edges, rules.alpha), own, summary)
+            raise ValueError(f"the reference does not know the effect {effect!r} of {event_type.name!r} events")
+    return ReferenceResult(solve(own, edges, rules.alpha, rules.network_mode), own, summary, held)
 
 
-def solve(own: Mapping[str, float], edges: Mapping[tuple[str, str], float], alpha: float) -> dict[str, float]:
-    """The fixed point for own parts ``own`` and undirected weighted ``edges`` (endpoints default to b = 0)."""
+def solve(
+    own: Mapping[str, float], edges: Mapping[tuple[str, str], float], alpha: float, mode: str = "blend"
+) -> dict[str, float]:
+    """The fixed point for own parts ``own`` and undirected weighted ``edges`` (endpoints default to b = 0).
+
+    ``mode`` "lift_only" (spec section 10): s = max(b, (1 - alpha) b + alpha W s), solved by iterating the
+    map from the blended solution (below it) until the certified error is negligible.
+    """
     users = sorted(set(own).union(chain.from_iterable(edges)))
     n = len(users)
     if n == 0:
@@ -140,23 +172,39 @@ def solve(own: Mapping[str, float], edges: Mapping[tuple[str, str], float], alph
     rhs = np.where(friendless, b, (1.0 - alpha) * root * b)
     tolerance = CERTIFIED_TOLERANCE * max(1.0, float(np.abs(b).max()))
 
-    def error_bound(s: np.ndarray) -> float:
+    def blend(s: np.ndarray) -> np.ndarray:
         network = np.divide(adjacency @ s, degree, out=np.zeros(n), where=~friendless)
-        target = np.where(friendless, b, (1.0 - alpha) * b + alpha * network)
-        return float(np.abs(s - target).max()) / (1.0 - alpha)
+        return np.where(friendless, b, (1.0 - alpha) * b + alpha * network)
+
+    def error_bound(s: np.ndarray, step) -> float:
+        return float(np.abs(s - step(s)).max()) / (1.0 - alpha)
 
     y = np.zeros(n)
     bound = float("inf")
     for _ in range(_REFINEMENTS):
         correction, _info = cg(system, rhs - system @ y, rtol=1e-14, atol=0.0, maxiter=10 * n + 100)
         y = y + correction
-        bound = error_bound(y / root)
+        bound = error_bound(y / root, blend)
         if bound <= tolerance:
             break
     else:
         raise RuntimeError(f"the reference solve stopped at a certified error of {bound:.3g} (wanted <= {tolerance:.3g}); alpha = {alpha} may be too close to 1")
     s = y / root
     s[friendless] = b[friendless]
+    if mode == "lift_only":
+
+        def lift(s: np.ndarray) -> np.ndarray:
+            return np.maximum(b, blend(s))
+
+        # A contraction by alpha: each step divides the error by 1/alpha at least.
+        limit = 100 + int(60 / max(1e-9, -np.log(max(alpha, 1e-12))))
+        for _ in range(limit):
+            s = lift(s)
+            bound = error_bound(s, lift)
+            if bound <= tolerance:
+                break
+        else:
+            raise RuntimeError(f"the lift_only solve stopped at a certified error of {bound:.3g} (wanted <= {tolerance:.3g})")
     return dict(zip(users, s.tolist()))
 
 

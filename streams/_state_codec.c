@@ -19,7 +19,11 @@
  *   own double, own_by_rule map<double>, published double, version long,
  *   friends map<FriendEntry> (written empty), recent_events map<long>,
  *   history array<HistoryPoint> (written empty), source_offsets map<long>,
- *   updated_ts long, friend_ids string, friend_columns bytes, history_columns bytes.
+ *   updated_ts long, friend_ids string, friend_columns bytes, history_columns bytes,
+ *   exists boolean, erased_ts long, extra bytes (version 3).
+ * friend_columns: weight float64s, estimate float64s, has_estimate bytes, then the
+ * version, link_version and link_ts integer columns. ``extra`` (held events) is
+ * carried as bytes: the Python side decodes it only when it needs it.
  */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
@@ -36,8 +40,8 @@ static int configured = 0;
  * slotted dataclasses (checked in configure): then an instance is built by
  * filling its slots, as the dataclass __init__ would, without running it
  * (a twelfth of the cost). Otherwise (-1) the class is called. */
-#define FRIEND_FIELDS 5
-#define STATE_FIELDS 9
+#define FRIEND_FIELDS 6
+#define STATE_FIELDS 12
 static Py_ssize_t friend_offsets[FRIEND_FIELDS] = {-1};
 static Py_ssize_t state_offsets[STATE_FIELDS] = {-1};
 
@@ -55,7 +59,8 @@ static PyObject *build(PyObject *type, const Py_ssize_t *offsets, PyObject *cons
 }
 
 static PyObject *s_own, *s_own_by_rule, *s_published, *s_version, *s_friends, *s_recent_events, *s_history,
-    *s_source_offsets, *s_updated_ts, *s_weight, *s_estimate, *s_has_estimate, *s_link_version;
+    *s_source_offsets, *s_updated_ts, *s_weight, *s_estimate, *s_has_estimate, *s_link_version, *s_link_ts,
+    *s_exists, *s_erased_ts, *s_extra;
 
 /* ------------------------------------------------------------------ reading */
 
@@ -200,17 +205,19 @@ static PyObject *read_friends(const unsigned char *ids, Py_ssize_t ids_size, con
     Py_ssize_t n = 1;
     for (Py_ssize_t i = 0; i < ids_size; i++) n += ids[i] == 0;
     const unsigned char *at = columns, *end = columns + columns_size;
-    int64_t *versions = NULL, *link_versions = NULL;
+    int64_t *versions = NULL, *link_versions = NULL, *link_ts = NULL;
     if ((size_t)(end - at) < 17 * (size_t)n) goto malformed;
     const unsigned char *weights = at, *estimates = at + 8 * n, *flags = at + 16 * n;
     at += 17 * n;
-    versions = PyMem_Malloc(sizeof(int64_t) * (size_t)n * 2);
+    versions = PyMem_Malloc(sizeof(int64_t) * (size_t)n * 3);
     if (!versions) {
         Py_DECREF(friends);
         return PyErr_NoMemory();
     }
     link_versions = versions + n;
-    if (read_int_column(&at, end, n, versions) < 0 || read_int_column(&at, end, n, link_versions) < 0 || at != end)
+    link_ts = versions + 2 * n;
+    if (read_int_column(&at, end, n, versions) < 0 || read_int_column(&at, end, n, link_versions) < 0 ||
+        read_int_column(&at, end, n, link_ts) < 0 || at != end)
         goto malformed;
     const unsigned char *start = ids;
     for (Py_ssize_t i = 0; i < n; i++) {
@@ -225,16 +232,18 @@ static PyObject *read_friends(const unsigned char *ids, Py_ssize_t ids_size, con
         double weight, estimate;
         memcpy(&weight, weights + 8 * i, 8);
         memcpy(&estimate, estimates + 8 * i, 8);
-        PyObject *args[5];
+        PyObject *args[FRIEND_FIELDS];
         args[0] = PyFloat_FromDouble(weight);
         args[1] = PyFloat_FromDouble(estimate);
         args[2] = flags[i] == 1 ? Py_True : Py_False;
         Py_INCREF(args[2]);
         args[3] = PyLong_FromLongLong(versions[i]);
         args[4] = PyLong_FromLongLong(link_versions[i]);
+        args[5] = PyLong_FromLongLong(link_ts[i]);
         PyObject *entry = NULL;
-        if (args[0] && args[1] && args[3] && args[4]) entry = build(FriendEntryType, friend_offsets, args, FRIEND_FIELDS);
-        for (int k = 0; k < 5; k++) Py_XDECREF(args[k]);
+        if (args[0] && args[1] && args[3] && args[4] && args[5])
+            entry = build(FriendEntryType, friend_offsets, args, FRIEND_FIELDS);
+        for (int k = 0; k < FRIEND_FIELDS; k++) Py_XDECREF(args[k]);
         if (!entry || PyDict_SetItem(friends, id, entry) < 0) {
             Py_DECREF(id);
             Py_XDECREF(entry);
@@ -290,9 +299,10 @@ static PyObject *decode_user(PyObject *module, PyObject *data) {
     r.at += 5;
 
     double own, published;
-    int64_t version, updated_ts, count;
-    const unsigned char *ids, *columns, *history_columns;
-    Py_ssize_t ids_size, columns_size, history_size;
+    int64_t version, updated_ts, count, erased_ts;
+    const unsigned char *ids, *columns, *history_columns, *extra_data;
+    Py_ssize_t ids_size, columns_size, history_size, extra_size;
+    int exists;
     PyObject *own_by_rule = PyDict_New(), *recent_events = PyDict_New(), *source_offsets = PyDict_New();
     PyObject *friends = NULL, *history = NULL, *result = NULL;
     int status = -1;
@@ -311,8 +321,11 @@ static PyObject *decode_user(PyObject *module, PyObject *data) {
     status = -1;
     if (read_long(&r, &updated_ts) < 0) goto done;
     if (read_span(&r, &ids, &ids_size) < 0 || read_span(&r, &columns, &columns_size) < 0 ||
-        read_span(&r, &history_columns, &history_size) < 0 || r.at != r.end)
+        read_span(&r, &history_columns, &history_size) < 0)
         goto done;
+    if (r.at >= r.end || *r.at > 1) goto done; /* Avro boolean: one byte, 0 or 1 */
+    exists = *r.at++;
+    if (read_long(&r, &erased_ts) < 0 || read_span(&r, &extra_data, &extra_size) < 0 || r.at != r.end) goto done;
     /* friend_ids is an Avro string, so all of it must be UTF-8: read_friends decodes
      * every id strictly, and NUL separators keep that equivalent. */
     friends = read_friends(ids, ids_size, columns, columns_size);
@@ -326,7 +339,7 @@ static PyObject *decode_user(PyObject *module, PyObject *data) {
         goto done;
     }
     {
-        PyObject *args[9];
+        PyObject *args[STATE_FIELDS];
         args[0] = PyFloat_FromDouble(own);
         args[1] = own_by_rule;
         args[2] = PyFloat_FromDouble(published);
@@ -336,11 +349,19 @@ static PyObject *decode_user(PyObject *module, PyObject *data) {
         args[6] = history;
         args[7] = source_offsets;
         args[8] = PyLong_FromLongLong(updated_ts);
-        if (args[0] && args[2] && args[3] && args[8]) result = build(UserStateType, state_offsets, args, STATE_FIELDS);
+        args[9] = exists ? Py_True : Py_False;
+        Py_INCREF(args[9]);
+        args[10] = PyLong_FromLongLong(erased_ts);
+        args[11] = PyBytes_FromStringAndSize((const char *)extra_data, extra_size);
+        if (args[0] && args[2] && args[3] && args[8] && args[10] && args[11])
+            result = build(UserStateType, state_offsets, args, STATE_FIELDS);
         Py_XDECREF(args[0]);
         Py_XDECREF(args[2]);
         Py_XDECREF(args[3]);
         Py_XDECREF(args[8]);
+        Py_XDECREF(args[9]);
+        Py_XDECREF(args[10]);
+        Py_XDECREF(args[11]);
     }
     goto cleanup;
 done:
@@ -502,7 +523,7 @@ static int put_friends(Buffer *b, PyObject *friends) {
     int status = -1;
     Buffer ids = {NULL, 0, 0};
     double *numbers = PyMem_Malloc(sizeof(double) * 2 * (size_t)(n ? n : 1));
-    int64_t *ints = PyMem_Malloc(sizeof(int64_t) * 2 * (size_t)(n ? n : 1));
+    int64_t *ints = PyMem_Malloc(sizeof(int64_t) * 3 * (size_t)(n ? n : 1));
     unsigned char *flags = PyMem_Malloc((size_t)(n ? n : 1));
     if (!numbers || !ints || !flags) {
         PyErr_NoMemory();
@@ -521,10 +542,10 @@ static int put_friends(Buffer *b, PyObject *friends) {
             goto out;
         }
         if ((i > 0 && put_bytes(&ids, "", 1) < 0) || put_bytes(&ids, utf8, (size_t)size) < 0) goto out;
-        PyObject *fields[5] = {NULL, NULL, NULL, NULL, NULL};
-        PyObject *names[5] = {s_weight, s_estimate, s_has_estimate, s_version, s_link_version};
+        PyObject *fields[FRIEND_FIELDS] = {NULL, NULL, NULL, NULL, NULL, NULL};
+        PyObject *names[FRIEND_FIELDS] = {s_weight, s_estimate, s_has_estimate, s_version, s_link_version, s_link_ts};
         int refused = 0;
-        for (int k = 0; k < 5; k++) {
+        for (int k = 0; k < FRIEND_FIELDS; k++) {
             fields[k] = PyObject_GetAttr(entry, names[k]);
             if (!fields[k]) {
                 PyErr_Clear();
@@ -542,8 +563,10 @@ static int put_friends(Buffer *b, PyObject *friends) {
             }
             flags[i] = (unsigned char)flag;
         }
-        if (!refused) refused = as_int64(fields[3], &ints[i]) || as_int64(fields[4], &ints[n + i]);
-        for (int k = 0; k < 5; k++) Py_XDECREF(fields[k]);
+        if (!refused)
+            refused = as_int64(fields[3], &ints[i]) || as_int64(fields[4], &ints[n + i]) ||
+                      as_int64(fields[5], &ints[2 * n + i]);
+        for (int k = 0; k < FRIEND_FIELDS; k++) Py_XDECREF(fields[k]);
         if (refused) {
             status = 1;
             goto out;
@@ -551,14 +574,15 @@ static int put_friends(Buffer *b, PyObject *friends) {
         i++;
     }
     if (put_long(b, (int64_t)ids.size) < 0 || (ids.size && put_bytes(b, ids.data, ids.size) < 0)) goto out;
-    /* friend_columns: weight, estimate, has_estimate, version, link_version */
+    /* friend_columns: weight, estimate, has_estimate, version, link_version, link_ts */
     {
         Buffer columns = {NULL, 0, 0};
         int failed = 0;
         for (Py_ssize_t k = 0; k < n && !failed; k++) failed = put_double(&columns, numbers[k]) < 0;
         for (Py_ssize_t k = 0; k < n && !failed; k++) failed = put_double(&columns, numbers[n + k]) < 0;
         failed = failed || (n && put_bytes(&columns, flags, (size_t)n) < 0);
-        failed = failed || put_int_column(&columns, ints, n) < 0 || put_int_column(&columns, ints + n, n) < 0;
+        failed = failed || put_int_column(&columns, ints, n) < 0 || put_int_column(&columns, ints + n, n) < 0 ||
+                 put_int_column(&columns, ints + 2 * n, n) < 0;
         if (!failed) failed = put_long(b, (int64_t)columns.size) < 0 || put_bytes(b, columns.data, columns.size) < 0;
         PyMem_Free(columns.data);
         if (failed) goto out;
@@ -593,13 +617,14 @@ static int put_history(Buffer *b, PyObject *history) {
 
 static PyObject *encode_user(PyObject *module, PyObject *state) {
     if (!configured || Py_TYPE(state) != (PyTypeObject *)UserStateType) Py_RETURN_NONE;
-    PyObject *names[9] = {s_own, s_own_by_rule, s_published, s_version, s_friends, s_recent_events, s_history,
-                          s_source_offsets, s_updated_ts};
-    PyObject *fields[9] = {NULL};
+    PyObject *names[STATE_FIELDS] = {s_own,     s_own_by_rule,    s_published,  s_version,
+                                     s_friends, s_recent_events,  s_history,    s_source_offsets,
+                                     s_updated_ts, s_exists,      s_erased_ts,  s_extra};
+    PyObject *fields[STATE_FIELDS] = {NULL};
     Buffer b = {NULL, 0, 0};
     PyObject *result = NULL;
     int status = 1;
-    for (int k = 0; k < 9; k++) {
+    for (int k = 0; k < STATE_FIELDS; k++) {
         fields[k] = PyObject_GetAttr(state, names[k]);
         if (!fields[k]) {
             PyErr_Clear();
@@ -607,10 +632,11 @@ static PyObject *encode_user(PyObject *module, PyObject *state) {
         }
     }
     double own, published;
-    int64_t version, updated_ts;
+    int64_t version, updated_ts, erased_ts;
     if (as_double(fields[0], &own) || as_double(fields[2], &published) || as_int64(fields[3], &version) ||
-        as_int64(fields[8], &updated_ts))
-        goto out;
+        as_int64(fields[8], &updated_ts) || !PyBool_Check(fields[9]) || as_int64(fields[10], &erased_ts) ||
+        !PyBytes_CheckExact(fields[11]))
+        goto out; /* extra still decoded (not bytes): the Python codec encodes it */
     unsigned char header[5] = {0, (unsigned char)(schema_id >> 24), (unsigned char)(schema_id >> 16),
                                (unsigned char)(schema_id >> 8), (unsigned char)schema_id};
     status = -1;
@@ -626,9 +652,17 @@ static PyObject *encode_user(PyObject *module, PyObject *state) {
     if (put_long(&b, updated_ts) < 0) goto out;
     if ((status = put_friends(&b, fields[4]))) goto out;
     if ((status = put_history(&b, fields[6]))) goto out;
+    status = -1;
+    {
+        unsigned char exists = fields[9] == Py_True;
+        Py_ssize_t extra_size = PyBytes_GET_SIZE(fields[11]);
+        if (put_bytes(&b, &exists, 1) < 0 || put_long(&b, erased_ts) < 0 || put_long(&b, (int64_t)extra_size) < 0 ||
+            (extra_size && put_bytes(&b, PyBytes_AS_STRING(fields[11]), (size_t)extra_size) < 0))
+            goto out;
+    }
     result = PyBytes_FromStringAndSize((const char *)b.data, (Py_ssize_t)b.size);
 out:
-    for (int k = 0; k < 9; k++) Py_XDECREF(fields[k]);
+    for (int k = 0; k < STATE_FIELDS; k++) Py_XDECREF(fields[k]);
     PyMem_Free(b.data);
     if (result) return result;
     if (status < 0) return NULL; /* a Python error (memory) */
@@ -686,9 +720,10 @@ static PyObject *configure(PyObject *module, PyObject *args) {
     UserStateType = user_state;
     FriendEntryType = friend_entry;
     schema_id = id;
-    PyObject *friend_names[FRIEND_FIELDS] = {s_weight, s_estimate, s_has_estimate, s_version, s_link_version};
-    PyObject *state_names[STATE_FIELDS] = {s_own, s_own_by_rule, s_published, s_version, s_friends,
-                                           s_recent_events, s_history, s_source_offsets, s_updated_ts};
+    PyObject *friend_names[FRIEND_FIELDS] = {s_weight, s_estimate, s_has_estimate, s_version, s_link_version, s_link_ts};
+    PyObject *state_names[STATE_FIELDS] = {s_own,          s_own_by_rule, s_published,  s_version,
+                                           s_friends,      s_recent_events, s_history,  s_source_offsets,
+                                           s_updated_ts,   s_exists,      s_erased_ts,  s_extra};
     find_slots(friend_entry, friend_names, FRIEND_FIELDS, friend_offsets);
     find_slots(user_state, state_names, STATE_FIELDS, state_offsets);
     configured = 1;
@@ -727,6 +762,10 @@ PyMODINIT_FUNC PyInit__state_codec(void) {
     INTERN(s_estimate, "estimate")
     INTERN(s_has_estimate, "has_estimate")
     INTERN(s_link_version, "link_version")
+    INTERN(s_link_ts, "link_ts")
+    INTERN(s_exists, "exists")
+    INTERN(s_erased_ts, "erased_ts")
+    INTERN(s_extra, "extra")
 #undef INTERN
     return PyModule_Create(&module_def);
 }

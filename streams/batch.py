@@ -16,6 +16,7 @@ one estimate to each friend (``UserBatch``, ``PairBatch``).
 from __future__ import annotations
 
 import logging
+import struct
 import time
 from collections import Counter, defaultdict
 from dataclasses import dataclass, field
@@ -27,7 +28,8 @@ from streams import friend_updates, scoring
 from streams.events import Catalog, Rejected
 from streams.friend_updates import ESTIMATE, LINK, UNKNOWN_ORIGIN, earliest_origin
 from streams.rules import Rules
-from streams.state import PairState, UserState
+from streams.state import HeldEvent, PairState, UserState
+from streams.state_codec import extra_of
 from streams.waiting import Taken, WaitingUpdates
 from topology import topics
 from topology.routing import partition_for
@@ -74,6 +76,8 @@ class ScoreOut:
     #: friendship) in the batch; None when only friends' estimates moved it.
     #: Event-to-score latency is measured from this.
     direct_ts: int | None = None
+    #: the user was erased and nothing names them any more: a tombstone (no value) on ``scores``
+    tombstone: bool = False
 
 
 @dataclass(slots=True)
@@ -91,6 +95,8 @@ class UserBatchOutput:
     estimates: list[EstimateOut]
     scores: list[ScoreOut]
     counts: BatchCounts
+    #: users erased in this batch, with the erasure's time: every pair partition must learn it
+    erased: dict[str, int] = field(default_factory=dict)
 
 
 class UserBatch:
@@ -103,15 +109,23 @@ class UserBatch:
         *,
         dedup_window_ms: int,
         dedup_min_ids: int,
+        catalog: Catalog = ev.CATALOG,
     ) -> None:
         self._rules = rules
         self._load = load
+        self._catalog = catalog
         self._dedup_window_ms = dedup_window_ms
         self._dedup_min_ids = dedup_min_ids
         self._states: dict[str, UserState] = {}
         self._changed: dict[str, int] = {}  # user -> oldest origin_ts of what changed it
         self._direct: dict[str, int] = {}  # user -> oldest ts of their own events that changed it
         self._new_links: dict[str, list[str]] = {}
+        #: users erased in this batch -> the erasure's time
+        self._erased: dict[str, int] = {}
+        #: users who got a voided link: they may no longer be named by anything
+        self._voided: set[str] = set()
+        #: users named again after nothing named them: they publish whatever their score
+        self._revived: set[str] = set()
         self.counts = BatchCounts()
 
     def _state(self, user: str) -> UserState:
@@ -127,25 +141,106 @@ class UserBatch:
         if offset > state.source_offsets.get(topic, -1):
             state.source_offsets[topic] = offset
 
-    def points(
-        self,
-        user: str,
-        event_id: str,
-        ts: int,
-        contributions: Iterable[tuple[str, float]],
-        topic: str,
-        offset: int,
-    ) -> bool:
-        """An accepted purchase or post; False if it is a duplicate."""
+    def _remember(self, state: UserState, event) -> bool:
+        """Record the event's id; False if it is a duplicate."""
+        if scoring.remember_event(state.recent_events, event.event_id, event.ts, self._dedup_window_ms, self._dedup_min_ids):
+            self.counts.accepted += 1
+            return True
+        self.counts.duplicates += 1
+        return False
+
+    def points(self, event_type, event, topic: str, offset: int) -> bool:
+        """An accepted purchase or post (any POINTS event); False if it is a duplicate.
+
+        It is held (priced again on a rules change, listed by the export); it
+        counts unless a retraction of it came first, or an erasure of its
+        user came after its time.
+        """
+        user = event.user_id
         state = self._state(user)
-        if not scoring.remember_event(state.recent_events, event_id, ts, self._dedup_window_ms, self._dedup_min_ids):
-            self.counts.duplicates += 1
+        if not self._remember(state, event):
             return False
-        scoring.apply_points(state, contributions)
-        self.counts.accepted += 1
-        self._mark(user, state, ts, topic, offset)
-        self._mark_direct(user, ts)
+        self._mark(user, state, event.ts, topic, offset)
+        if event.ts <= state.erased_ts:
+            return True  # forgotten: an erasure of this user is later than the event
+        pricing = event_type.pricing(event)
+        contributions = event_type.price(pricing, self._rules)
+        extra = extra_of(state)
+        retracted_by, retracted_ts = extra.retractions.pop(event.event_id, (None, -1))
+        extra.held.append(
+            HeldEvent(event.event_id, event_type.name, event.ts, pricing, sum(p for _, p in contributions), retracted_by, retracted_ts)
+        )
+        if retracted_by is None:
+            scoring.apply_points(state, contributions)
+        extra.named_ts = max(extra.named_ts, event.ts)
+        self._named(user, state)
+        self._mark_direct(user, event.ts)
         return True
+
+    def retraction(self, event, topic: str, offset: int) -> bool:
+        """A retraction: the user's purchase or post ``retracts`` counts nothing, whenever it arrives."""
+        user = event.user_id
+        state = self._state(user)
+        if not self._remember(state, event):
+            return False
+        self._mark(user, state, event.ts, topic, offset)
+        if event.ts <= state.erased_ts:
+            return True
+        extra = extra_of(state)
+        held = next((h for h in extra.held if h.event_id == event.retracts), None)
+        # Of several retractions of one event the latest is kept: an erasure voids
+        # retractions up to its time, and the event counts again only if all are void.
+        if held is None:
+            # Not held: not arrived yet, another user's, a friendship's, or unknown.
+            waiting = extra.retractions.get(event.retracts)
+            if waiting is None or event.ts > waiting[1]:
+                extra.retractions[event.retracts] = (event.event_id, event.ts)
+        elif held.retracted_by is None:
+            held.retracted_by, held.retracted_ts = event.event_id, event.ts
+            recompute_own(state, self._catalog, self._rules)
+        elif event.ts > held.retracted_ts:
+            held.retracted_by, held.retracted_ts = event.event_id, event.ts
+        extra.named_ts = max(extra.named_ts, event.ts)
+        self._named(user, state)
+        self._mark_direct(user, event.ts)
+        return True
+
+    def erasure(self, event, topic: str, offset: int) -> bool:
+        """Forget the user as of the erasure's time: what is left is what later events say."""
+        user = event.user_id
+        state = self._state(user)
+        erased = event.ts
+        if erased <= state.erased_ts:
+            return self._remember(state, event)  # an older erasure than one applied: nothing more to forget
+        self.counts.accepted += 1
+        state.erased_ts = erased
+        extra = extra_of(state)
+        for held in extra.held:
+            if held.ts <= erased and held.retracted_by is not None and held.retracted_ts > erased:
+                # The event is forgotten, its later retraction is not: it still names the user.
+                extra.retractions[held.event_id] = (held.retracted_by, held.retracted_ts)
+        extra.held = [h for h in extra.held if h.ts > erased]
+        for held in extra.held:
+            if held.retracted_by is not None and held.retracted_ts <= erased:
+                held.retracted_by, held.retracted_ts = None, -1  # its retraction is forgotten too
+        extra.retractions = {k: v for k, v in extra.retractions.items() if v[1] > erased}
+        recompute_own(state, self._catalog, self._rules)
+        state.history.clear()
+        state.recent_events = {eid: ts for eid, ts in state.recent_events.items() if ts > erased}
+        for entry in state.friends.values():
+            if entry.link_ts <= erased:
+                # The pair partitions void these links too, once they hear of the erasure.
+                entry.weight, entry.estimate, entry.has_estimate = scoring.VOIDED, 0.0, False
+        state.exists = scoring.named(state, extra.named_ts > erased)
+        self._erased[user] = erased
+        self._mark(user, state, erased, topic, offset)
+        return True
+
+    def _named(self, user: str, state: UserState) -> None:
+        """An event that counts names the user: they exist (again, after an erasure left nothing: a new score)."""
+        if not state.exists:
+            state.exists = True
+            self._revived.add(user)
 
     def _mark_direct(self, user: str, ts: int) -> None:
         if ts == UNKNOWN_ORIGIN:
@@ -154,13 +249,23 @@ class UserBatch:
         self._direct[user] = ts if previous is None else min(previous, ts)
 
     def link(self, user: str, friend: str, weight: float, link_version: int, origin_ts: int, topic: str, offset: int) -> None:
+        """A friendship's new weight from the pair's partition; ``origin_ts`` is the event time that set it."""
         state = self._state(user)
+        if origin_ts <= state.erased_ts:
+            # An erasure of this user is later: the pair partition, told of it, sends the link that counts.
+            self.counts.updates_stale += 1
+            return
         outcome = scoring.apply_link(state, friend, weight, link_version)
         if outcome is None:
             self.counts.updates_stale += 1
             return
+        state.friends[friend].link_ts = origin_ts
         if outcome == "new":
             self._new_links.setdefault(user, []).append(friend)
+        if weight >= 0:
+            self._named(user, state)
+        else:
+            self._voided.add(user)  # was that link the last thing naming the user?
         self.counts.updates_applied += 1
         self._mark(user, state, origin_ts, topic, offset)
         self._mark_direct(user, origin_ts)  # a LINK carries the friendship event's time
@@ -179,12 +284,22 @@ class UserBatch:
         estimates: list[EstimateOut] = []
         scores: list[ScoreOut] = []
         written: dict[str, UserState] = {}
+        withdrawn = set(self._erased)  # users whose score goes if nothing names them any more
         for user, origin_ts in self._changed.items():
             state = self._states[user]
             state.updated_ts = now_ms
             written[user] = state
+            if user in self._voided and state.exists:
+                extra = extra_of(state)
+                if not scoring.named(state, extra.named_ts > state.erased_ts):
+                    state.exists = False
+                    withdrawn.add(user)
+            if not state.exists:
+                if user in withdrawn and state.version > 0:  # it had a score: withdrawn
+                    scores.append(ScoreOut(user, 0.0, 0.0, 0.0, 0.0, state.version, now_ms, origin_ts, tombstone=True))
+                continue  # nothing names this user (yet): no score
             publish, value = scoring.should_publish(state, rules)
-            if publish:
+            if publish or user in self._erased or user in self._revived:
                 scoring.publish(state, value, now_ms)
                 receivers: Iterable[str] = state.current_friends()
                 has_friends = state.has_friends()
@@ -207,7 +322,18 @@ class UserBatch:
                 receivers = self._new_links.get(user, ())
             for friend in receivers:
                 estimates.append(EstimateOut(friend, user, state.published, state.version, origin_ts))
-        return UserBatchOutput(written, estimates, scores, self.counts)
+        return UserBatchOutput(written, estimates, scores, self.counts, dict(self._erased))
+
+
+def recompute_own(state: UserState, catalog: Catalog, rules: Rules) -> None:
+    """The own part from the held events that count (after a retraction or an erasure removed some)."""
+    state.own = 0.0
+    state.own_by_rule = {}
+    for held in extra_of(state).held:
+        if held.retracted_by is None:
+            event_type = catalog.by_name.get(held.type)
+            if event_type is not None:
+                scoring.apply_points(state, event_type.price(held.pricing, rules))
 
 
 @dataclass(slots=True)
@@ -215,6 +341,13 @@ class PairBatchOutput:
     states: dict[str, PairState]
     links: list[LinkOut]
     counts: BatchCounts = field(default_factory=BatchCounts)
+    #: erasure markers to write: user -> the latest erasure's time
+    markers: dict[str, int] = field(default_factory=dict)
+
+
+#: Keys of the pairs table that are not pairs: an erased user's marker ("\x00erased\x00" + user id).
+#: Ids cannot contain control characters, so no pair key starts with NUL.
+ERASED_PREFIX = "\x00erased\x00"
 
 
 class PairBatch:
@@ -222,7 +355,10 @@ class PairBatch:
 
     Only the final state of each pair in the batch is sent to its two
     endpoints: links carry absolute weights with the pair's version, so the
-    intermediate steps are not needed by anyone.
+    intermediate steps are not needed by anyone. A friendship event with a
+    time at or before an erasure of either user counts nothing; an erasure
+    heard of later (a notice on ``pair-updates``) voids the events it covers
+    and the pair's weight is recomputed from those that remain.
     """
 
     def __init__(
@@ -231,44 +367,93 @@ class PairBatch:
         *,
         dedup_window_ms: int,
         dedup_min_ids: int,
+        erased_at: Callable[[str], int] = lambda user: -1,
+        scan: Callable[[], Iterable[tuple[str, PairState]]] = lambda: (),
     ) -> None:
         self._load = load
+        self._erased_at = erased_at
+        self._scan = scan
         self._dedup_window_ms = dedup_window_ms
         self._dedup_min_ids = dedup_min_ids
         self._states: dict[str, PairState] = {}
         self._changed: dict[str, int] = {}  # pair key -> oldest origin_ts
         self._written: set[str] = set()
+        self._markers: dict[str, int] = {}
         self.counts = BatchCounts()
 
-    def friendship(self, key: str, user_a: str, user_b: str, event_id: str, ts: int, action: str, weight: float, offset: int) -> str:
-        """Apply one friendship event; returns "accepted" or "duplicate"."""
+    def _erased(self, user: str) -> int:
+        known = self._markers.get(user)
+        return known if known is not None else self._erased_at(user)
+
+    def _state(self, key: str, user_a: str, user_b: str) -> PairState:
         state = self._states.get(key)
         if state is None:
             loaded = self._load(key)
             state = loaded if loaded is not None else PairState(*sorted((user_a, user_b)))
             self._states[key] = state
+        return state
+
+    def friendship(self, key: str, user_a: str, user_b: str, event_id: str, ts: int, action: str, weight: float, offset: int) -> str:
+        """Apply one friendship event; returns "accepted" or "duplicate"."""
+        state = self._state(key, user_a, user_b)
         if not scoring.remember_event(state.recent_events, event_id, ts, self._dedup_window_ms, self._dedup_min_ids):
             self.counts.duplicates += 1
             return "duplicate"
         self.counts.accepted += 1
         self._written.add(key)
         state.source_offset = max(state.source_offset, offset)
+        if ts <= max(self._erased(user_a), self._erased(user_b)):
+            return "accepted"  # forgotten: an erasure of one of them is later than the event
         new_weight = weight if action == "add" else 0.0
-        if new_weight != state.weight:
-            state.weight = new_weight
+        state.events.append((ts, new_weight))
+        self._set(key, state, new_weight, ts, ts)
+        return "accepted"
+
+    def _set(self, key: str, state: PairState, weight: float, weight_ts: int, origin_ts: int, force: bool = False) -> None:
+        """The pair's weight is now ``weight``, set by an event of time ``weight_ts``: both users hear of a change.
+
+        ``force``: they hear of it even if the weight stays (no add of the pair counts any more: VOIDED).
+        """
+        if force or weight != state.weight or (weight > 0 and weight_ts != state.weight_ts):
+            state.weight = weight
+            state.weight_ts = weight_ts
             state.version += 1
             previous = self._changed.get(key)
-            self._changed[key] = ts if previous is None else min(previous, ts)
-        return "accepted"
+            self._changed[key] = origin_ts if previous is None else min(previous, origin_ts)
+        else:
+            state.weight_ts = weight_ts
+        self._written.add(key)
+
+    def erased(self, user: str, erased_ts: int) -> None:
+        """A notice: ``user`` was erased at ``erased_ts``; void the friendship events it covers on this partition."""
+        if erased_ts <= self._erased(user):
+            return
+        self._markers[user] = erased_ts
+        candidates = dict(self._scan())
+        candidates.update(self._states)  # what this batch changed, or created, is newer than what is stored
+        for key, state in candidates.items():
+            if user != state.user_a and user != state.user_b:
+                continue
+            self._states[key] = state
+            remaining = [(ts, weight) for ts, weight in state.events if ts > erased_ts]
+            if remaining == state.events:
+                continue
+            was_named = any(w > 0 for _, w in state.events)
+            state.events = remaining
+            weight, weight_ts = remaining[-1][1] if remaining else 0.0, remaining[-1][0] if remaining else erased_ts
+            self._set(key, state, weight, weight_ts, erased_ts, force=was_named and not any(w > 0 for _, w in remaining))
 
     def finish(self) -> PairBatchOutput:
         links: list[LinkOut] = []
-        for key, origin_ts in self._changed.items():
+        for key in self._changed:
             state = self._states[key]
-            links.append(LinkOut(state.user_a, state.user_b, state.weight, state.version, origin_ts))
-            links.append(LinkOut(state.user_b, state.user_a, state.weight, state.version, origin_ts))
+            # A link carries the time of the event that set the weight (the receiver voids it if an erasure is
+            # later), and VOIDED when no add of the pair counts: not a reason for either user to exist.
+            weight = state.weight if state.weight > 0 or any(w > 0 for _, w in state.events) else scoring.VOIDED
+            links.append(LinkOut(state.user_a, state.user_b, weight, state.version, state.weight_ts))
+            links.append(LinkOut(state.user_b, state.user_a, weight, state.version, state.weight_ts))
         states = {key: self._states[key] for key in self._written}
-        return PairBatchOutput(states, links, self.counts)
+        return PairBatchOutput(states, links, self.counts, dict(self._markers))
 
 
 # --- the batch as a function ---------------------------------------------------------
@@ -291,13 +476,17 @@ class Store(Protocol[T]):
 
     def load(self, partition: int, key: str) -> T | None: ...
 
+    def load_raw(self, partition: int, key: str) -> bytes | None: ...
+
+    def items(self, partition: int) -> Iterable[tuple[str, T]]: ...
+
 
 class Send(NamedTuple):
-    """A record to send: ``partition`` None lets the producer's partitioner place it by key."""
+    """A record to send: ``partition`` None lets the producer's partitioner place it by key; ``value`` None is a tombstone."""
 
     topic: str
     key: bytes | None
-    value: bytes
+    value: bytes | None
     partition: int | None
 
 
@@ -426,6 +615,7 @@ def score_users(
                 lambda user, p=partition: users.load(p, user),
                 dedup_window_ms=context.dedup_window_ms,
                 dedup_min_ids=context.dedup_min_ids,
+                catalog=catalog,
             )
         return user_batch
 
@@ -447,10 +637,16 @@ def score_users(
                 continue
             if user_batch is None:
                 user_batch = user_batch_of(partition)
-            if user_batch.points(user, event.event_id, event.ts, event_type.points(event, rules), topic, record.offset):
-                counts[ACCEPTED, event_type.name] += 1
+            effect = event_type.effect
+            if effect == ev.POINTS:
+                accepted = user_batch.points(event_type, event, topic, record.offset)
+            elif effect == ev.RETRACTION:
+                accepted = user_batch.retraction(event, topic, record.offset)
+            elif effect == ev.ERASURE:
+                accepted = user_batch.erasure(event, topic, record.offset)
             else:
-                counts[DUPLICATE, event_type.name] += 1
+                raise ValueError(f"the user lane has no effect {effect!r} (event type {event_type.name!r})")
+            counts[ACCEPTED if accepted else DUPLICATE, event_type.name] += 1
         _advance(result.advance, batch)
     for record in waiting.unqueue(context.waiting_limit):
         _read_friend_updates(record, waiting, sends, counts, now_ms, kinds=(ESTIMATE,))
@@ -473,13 +669,21 @@ def score_users(
         counts[UPDATES_RECEIVED, "stale"] += output.counts.updates_stale
         sends.extend(friend_update_sends(context, output.estimates, (), counts))
         sends.extend(score_sends(output.scores))
-        result.scores.extend(output.scores)
+        result.scores.extend(score for score in output.scores if not score.tombstone)
+        for user, erased_ts in output.erased.items():
+            sends.extend(pair_notice_sends(context, user, erased_ts))
     result.finish_seconds = time.perf_counter() - finishing
     return result
 
 
 def route_friendships(records: Sequence[Record], pairs: Store[PairState], context: Context, now_ms: int) -> BatchResult:
-    """One batch of the pair lane: friendship events applied in order per pair, links sent to both users."""
+    """One batch of the pair lane: friendship events applied in order per pair, links sent to both users.
+
+    Erasure notices (``pair-updates``) void the friendship events of the
+    erased user up to the erasure's time; the pair's weight is recomputed
+    from the events that remain. ``pairs`` also keeps the erased users'
+    markers (raw values under ``ERASED_PREFIX``) and lists its pairs.
+    """
     catalog = context.catalog
     result = BatchResult()
     counts = result.counts
@@ -489,8 +693,15 @@ def route_friendships(records: Sequence[Record], pairs: Store[PairState], contex
             lambda key, p=partition: pairs.load(p, key),
             dedup_window_ms=context.dedup_window_ms,
             dedup_min_ids=context.dedup_min_ids,
+            erased_at=lambda user, p=partition: _marker(pairs.load_raw(p, ERASED_PREFIX + user)),
+            scan=lambda p=partition: pairs.items(p),
         )
         for record in batch:
+            if record.topic == topics.PAIR_UPDATES:
+                notice = _decode_notice(record, sends, counts, now_ms)
+                if notice is not None:
+                    pair_batch.erased(notice["user_id"], notice["erased_ts"])
+                continue
             counts[EVENTS_IN, record.topic] += 1
             event = _decode(catalog, record, sends, counts, now_ms)
             if event is None:
@@ -506,6 +717,7 @@ def route_friendships(records: Sequence[Record], pairs: Store[PairState], contex
             counts[ACCEPTED if outcome == "accepted" else DUPLICATE, event_type.name] += 1
         output = pair_batch.finish()
         result.writes.extend((partition, key, pair) for key, pair in output.states.items())
+        result.writes.extend((partition, ERASED_PREFIX + user, Raw(_MARKER.pack(ts))) for user, ts in output.markers.items())
         result.changed += len(output.states)
         sends.extend(friend_update_sends(context, (), output.links, counts))
         _advance(result.advance, batch)
@@ -541,11 +753,45 @@ def friend_update_sends(
     return sent
 
 
+def pair_notice_sends(context: Context, user: str, erased_ts: int) -> list[Send]:
+    """An erasure, told to every pair partition (any of them may hold a friendship of the user)."""
+    value = codec.encode("pair_notice", {"user_id": user, "erased_ts": erased_ts})
+    return [Send(topics.PAIR_UPDATES, user.encode(), value, partition) for partition in range(context.partitions)]
+
+
+class Raw(NamedTuple):
+    """A value written to a table as it is (not a state): an erased user's marker."""
+
+    value: bytes
+
+
+_MARKER = struct.Struct(">q")
+
+
+def _marker(raw: bytes | None) -> int:
+    return -1 if raw is None else _MARKER.unpack(raw)[0]
+
+
+def _decode_notice(record: Record, sends: list[Send], counts: Counter, now_ms: int) -> dict | None:
+    try:
+        return codec.decode(record.value, "pair_notice")[1]
+    except codec.DecodeError as error:
+        log.error(
+            "undecodable erasure notice at %s[%d]@%d (%s); kept on the dead-letter topic. Only Standing's workers "
+            "should write this topic: look for another writer", record.topic, record.partition, record.offset, error.detail,
+        )  # fmt: skip
+        counts[REJECTED, error.reason] += 1
+        sends.append(dead_letter(record, error.reason, error.detail, now_ms))
+        return None
+
+
 def score_sends(scores: Iterable[ScoreOut]) -> list[Send]:
-    """Records of the compacted ``scores`` topic, keyed by user_id."""
+    """Records of the compacted ``scores`` topic, keyed by user_id; an erased user's is a tombstone."""
     encode = codec.encode
     return [
-        Send(
+        Send(topics.SCORES, score.user_id.encode(), None, None)
+        if score.tombstone
+        else Send(
             topics.SCORES,
             score.user_id.encode(),
             encode(
@@ -567,7 +813,9 @@ def score_sends(scores: Iterable[ScoreOut]) -> list[Send]:
 
 
 def score_of(user: str, state: UserState, rules: Rules) -> ScoreOut:
-    """The score record of a stored state as it stands (re-sent after a crash)."""
+    """The score record of a stored state as it stands (re-sent after a crash); a tombstone for an erased user."""
+    if not state.exists:
+        return ScoreOut(user, 0.0, 0.0, 0.0, 0.0, state.version, state.updated_ts, state.updated_ts, tombstone=True)
     return ScoreOut(
         user_id=user,
         raw=state.published,

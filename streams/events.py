@@ -92,7 +92,23 @@ class Friendship:
     weight: float = 1.0
 
 
-Event = Purchase | Post | Friendship
+@dataclass(frozen=True, slots=True)
+class Retraction:
+    event_id: str
+    ts: int
+    user_id: str
+    retracts: str
+    reason: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class Erasure:
+    event_id: str
+    ts: int
+    user_id: str
+
+
+Event = Purchase | Post | Friendship | Retraction | Erasure
 
 
 # --- field checks (for every event type's validate) -------------------------------
@@ -183,7 +199,7 @@ def number_field(obj: Mapping[str, Any], name: str, kind: str, reason: str, rule
 USER, PAIR = "user", "pair"
 
 #: Effects an event can have (``streams.batch`` applies each; ``standing reference`` solves each).
-POINTS, FRIENDSHIP = "points", "friendship"
+POINTS, FRIENDSHIP, RETRACTION, ERASURE = "points", "friendship", "retraction", "erasure"
 
 
 @dataclass(frozen=True)
@@ -202,16 +218,22 @@ class EventType:
     lane: str
     #: the Kafka key of an event (its subject: de-duplication is scoped to it)
     key: Callable[[Any], str]
-    #: POINTS or FRIENDSHIP
+    #: POINTS, FRIENDSHIP, RETRACTION or ERASURE
     effect: str
-    #: for POINTS: the (reason code, points) an accepted event adds to its user's own part
-    points: Callable[[Any, Rules], list[tuple[str, float]]] | None = None
+    #: for POINTS: what the rules need to price an event, as a tuple of plain values (it is kept with the user)
+    pricing: Callable[[Any], tuple] | None = None
+    #: for POINTS: the (reason code, points) that pricing earns under rules
+    price: Callable[[tuple, Rules], list[tuple[str, float]]] | None = None
 
     def __post_init__(self) -> None:
         if self.lane not in (USER, PAIR):
             raise ValueError(f"event type {self.name!r}: lane must be USER or PAIR, not {self.lane!r}")
-        if self.effect == POINTS and (self.points is None or self.lane != USER):
-            raise ValueError(f"event type {self.name!r}: a POINTS event needs points() and the USER lane")
+        if self.effect == POINTS and (self.pricing is None or self.price is None or self.lane != USER):
+            raise ValueError(f"event type {self.name!r}: a POINTS event needs pricing(), price() and the USER lane")
+
+    def points(self, event, rules: Rules) -> list[tuple[str, float]]:
+        """The (reason code, points) an accepted POINTS event adds to its user's own part."""
+        return self.price(self.pricing(event), rules)
 
     def to_record(self, event) -> dict:
         """The event's fields as the Avro record (tuples as lists)."""
@@ -271,6 +293,21 @@ def _validate_friendship(obj: Mapping[str, Any]) -> Friendship:
     return Friendship(event_id, ts, user_a, user_b, action, weight)
 
 
+def _validate_retraction(obj: Mapping[str, Any]) -> Retraction:
+    event_id = id_field(obj, "event_id", "retraction")
+    ts = timestamp_field(obj, "retraction")
+    user_id = id_field(obj, "user_id", "retraction")
+    retracts = id_field(obj, "retracts", "retraction")
+    reason = obj.get("reason")
+    return Retraction(event_id, ts, user_id, retracts, "" if reason is None else text_field(reason, "reason"))
+
+
+def _validate_erasure(obj: Mapping[str, Any]) -> Erasure:
+    event_id = id_field(obj, "event_id", "erasure")
+    ts = timestamp_field(obj, "erasure")
+    return Erasure(event_id, ts, id_field(obj, "user_id", "erasure"))
+
+
 def _user_key(event) -> str:
     return event.user_id
 
@@ -283,7 +320,8 @@ PURCHASE = EventType(
     lane=USER,
     key=_user_key,
     effect=POINTS,
-    points=lambda event, rules: [(rules.purchase_reason(event.category), rules.purchase_points(event.category, event.amount))],
+    pricing=lambda event: (event.category, event.amount),
+    price=lambda pricing, rules: [(rules.purchase_reason(pricing[0]), rules.purchase_points(pricing[0], pricing[1]))],
 )
 POST = EventType(
     name="post",
@@ -293,7 +331,8 @@ POST = EventType(
     lane=USER,
     key=_user_key,
     effect=POINTS,
-    points=lambda event, rules: rules.post_contributions(event.labels),
+    pricing=lambda event: (event.labels,),
+    price=lambda pricing, rules: rules.post_contributions(pricing[0]),
 )
 FRIENDSHIP_TYPE = EventType(
     name="friendship",
@@ -303,6 +342,26 @@ FRIENDSHIP_TYPE = EventType(
     lane=PAIR,
     key=lambda event: pair_key(event.user_a, event.user_b),
     effect=FRIENDSHIP,
+)
+
+
+RETRACTION_TYPE = EventType(
+    name="retraction",
+    topic="retractions",
+    event=Retraction,
+    validate=_validate_retraction,
+    lane=USER,
+    key=_user_key,
+    effect=RETRACTION,
+)
+ERASURE_TYPE = EventType(
+    name="erasure",
+    topic="erasures",
+    event=Erasure,
+    validate=_validate_erasure,
+    lane=USER,
+    key=_user_key,
+    effect=ERASURE,
 )
 
 
@@ -393,8 +452,8 @@ class Catalog:
         return self.of(event).key(event)
 
 
-#: The event types of the spec (section 1).
-CATALOG = Catalog([PURCHASE, POST, FRIENDSHIP_TYPE])
+#: The event types of the spec (sections 1 and 9).
+CATALOG = Catalog([PURCHASE, POST, FRIENDSHIP_TYPE, RETRACTION_TYPE, ERASURE_TYPE])
 
 # Shorthands over CATALOG, for callers that take the spec's events.
 validate = CATALOG.validate

@@ -1,21 +1,31 @@
-"""Why a score is what it is: the explanation the API and `standing explain` give.
+"""Why a score is what it is, and everything held about a person: what the API, `standing explain` and `standing export` give.
 
 Pure: a user's state and the rules in, a JSON-ready dict out. The raw score
-splits exactly into parts that add up:
+splits into parts that add up:
 
-    raw = sum_rules (1-alpha) * points(rule) + sum_friends alpha * W[u,f] * p(f)   (with friends)
-    raw = sum_rules points(rule)                                                   (friendless)
+    raw = sum_rules (1-alpha) * points(rule) + alpha * (weighted mean of the friends' scores)   (with friends)
+    raw = sum_rules points(rule)                                                               (friendless)
 
-(up to the epsilon the published estimate may lag its target), so each reason
-carries a signed contribution in raw points, like the key factors of a
-credit-bureau notice.
+(up to the epsilon the published estimate may lag its target; in
+``lift_only`` the network part is what lifted the score, never negative), so
+each reason carries a signed contribution in raw points, like the key factors
+of a credit-bureau notice.
+
+Nobody else is exposed (spec sections 5 and 9): the network is one reason,
+how many friends and their combined contribution; no other person's id or
+score appears, unless the operator turns friend-by-friend detail on
+(``STANDING_EXPLAIN_FRIENDS=1``). The export lists the user's own
+friendships by id and weight (they are the user's data too), never a
+friend's score.
 """
 
 from __future__ import annotations
 
+from streams.events import CATALOG, Catalog
 from streams.rules import Rules
 from streams.scoring import network_part
 from streams.state import UserState
+from streams.state_codec import extra_of
 
 MAX_REASONS = 4
 
@@ -30,37 +40,51 @@ def band(display_score: float) -> str:
     return BANDS[-1][1]
 
 
-def reasons(state: UserState, rules: Rules) -> list[dict]:
-    """Every rule and friend with its signed contribution to the raw score."""
+def _friends_counted(state: UserState) -> list:
+    return [(friend, entry) for friend, entry in state.friends.items() if entry.weight > 0 and entry.has_estimate]
+
+
+def reasons(state: UserState, rules: Rules, *, friend_detail: bool = False) -> list[dict]:
+    """Every rule, and the network (one reason, or friend by friend with ``friend_detail``), with signed contributions."""
     alpha = rules.alpha
-    friends = [(friend, entry) for friend, entry in state.friends.items() if entry.weight > 0 and entry.has_estimate]
+    friends = _friends_counted(state)
     own_share = (1.0 - alpha) if friends else 1.0
     result = [
         {"kind": "rule", "code": code, "points": points, "contribution": own_share * points}
         for code, points in state.own_by_rule.items()
         if points
     ]
-    total_weight = sum(entry.weight for _, entry in friends)
-    for friend, entry in friends:
-        share = entry.weight / total_weight
-        result.append(
-            {
-                "kind": "friend",
-                "user_id": friend,
-                "friend_raw": entry.estimate,
-                "friend_score": rules.display(entry.estimate),
-                "weight": entry.weight,
-                "contribution": alpha * share * entry.estimate,
-            }
-        )
+    if friends:
+        total_weight = sum(entry.weight for _, entry in friends)
+        shares = [(friend, entry, alpha * entry.weight / total_weight * entry.estimate) for friend, entry in friends]
+        network = sum(share for _, _, share in shares)
+        if rules.network_mode == "lift_only" and (1.0 - alpha) * state.own + network < state.own:
+            # Friends would have pulled the score down: lift_only keeps it at the user's own part.
+            result = [{**reason, "contribution": reason["points"]} for reason in result]
+            shares = [(friend, entry, 0.0) for friend, entry, _ in shares]
+            network = 0.0
+        if friend_detail:
+            for friend, entry, share in shares:
+                result.append(
+                    {
+                        "kind": "friend",
+                        "user_id": friend,
+                        "friend_raw": entry.estimate,
+                        "friend_score": rules.display(entry.estimate),
+                        "weight": entry.weight,
+                        "contribution": share,
+                    }
+                )
+        else:
+            result.append({"kind": "network", "friends": len(friends), "contribution": network})
     result.sort(key=lambda reason: abs(reason["contribution"]), reverse=True)
     return result
 
 
-def explain(user_id: str, state: UserState, rules: Rules) -> dict:
+def explain(user_id: str, state: UserState, rules: Rules, *, friend_detail: bool = False) -> dict:
     raw = state.published
     score = rules.display(raw)
-    all_reasons = reasons(state, rules)
+    all_reasons = reasons(state, rules, friend_detail=friend_detail)
     return {
         "user_id": user_id,
         "score": score,
@@ -77,6 +101,36 @@ def explain(user_id: str, state: UserState, rules: Rules) -> dict:
     }
 
 
+def export(user_id: str, state: UserState, rules: Rules, catalog: Catalog = CATALOG) -> dict:
+    """Everything Standing holds about the user (spec section 9; GDPR Art. 15 and 20), and nothing about anyone else."""
+    extra = extra_of(state)
+    events = []
+    for held in extra.held:
+        entry = {
+            "event_id": held.event_id,
+            "type": held.type,
+            "ts": held.ts,
+            "points": held.points,
+            "counts": held.counts,
+        }
+        if held.retracted_by is not None:
+            entry["retracted_by"] = held.retracted_by
+        events.append(entry)
+    return {
+        "user_id": user_id,
+        "score": explain(user_id, state, rules),
+        "friendships": [
+            {"user_id": friend, "weight": entry.weight} for friend, entry in sorted(state.friends.items()) if entry.weight > 0
+        ],
+        "history": [{"ts": ts, "raw": value, "score": rules.display(value)} for ts, value in state.history],
+        "events": sorted(events, key=lambda event: (event["ts"], event["event_id"])),
+        "retractions_waiting": [
+            {"retracts": retracts, "event_id": by, "ts": ts} for retracts, (by, ts) in sorted(extra.retractions.items())
+        ],
+        "erased_before": state.erased_ts if state.erased_ts >= 0 else None,
+    }
+
+
 def render_text(explanation: dict) -> str:
     """The same explanation for a person (`standing explain`)."""
     lines = [
@@ -89,6 +143,8 @@ def render_text(explanation: dict) -> str:
     for reason in explanation["reasons"] or []:
         if reason["kind"] == "rule":
             lines.append(f"    {reason['contribution']:+8.3f}  {reason['code']} (points {reason['points']:+.2f})")
+        elif reason["kind"] == "network":
+            lines.append(f"    {reason['contribution']:+8.3f}  your friends' scores, together ({_count(reason['friends'], 'friend')})")
         else:
             lines.append(
                 f"    {reason['contribution']:+8.3f}  friend {reason['user_id']} (score {reason['friend_score']:.0f}, weight {reason['weight']:g})"

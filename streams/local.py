@@ -56,13 +56,23 @@ class LocalStore(Generic[T]):
         raw = self.data.get(partition, {}).get(key)
         return None if raw is None else self._decode(raw)
 
-    def put(self, partition: int, key: str, state: T) -> None:
-        self.data.setdefault(partition, {})[key] = self._encode(state)
+    def load_raw(self, partition: int, key: str) -> bytes | None:
+        return self.data.get(partition, {}).get(key)
 
-    def items(self) -> Iterable[tuple[int, str, T]]:
-        for partition, states in self.data.items():
-            for key, raw in states.items():
-                yield partition, key, self._decode(raw)
+    def put(self, partition: int, key: str, state: T) -> None:
+        value = state.value if isinstance(state, core.Raw) else self._encode(state)
+        self.data.setdefault(partition, {})[key] = value
+
+    def items(self, partition: int) -> Iterable[tuple[str, T]]:
+        """The states of one partition (keys that hold no state, such as erasure markers, left out)."""
+        for key, raw in list(self.data.get(partition, {}).items()):
+            if not key.startswith("\x00"):
+                yield key, self._decode(raw)
+
+    def all(self) -> Iterable[tuple[int, str, T]]:
+        for partition in list(self.data):
+            for key, state in self.items(partition):
+                yield partition, key, state
 
 
 @dataclass
@@ -107,11 +117,11 @@ class LocalPipeline:
         #: records delivered a second time, per (topic, partition): (offset, record) to slip in later
         self._again: dict[tuple[str, int], list[LocalRecord]] = {}
         self.user_topics = (*self.catalog.topics(USER), topics.FRIEND_UPDATES)
-        self.pair_topics = self.catalog.topics(PAIR)
+        self.pair_topics = (*self.catalog.topics(PAIR), topics.PAIR_UPDATES)
 
     # --- the testing source ------------------------------------------------------
 
-    def produce(self, topic: str, key: bytes | None, value: bytes, partition: int | None = None) -> LocalRecord:
+    def produce(self, topic: str, key: bytes | None, value: bytes | None, partition: int | None = None) -> LocalRecord:
         """Append a record, on ``partition`` or where Kafka's default partitioner puts ``key``."""
         if partition is None:
             partition = partition_for(key, self.partitions) if key is not None else 0
@@ -257,12 +267,18 @@ class LocalPipeline:
         return [record for (topic, _), log in sorted(self.logs.items()) if topic == name for record in log]
 
     def scores(self) -> dict[str, dict]:
-        """The newest score record of each user (highest version), decoded."""
+        """The newest score record of each user (highest version), decoded; a tombstone removes the user."""
         latest: dict[str, dict] = {}
+        erased: dict[str, int] = {}
         for record in self.topic(topics.SCORES):
+            if record.value is None:
+                user = record.key.decode()
+                gone = latest.pop(user, None)
+                erased[user] = max(erased.get(user, -1), -1 if gone is None else gone["version"])
+                continue
             _, score = codec.decode(record.value, "score")
             held = latest.get(score["user_id"])
-            if held is None or score["version"] >= held["version"]:
+            if (held is None or score["version"] >= held["version"]) and score["version"] > erased.get(score["user_id"], -1):
                 latest[score["user_id"]] = score
         return latest
 

@@ -17,6 +17,10 @@ from types import MappingProxyType
 from typing import Any, Mapping, Sequence
 
 
+#: network.mode: "blend" mixes the friends' scores in; "lift_only" lets them raise a score, never lower it.
+NETWORK_MODES = ("blend", "lift_only")
+
+
 class RulesError(Exception):
     """A rules file that cannot be used; the message names the file and the key."""
 
@@ -28,7 +32,7 @@ def default_rules_path() -> Path:
 
 #: table -> key -> default (the spec's example); None marks a table of name = number
 _SHAPE: dict[str, dict[str, float | None]] = {
-    "network": {"alpha": 0.3, "epsilon": 0.01},
+    "network": {"alpha": 0.3, "epsilon": 0.01, "mode": "blend"},
     "display": {"min": 350.0, "max": 950.0, "scale": 50.0},
     "purchase": {"default_weight": 0.0, "max_points": 50.0, "weights": None},
     "post": {"labels": None},
@@ -45,6 +49,8 @@ class Rules:
 
     alpha: float = 0.3
     epsilon: float = 0.01
+    #: "blend" (spec section 3) or "lift_only" (section 10: friends can raise a score, never lower it)
+    network_mode: str = "blend"
     display_min: float = 350.0
     display_max: float = 950.0
     display_scale: float = 50.0
@@ -160,6 +166,10 @@ def load_rules(path: Path | str | None = None) -> Rules:
     def scalar(table: str, key: str) -> float:
         return _number(where, f"{table}.{key}", data.get(table, {}).get(key, _SHAPE[table][key]))
 
+    mode = data.get("network", {}).get("mode", "blend")
+    if mode not in NETWORK_MODES:
+        raise RulesError(f"{where}: network.mode = {mode!r} must be one of {', '.join(map(repr, NETWORK_MODES))}")
+
     def mapping(table: str, key: str) -> dict[str, float]:
         content = data.get(table, {}).get(key, {})
         return {name: _number(where, f"{table}.{key}.{name}", value) for name, value in content.items()}
@@ -182,6 +192,7 @@ def load_rules(path: Path | str | None = None) -> Rules:
     return Rules(
         alpha=alpha,
         epsilon=epsilon,
+        network_mode=mode,
         display_min=low,
         display_max=high,
         display_scale=scale,

@@ -45,11 +45,13 @@ def network_mean(state: UserState) -> float | None:
     return weighted / total_weight
 
 
-def target(state: UserState, alpha: float) -> float:
+def target(state: UserState, alpha: float, lift_only: bool = False) -> float:
+    """(1 - alpha) b + alpha * (weighted mean of friends' estimates); with ``lift_only``, never below b (spec section 10)."""
     mean = network_mean(state)
     if mean is None:
         return state.own
-    return (1.0 - alpha) * state.own + alpha * mean
+    blended = (1.0 - alpha) * state.own + alpha * mean
+    return state.own if lift_only and blended < state.own else blended
 
 
 def network_part(raw: float, own: float, alpha: float, has_friends: bool) -> float:
@@ -102,18 +104,30 @@ def apply_link(state: UserState, friend: str, weight: float, link_version: int) 
     Returns None when ignored (not newer than the last change of this pair),
     "new" when it makes a friend of someone who was not one, "changed"
     otherwise. A removal of a link never seen is kept as a weight-0 entry with
-    its version, so an older add delivered late cannot resurrect it.
+    its version, so an older add delivered late cannot resurrect it. A weight
+    of ``VOIDED`` (-1) says the pair has no friendship event that counts (an
+    erasure voided them): not a friend, and not a reason for the user to exist.
     """
+    weight = weight if weight > 0 else (VOIDED if weight < 0 else 0.0)
     entry = state.friends.get(friend)
     if entry is None:
-        state.friends[friend] = FriendEntry(weight=max(weight, 0.0), link_version=link_version)
+        state.friends[friend] = FriendEntry(weight=weight, link_version=link_version)
         return "new" if weight > 0 else "changed"
     if link_version <= entry.link_version:
         return None
     was_friend = entry.weight > 0
-    entry.weight = weight if weight > 0 else 0.0
+    entry.weight = weight
     entry.link_version = link_version
     return "new" if weight > 0 and not was_friend else "changed"
+
+
+#: A link's weight when no friendship event of the pair counts any more (an erasure voided them all).
+VOIDED = -1.0
+
+
+def named(state: UserState, held_or_retractions: bool) -> bool:
+    """Whether an event that counts names the user: their own events, or a friendship added (even if removed since)."""
+    return held_or_retractions or any(entry.link_version > 0 and entry.weight >= 0 for entry in state.friends.values())
 
 
 def apply_estimate(state: UserState, sender: str, estimate: float, version: int) -> bool:
@@ -137,7 +151,7 @@ def apply_estimate(state: UserState, sender: str, estimate: float, version: int)
 
 def should_publish(state: UserState, rules: Rules) -> tuple[bool, float]:
     """(publish?, target). A user publishes once on creation, then on moves >= epsilon."""
-    new_target = target(state, rules.alpha)
+    new_target = target(state, rules.alpha, rules.network_mode == "lift_only")
     if state.version == 0:
         return True, new_target
     return abs(new_target - state.published) >= rules.epsilon, new_target

@@ -24,6 +24,8 @@ class FriendEntry:
     version: int = 0
     #: the pair version of the last link change applied
     link_version: int = 0
+    #: event time of the friendship event that set ``weight`` (an erasure voids links up to its time)
+    link_ts: int = 0
 
 
 @dataclass(slots=True)
@@ -41,12 +43,51 @@ class UserState:
     #: topic -> last offset of that topic applied to this state (crash recovery)
     source_offsets: dict[str, int] = field(default_factory=dict)
     updated_ts: int = 0
+    #: False once an erasure left nothing naming the user (no score, 404) until an event names them again
+    exists: bool = True
+    #: the latest erasure's time: events naming the user up to it count nothing (-1: never)
+    erased_ts: int = -1
+    #: held purchases and posts and pending retractions: ``UserExtra``, or its bytes as
+    #: stored until something needs it (friend updates, the hot path, never do)
+    extra: "UserExtra | bytes" = b""
 
     def has_friends(self) -> bool:
         return any(entry.weight > 0 for entry in self.friends.values())
 
     def current_friends(self) -> Iterable[str]:
         return (friend for friend, entry in self.friends.items() if entry.weight > 0)
+
+
+@dataclass(slots=True)
+class HeldEvent:
+    """A purchase or post a user state keeps: priced again on a rules change, listed by the export."""
+
+    event_id: str
+    #: the event type's name
+    type: str
+    ts: int
+    #: what the rules need to price it (``EventType.pricing``)
+    pricing: tuple
+    #: its points under the rules in force (the sum of its contributions)
+    points: float
+    #: the retraction that made it count nothing, and that retraction's time
+    retracted_by: str | None = None
+    retracted_ts: int = -1
+
+    @property
+    def counts(self) -> bool:
+        return self.retracted_by is None
+
+
+@dataclass(slots=True)
+class UserExtra:
+    """The part of a user state only own events, retractions, erasures and exports read."""
+
+    held: list[HeldEvent] = field(default_factory=list)
+    #: retractions of events not held: retracted event_id -> (retraction event_id, its ts)
+    retractions: dict[str, tuple[str, int]] = field(default_factory=dict)
+    #: the latest time of the user's own events (an erasure before it leaves the user existing)
+    named_ts: int = -1
 
 
 @dataclass(slots=True)
@@ -59,3 +100,7 @@ class PairState:
     version: int = 0
     recent_events: dict[str, int] = field(default_factory=dict)
     source_offset: int = -1
+    #: event time of the friendship event that set ``weight`` (links carry it)
+    weight_ts: int = 0
+    #: the events that count, in the order applied: (ts, weight; 0 for a remove)
+    events: list[tuple[int, float]] = field(default_factory=list)

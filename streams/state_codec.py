@@ -16,11 +16,12 @@ versions, bad bytes, unexpected types) it hands back to the Python codec here,
 
 from __future__ import annotations
 
+import json
 import logging
 
 from schemas import codec
 from schemas.columns import Columns, column, int_column
-from streams.state import FriendEntry, PairState, UserState
+from streams.state import FriendEntry, HeldEvent, PairState, UserExtra, UserState
 
 log = logging.getLogger(__name__)
 
@@ -34,7 +35,13 @@ else:
     native.configure(UserState, FriendEntry, codec.schema_id("user_state"))
 
 
+#: The first user_state id whose friend columns carry link_ts (version 3).
+_LINK_TS_SINCE = 14
+
+
 def encode_user(state: UserState) -> bytes:
+    if isinstance(state.extra, UserExtra):
+        state.extra = encode_extra(state.extra)
     if native is not None:
         data = native.encode_user(state)
         if data is not None:
@@ -50,9 +57,63 @@ def decode_user(data: bytes) -> UserState:
     return decode_user_py(data)
 
 
+def extra_of(state: UserState) -> UserExtra:
+    """The held events and pending retractions of ``state``, decoded once (the state keeps them decoded)."""
+    extra = state.extra
+    if isinstance(extra, UserExtra):
+        return extra
+    decoded = decode_extra(extra)
+    state.extra = decoded
+    return decoded
+
+
+def encode_extra(extra: UserExtra) -> bytes:
+    if not extra.held and not extra.retractions and extra.named_ts < 0:
+        return b""
+    return codec.encode(
+        "user_extra",
+        {
+            "held": [
+                {
+                    "event_id": e.event_id,
+                    "type": e.type,
+                    "ts": e.ts,
+                    "pricing": json.dumps(e.pricing, separators=(",", ":")),
+                    "points": e.points,
+                    "retracted_by": e.retracted_by,
+                    "retracted_ts": e.retracted_ts,
+                }
+                for e in extra.held
+            ],
+            "retractions": [{"retracts": k, "by": by, "ts": ts} for k, (by, ts) in extra.retractions.items()],
+            "named_ts": extra.named_ts,
+        },
+    )
+
+
+def decode_extra(data: bytes) -> UserExtra:
+    if not data:
+        return UserExtra()
+    _, record = codec.decode(bytes(data), "user_extra")
+    return UserExtra(
+        held=[
+            HeldEvent(e["event_id"], e["type"], e["ts"], _tuples(json.loads(e["pricing"])), e["points"], e["retracted_by"], e["retracted_ts"])
+            for e in record["held"]
+        ],
+        retractions={r["retracts"]: (r["by"], r["ts"]) for r in record["retractions"]},
+        named_ts=record["named_ts"],
+    )
+
+
+def _tuples(value):
+    """JSON arrays back as tuples (pricing is a tuple, its labels a tuple too)."""
+    return tuple(_tuples(item) for item in value) if isinstance(value, list) else value
+
+
 def encode_user_py(state: UserState) -> bytes:
     friends = state.friends
     entries = friends.values()
+    extra = state.extra if isinstance(state.extra, (bytes, bytearray)) else encode_extra(state.extra)
     return codec.encode(
         "user_state",
         {
@@ -69,6 +130,7 @@ def encode_user_py(state: UserState) -> bytes:
                     bytes([entry.has_estimate for entry in entries]),
                     int_column([entry.version for entry in entries]),
                     int_column([entry.link_version for entry in entries]),
+                    int_column([entry.link_ts for entry in entries]),
                 )
             ),
             "recent_events": state.recent_events,
@@ -76,12 +138,15 @@ def encode_user_py(state: UserState) -> bytes:
             "history_columns": column("q", [ts for ts, _ in state.history]) + column("d", [raw for _, raw in state.history]),
             "source_offsets": state.source_offsets,
             "updated_ts": state.updated_ts,
+            "exists": state.exists,
+            "erased_ts": state.erased_ts,
+            "extra": bytes(extra),
         },
     )
 
 
 def decode_user_py(data: bytes) -> UserState:
-    _, record = codec.decode(data, "user_state")
+    _, schema, record = codec.decode_with_id(data, "user_state")
     friends = {
         friend: FriendEntry(
             weight=entry["weight"],
@@ -98,8 +163,9 @@ def decode_user_py(data: bytes) -> UserState:
         n = len(ids)
         weights, estimates, has_estimate = columns.floats(n), columns.floats(n), columns.flags(n)
         versions, link_versions = columns.ints(n), columns.ints(n)
+        link_ts = columns.ints(n) if schema >= _LINK_TS_SINCE else [0] * n
         columns.end()
-        friends.update(zip(ids, map(FriendEntry, weights, estimates, has_estimate, versions, link_versions)))
+        friends.update(zip(ids, map(FriendEntry, weights, estimates, has_estimate, versions, link_versions, link_ts)))
     history = [(point["ts"], point["raw"]) for point in record["history"]]
     if record["history_columns"]:
         columns = Columns(record["history_columns"])
@@ -116,6 +182,10 @@ def decode_user_py(data: bytes) -> UserState:
         history=history,
         source_offsets=dict(record["source_offsets"]),
         updated_ts=record["updated_ts"],
+        exists=record["exists"],
+        erased_ts=record["erased_ts"],
+        # Avro's default for bytes is a string of code points: an older record reads as "".
+        extra=record["extra"].encode("latin-1") if isinstance(record["extra"], str) else record["extra"],
     )
 
 
@@ -129,6 +199,8 @@ def encode_pair(state: PairState) -> bytes:
             "version": state.version,
             "recent_events": state.recent_events,
             "source_offset": state.source_offset,
+            "weight_ts": state.weight_ts,
+            "events": [{"ts": ts, "weight": weight} for ts, weight in state.events],
         },
     )
 
@@ -142,5 +214,6 @@ def decode_pair(data: bytes) -> PairState:
         version=record["version"],
         recent_events=dict(record["recent_events"]),
         source_offset=record["source_offset"],
+        weight_ts=record["weight_ts"],
+        events=[(event["ts"], event["weight"]) for event in record["events"]],
     )
-

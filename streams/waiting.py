@@ -93,8 +93,11 @@ class WaitingUpdates:
                 kept += 1
                 added += 1
             elif version > old[1]:
-                # The newer one replaces it, keeping the older origin (as a batch's coalescing does).
-                waiting[sender] = (value, version, earliest_origin(origin_ts, old[2]), offset)
+                # The newer one replaces it. An estimate keeps the older origin (as a batch's
+                # coalescing does); a link keeps its own: it is the time of the friendship event
+                # that set the weight, which an erasure of the receiver compares with.
+                origin = origin_ts if kind == LINK else earliest_origin(origin_ts, old[2])
+                waiting[sender] = (value, version, origin, offset)
                 superseded += 1
                 if old[3] != offset:
                     self._unhold(held, old[3], 1)

@@ -68,6 +68,10 @@ class Settings:
     #: remove dead group members (streams/runtime/embedded_broker.py says
     #: why). None ("auto") = on for a broker on loopback, off for any other.
     embedded_broker_workarounds: bool | None = None
+    #: Explanations name each friend and show their score (friend by friend)
+    #: instead of one network reason. Off by default: one person's score is
+    #: not shown to whoever asks about another (spec section 5).
+    explain_friends: bool = False
     #: Faust web server (query API) bind address and port.
     web_host: str = "127.0.0.1"
     web_port: int = 6066
@@ -189,6 +193,7 @@ class Settings:
             empty_fetch_pause_ms=_env_int("STANDING_EMPTY_FETCH_PAUSE_MS", base.empty_fetch_pause_ms),
             event_loop=_one_of("STANDING_EVENT_LOOP", env.get("STANDING_EVENT_LOOP") or base.event_loop, EVENT_LOOPS, "an event loop"),
             gc_young_threshold=_env_int("STANDING_GC_YOUNG_THRESHOLD", base.gc_young_threshold),
+            explain_friends=bool(_env_bool("STANDING_EXPLAIN_FRIENDS")),
             web_host=env.get("STANDING_WEB_HOST") or base.web_host,
             web_port=_env_int("STANDING_WEB_PORT", base.web_port),
             metrics_port=_env_int("STANDING_METRICS_PORT", base.metrics_port),

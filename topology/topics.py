@@ -17,6 +17,8 @@ from topology.settings import Settings
 
 # Internal: link changes and friend estimates, batched per receiving partition.
 FRIEND_UPDATES = "friend-updates"
+# Internal: erasure notices for the pair lane (every pair partition gets each).
+PAIR_UPDATES = "pair-updates"
 # Outputs.
 SCORES = "scores"
 DEAD_LETTERS = "dead-letters"
@@ -80,6 +82,12 @@ def declared_topics(settings: Settings, input_topics: Iterable[str]) -> list[Top
             retention_ms=DAY_MS,
             doc="internal: link changes and friends' estimates, one batch per receiving partition",
             extra=_BIG_RECORDS,
+        ),
+        TopicSpec(
+            PAIR_UPDATES,
+            n,
+            retention_ms=DAY_MS,
+            doc="internal: erasure notices, one per pair partition, read with the friendships",
         ),
         TopicSpec(SCORES, n, cleanup_policy="compact", retention_ms=-1, doc="latest score per user_id"),
         TopicSpec(DEAD_LETTERS, n, retention_ms=30 * DAY_MS, doc="rejected events with their reason", extra=_BIG_RECORDS),

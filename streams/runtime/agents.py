@@ -77,7 +77,8 @@ class Scorer:
 
         #: the USER lane's input topics and friend-updates (co-partitioned: one user, one partition number)
         self.user_topic_names = (*catalog.topics(USER), topics.FRIEND_UPDATES)
-        self.pair_topic_names = catalog.topics(PAIR)
+        #: the PAIR lane's input topics and pair-updates (erasure notices for the pairs)
+        self.pair_topic_names = (*catalog.topics(PAIR), topics.PAIR_UPDATES)
         self.user_topics = raw_topic(*self.user_topic_names)
         self.pair_topic = raw_topic(*self.pair_topic_names)
         self.dead_letter_topic = raw_topic(topics.DEAD_LETTERS)

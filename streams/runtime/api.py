@@ -1,10 +1,12 @@
 """The read-only HTTP API on every worker (Faust's web server).
 
-GET /users/{user_id}  the score with its explanation (404 for an unknown user,
-                      400 for a user id that could not be one); a request
-                      reaching a worker that does not own the user's
-                      partition is forwarded to the owner by Faust's table
-                      router.
+GET /users/{user_id}  the score with its explanation (404 for an unknown or
+                      erased user, 400 for a user id that could not be one);
+                      a request reaching a worker that does not own the
+                      user's partition is forwarded to the owner by Faust's
+                      table router.
+GET /users/{user_id}/export
+                      everything held about the user (spec section 9).
 GET /health           the process is up.
 GET /ready            the worker holds recovered partitions (503 otherwise).
 GET /subjects/...,    Standing's schemas in the Confluent Schema Registry's
@@ -21,7 +23,7 @@ import urllib.parse
 from faust import web
 
 from streams import events as ev
-from streams.explain import explain
+from streams.explain import explain, export
 from streams.runtime.agents import Scorer
 from streams.runtime.registry_api import CONTENT_TYPE, ReadOnlyRegistry
 from topology.routing import partition_for
@@ -56,24 +58,47 @@ def install_api(scorer: Scorer) -> None:
     partitions = scorer.settings.partitions
     registry = ReadOnlyRegistry(scorer.catalog, scorer.settings.app_id)
 
+    def segment_of(request: web.Request, from_end: int) -> str:
+        return request.raw_path.split("?", 1)[0].rstrip("/").split("/")[-1 - from_end]
+
+    def held(user_id: str):
+        """The user's state, or None when nothing names them (unknown, or erased with nothing left)."""
+        state = scorer.users.get(partition_for(user_id, partitions), user_id)
+        return state if state is not None and state.exists else None
+
+    def unknown(view: web.View, user_id: str) -> web.Response:
+        return view.json(
+            {"error": "unknown user", "user_id": user_id, "detail": "no accepted event names this user"}, status=404
+        )
+
     @app.page("/users/{user_id}")
     async def user(view: web.View, request: web.Request, user_id: str) -> web.Response:
         # Checked before routing: an id no event could carry is refused by whichever worker gets it.
-        segment = request.raw_path.split("?", 1)[0].rstrip("/").rsplit("/", 1)[-1]
-        checked, problem = user_id_from(segment)
+        checked, problem = user_id_from(segment_of(request, 0))
         if checked is None:
             return view.json({"error": "bad user id", "detail": problem}, status=400)
         return await owned_user(view, request, user_id=checked)
 
     @app.table_route(table=scorer.users_table, match_info="user_id")
     async def owned_user(view: web.View, request: web.Request, user_id: str) -> web.Response:
-        checked = user_id
-        state = scorer.users.get(partition_for(checked, partitions), checked)
+        state = held(user_id)
         if state is None:
-            return view.json(
-                {"error": "unknown user", "user_id": checked, "detail": "no accepted event has named this user"}, status=404
-            )
-        return view.json(explain(checked, state, scorer.rules))
+            return unknown(view, user_id)
+        return view.json(explain(user_id, state, scorer.rules, friend_detail=scorer.settings.explain_friends))
+
+    @app.page("/users/{user_id}/export")
+    async def user_export(view: web.View, request: web.Request, user_id: str) -> web.Response:
+        checked, problem = user_id_from(segment_of(request, 1))
+        if checked is None:
+            return view.json({"error": "bad user id", "detail": problem}, status=400)
+        return await owned_export(view, request, user_id=checked)
+
+    @app.table_route(table=scorer.users_table, match_info="user_id")
+    async def owned_export(view: web.View, request: web.Request, user_id: str) -> web.Response:
+        state = held(user_id)
+        if state is None:
+            return unknown(view, user_id)
+        return view.json(export(user_id, state, scorer.rules, scorer.catalog))
 
     @app.page("/health")
     async def health(view: web.View, request: web.Request) -> web.Response:

@@ -28,7 +28,7 @@ from topology.settings import Settings
 
 def consumed_topics(catalog: Catalog = CATALOG) -> tuple[str, ...]:
     """Everything the worker's consumer group reads (dead letters are only counted)."""
-    return (*catalog.topics(), topics.FRIEND_UPDATES)
+    return (*catalog.topics(), topics.FRIEND_UPDATES, topics.PAIR_UPDATES)
 
 
 @dataclass
@@ -119,6 +119,8 @@ async def read_scores(settings: Settings) -> dict[str, dict]:
     )
     await consumer.start()
     latest: dict[str, dict] = {}
+    #: user -> the version its tombstone withdrew (an older record read later does not bring it back)
+    erased: dict[str, int] = {}
     try:
         if topics.SCORES not in await consumer.topics():
             return latest
@@ -131,11 +133,15 @@ async def read_scores(settings: Settings) -> dict[str, dict]:
             batches = await consumer.getmany(*remaining, timeout_ms=1000, max_records=10_000)
             for tp, records in batches.items():
                 for record in records:
+                    if record.value is None:  # a tombstone: the user was erased
+                        user = record.key.decode()
+                        erased[user] = max(erased.get(user, -1), version_of(latest.pop(user, None)))
+                        continue
                     _, score = codec.decode(record.value, "score")
                     held = latest.get(score["user_id"])
                     # versions, not offsets, say which is newest (a re-send
                     # after a crash may repeat an older one)
-                    if held is None or score["version"] >= held["version"]:
+                    if (held is None or score["version"] >= held["version"]) and score["version"] > erased.get(score["user_id"], -1):
                         latest[score["user_id"]] = score
                     if record.offset + 1 >= ends[tp]:
                         remaining.discard(tp)
@@ -145,6 +151,10 @@ async def read_scores(settings: Settings) -> dict[str, dict]:
     finally:
         await consumer.stop()
     return latest
+
+
+def version_of(score: dict | None) -> int:
+    return -1 if score is None else score["version"]
 
 
 async def new_scores(settings: Settings, stop: Callable[[], bool]) -> AsyncIterator[dict]:
@@ -159,6 +169,7 @@ async def new_scores(settings: Settings, stop: Callable[[], bool]) -> AsyncItera
             batches = await consumer.getmany(timeout_ms=500, max_records=5000)
             for records in batches.values():
                 for record in records:
-                    yield codec.decode(record.value, "score")[1]
+                    if record.value is not None:
+                        yield codec.decode(record.value, "score")[1]
     finally:
         await consumer.stop()

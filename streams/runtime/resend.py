@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING
 
 from streams import batch as core
 from streams.batch import EstimateOut, LinkOut
-from streams.friend_updates import UNKNOWN_ORIGIN
+from streams.events import PAIR
 from streams.runtime.output import Outgoing
 
 if TYPE_CHECKING:
@@ -42,9 +42,9 @@ async def resend_uncommitted(scorer: "Scorer") -> int:
     committed = await scorer.progress.committed_offsets()
     assigned = scorer.app.assignor.assigned_actives()
     user_topics = set(scorer.user_topic_names)
-    pair_topics = set(scorer.pair_topic_names)
+    pair_topics = set(scorer.catalog.topics(PAIR))
     user_partitions = sorted({tp.partition for tp in assigned if tp.topic in user_topics})
-    pair_partitions = sorted({tp.partition for tp in assigned if tp.topic in pair_topics})
+    pair_partitions = sorted({tp.partition for tp in assigned if tp.topic in set(scorer.pair_topic_names)})
     users, pairs, context = scorer.users, scorer.pairs, scorer.context
     outgoing: list[Outgoing] = []
     resent = 0
@@ -71,6 +71,8 @@ async def resend_uncommitted(scorer: "Scorer") -> int:
                 ]
                 sends(core.friend_update_sends(context, estimates, ()))
                 sends(core.score_sends([core.score_of(user, state, context.rules)]))
+                for erased_ts in [state.erased_ts] if state.erased_ts >= 0 else []:
+                    sends(core.pair_notice_sends(context, user, erased_ts))  # the pair partitions may not have heard
                 resent += 1
             # Delivered right after the puts, with no await between, so that
             # a newer state an agent writes meanwhile follows these in the
@@ -89,8 +91,8 @@ async def resend_uncommitted(scorer: "Scorer") -> int:
             outgoing.append(pairs.put(partition, key, pair))
             if pair.version:
                 links = [
-                    LinkOut(pair.user_a, pair.user_b, pair.weight, pair.version, UNKNOWN_ORIGIN),
-                    LinkOut(pair.user_b, pair.user_a, pair.weight, pair.version, UNKNOWN_ORIGIN),
+                    LinkOut(pair.user_a, pair.user_b, pair.weight, pair.version, pair.weight_ts),
+                    LinkOut(pair.user_b, pair.user_a, pair.weight, pair.version, pair.weight_ts),
                 ]
                 sends(core.friend_update_sends(context, (), links))
             resent += 1

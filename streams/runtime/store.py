@@ -22,6 +22,7 @@ from faust.types import TP
 
 from topology.settings import Settings
 from streams import state_codec
+from streams.batch import Raw
 from streams.runtime.output import Outgoing
 from streams.runtime.patches import Patch
 from streams.state import PairState, UserState
@@ -31,6 +32,8 @@ T = TypeVar("T")
 
 #: Keys Faust keeps in every partition database for itself (the persisted offset).
 FAUST_KEYS_PREFIX = b"__faust"
+#: Keys Standing keeps that are not states (erasure markers): a NUL no id can start with.
+RESERVED_PREFIX = b"\x00"
 
 
 def closed_partition_entries(path: Path) -> Iterator[tuple[bytes, bytes]]:
@@ -193,26 +196,34 @@ class PartitionedStore(Generic[T]):
         (``set_persisted_offset``), as Faust's own changelog callback does.
         """
         key_bytes = key.encode()
-        value_bytes = self._encode(value)
+        if isinstance(value, Raw):  # not a state: an erased user's marker
+            value_bytes = value.value
+        else:
+            value_bytes = self._encode(value)
+            if self._cache_entries:
+                self._remember((partition, key), value_bytes, value)
         self._db(partition).put(key_bytes, value_bytes)
-        if self._cache_entries:
-            self._remember((partition, key), value_bytes, value)
         return Outgoing(self._changelog, key_bytes, value_bytes, partition, self)
+
+    def load_raw(self, partition: int, key: str) -> bytes | None:
+        """The bytes under a key that holds no state (``streams.batch.ERASED_PREFIX``)."""
+        return self._db(partition).get(key.encode())
 
     def set_persisted_offset(self, partition: int, offset: int) -> None:
         """Where Faust resumes reading this partition's changelog on a kept data directory."""
         self._table.data.set_persisted_offset(TP(self._changelog, partition), offset)
 
     def items(self, partition: int) -> Iterator[tuple[str, T]]:
+        """The states of one partition: Faust's own bookkeeping and keys that hold no state left out."""
         for key, raw in self._db(partition).items():
-            if key.startswith(FAUST_KEYS_PREFIX):
-                continue  # Faust's own bookkeeping (persisted offsets)
+            if key.startswith(FAUST_KEYS_PREFIX) or key.startswith(RESERVED_PREFIX):
+                continue
             yield key.decode(), self._decode(raw)
 
     def keys(self, partition: int) -> Iterator[bytes]:
-        """The keys of one partition, Faust's own bookkeeping left out."""
+        """The keys of one partition's states, Faust's own bookkeeping and keys that hold no state left out."""
         for key in self._db(partition).keys():
-            if not key.startswith(FAUST_KEYS_PREFIX):
+            if not (key.startswith(FAUST_KEYS_PREFIX) or key.startswith(RESERVED_PREFIX)):
                 yield key
 
     def partitions(self) -> list[int]:

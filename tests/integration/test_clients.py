@@ -127,4 +127,4 @@ def test_the_api_refuses_ids_no_event_could_carry_without_echoing_them(fresh_set
         code, body = status(bad)
         assert code == 400, (bad, code, body)
         assert "user_id" not in body and bad not in json.dumps(body)
-    assert status("nobody-yet") == (404, {"error": "unknown user", "user_id": "nobody-yet", "detail": "no accepted event has named this user"})
+    assert status("nobody-yet") == (404, {"error": "unknown user", "user_id": "nobody-yet", "detail": "no accepted event names this user"})

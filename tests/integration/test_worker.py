@@ -170,14 +170,15 @@ def test_query_api_explains_scores(fresh_settings, worker):
     assert set(ann) >= {"score", "band", "raw", "own", "network", "reasons", "history"}
     assert ann["own"] == 2.0 and ann["friends"] == 2
     assert RULES.display_min <= ann["score"] <= RULES.display_max
-    kinds = {(r["kind"], r.get("user_id") or r.get("code")) for r in ann["reasons"]}
-    assert kinds == {("friend", "bob"), ("friend", "cid"), ("rule", "post:helpful")}
+    # the network is one reason: nobody else's id or score (spec section 5)
+    kinds = {(r["kind"], r.get("code")) for r in ann["reasons"]}
+    assert kinds == {("network", None), ("rule", "post:helpful")}
     assert abs(sum(r["contribution"] for r in ann["reasons"]) - ann["raw"]) <= RULES.error_bound
-    cid_reason = next(r for r in ann["reasons"] if r.get("user_id") == "cid")
-    assert cid_reason["contribution"] < 0 and cid_reason["weight"] == 3.0
+    network = next(r for r in ann["reasons"] if r["kind"] == "network")
+    assert network["friends"] == 2 and "bob" not in json.dumps(ann) and "cid" not in json.dumps(ann)
 
     assert _get(f"{base}/users/nobody") == (
-        404, {"error": "unknown user", "user_id": "nobody", "detail": "no accepted event has named this user"}
+        404, {"error": "unknown user", "user_id": "nobody", "detail": "no accepted event names this user"}
     )  # fmt: skip
     assert _get(f"{base}/users/{'x' * 300}")[0] == 400
     assert _get(f"{base}/health") == (200, {"status": "ok"})
@@ -194,7 +195,8 @@ def test_query_api_explains_scores(fresh_settings, worker):
         [sys.executable, "-m", "standing", "explain", "ann", "--api", base], capture_output=True, text=True, timeout=30
     )
     assert done.returncode == 0, done.stderr
-    assert "ann:" in done.stdout and "friend cid" in done.stdout and "post:helpful" in done.stdout
+    assert "ann:" in done.stdout and "friends' scores, together (2 friends)" in done.stdout and "post:helpful" in done.stdout
+    assert "cid" not in done.stdout
 
 
 @pytest.mark.timeout(600)

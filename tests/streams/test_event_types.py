@@ -62,7 +62,8 @@ KUDOS = ev.EventType(
     lane=ev.USER,
     key=lambda event: event.user_id,
     effect=ev.POINTS,
-    points=lambda event, rules: [("kudos", 3.0 * event.stars)],
+    pricing=lambda event: (event.stars,),
+    price=lambda pricing, rules: [("kudos", 3.0 * pricing[0])],
 )
 CATALOG = ev.CATALOG.with_types(KUDOS)
 

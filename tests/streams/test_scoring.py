@@ -8,6 +8,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from streams import events as ev
 from streams import scoring
 from streams.friend_updates import UNKNOWN_ORIGIN, earliest_origin
 from streams.batch import PairBatch, UserBatch
@@ -149,8 +150,8 @@ def test_user_batch_coalesces_many_inputs_into_one_publish_per_user():
     batch.link("u", "f1", 1.0, 1, origin_ts=5, topic="t", offset=1)
     batch.link("u", "f2", 1.0, 1, origin_ts=6, topic="t", offset=2)
     for i in range(10):
-        batch.points("u", f"e{i}", 10 + i, [("purchase:groceries", 1.0)], "purchases", 10 + i)
-    batch.points("u", "e3", 13, [("purchase:groceries", 1.0)], "purchases", 30)  # duplicate
+        batch.points(ev.PURCHASE, ev.Purchase(f"e{i}", 10 + i, "u", "groceries", 1.0 / 0.1), "purchases", 10 + i)
+    batch.points(ev.PURCHASE, ev.Purchase("e3", 13, "u", "groceries", 1.0 / 0.1), "purchases", 30)  # duplicate
     out = batch.finish(now_ms=100)
     assert out.counts.accepted == 10 and out.counts.duplicates == 1
     assert list(out.states) == ["u"]
@@ -170,9 +171,9 @@ def test_latency_is_measured_from_own_events_not_from_friends_estimates():
     batch = _user_batch(store)
     batch.estimate("a", "f", 5.0, 1, origin_ts=1, topic="updates", offset=1)
     batch.estimate("b", "f", 5.0, 1, origin_ts=2, topic="updates", offset=2)
-    batch.points("b", "e1", 50, [("purchase:groceries", 10.0)], "purchases", 3)
+    batch.points(ev.PURCHASE, ev.Purchase("e1", 50, "b", "groceries", 10.0 / 0.1), "purchases", 3)
     batch.link("c", "f", 1.0, 1, origin_ts=60, topic="updates", offset=4)
-    batch.points("c", "e2", 70, [("purchase:groceries", 10.0)], "purchases", 5)
+    batch.points(ev.PURCHASE, ev.Purchase("e2", 70, "c", "groceries", 10.0 / 0.1), "purchases", 5)
     scores = {score.user_id: score for score in batch.finish(now_ms=100).scores}
     assert scores["b"].origin_ts == 2 and scores["b"].direct_ts == 50
     assert scores["c"].direct_ts == 60
@@ -186,7 +187,7 @@ def test_a_link_re_sent_after_a_crash_has_no_event_time_and_no_latency():
     batch = _user_batch(store)
     batch.link("a", "f", 1.0, 1, origin_ts=UNKNOWN_ORIGIN, topic="updates", offset=0)
     batch.link("b", "f", 1.0, 1, origin_ts=UNKNOWN_ORIGIN, topic="updates", offset=1)
-    batch.points("b", "e1", 50, [("purchase:groceries", 10.0)], "purchases", 2)
+    batch.points(ev.PURCHASE, ev.Purchase("e1", 50, "b", "groceries", 10.0 / 0.1), "purchases", 2)
     scores = {score.user_id: score for score in batch.finish(now_ms=100).scores}
     assert scores["a"].direct_ts is None
     assert scores["b"].direct_ts == 50 and scores["b"].origin_ts == 50

@@ -37,12 +37,20 @@ def test_a_newer_update_replaces_the_waiting_one_and_frees_its_record():
     assert not pending
 
 
-def test_a_re_sent_update_of_unknown_origin_keeps_the_known_one():
+def test_a_re_sent_estimate_of_unknown_origin_keeps_the_known_one():
+    pending = WaitingUpdates()
+    pending.add(0, 10, [(ESTIMATE, "a", "b", 1.0, 1, 100)])
+    pending.add(0, 11, [(ESTIMATE, "a", "b", 2.0, 2, UNKNOWN_ORIGIN)])
+    applied, _ = _collect(pending)
+    assert applied == [(0, ESTIMATE, "a", "b", 2.0, 2, 100, 11)]
+
+
+def test_a_newer_link_keeps_its_own_time_the_time_of_the_event_that_set_the_weight():
     pending = WaitingUpdates()
     pending.add(0, 10, [(LINK, "a", "b", 1.0, 1, 100)])
-    pending.add(0, 11, [(LINK, "a", "b", 2.0, 2, UNKNOWN_ORIGIN)])
+    pending.add(0, 11, [(LINK, "a", "b", 2.0, 2, 200)])
     applied, _ = _collect(pending)
-    assert applied == [(0, LINK, "a", "b", 2.0, 2, 100, 11)]
+    assert applied == [(0, LINK, "a", "b", 2.0, 2, 200, 11)]
 
 
 def test_an_update_not_newer_than_the_waiting_one_is_dropped():
