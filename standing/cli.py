@@ -51,7 +51,70 @@ def cmd_broker(args: argparse.Namespace) -> int:
 def cmd_worker(args: argparse.Namespace) -> int:
     from streams.runtime.worker import run_worker
 
-    return run_worker(_settings(args), _rules(args), loglevel=args.loglevel)
+    explicit = bool(getattr(args, "rules", None) or Settings.from_env().rules_path)
+    return run_worker(_settings(args), _rules(args), rules_explicit=explicit, loglevel=args.loglevel)
+
+
+def cmd_rules_publish(args: argparse.Namespace) -> int:
+    from streams.rules import RulesError, load_rules
+    from streams.runtime import rules_topic
+    from streams.runtime.admin import TopologyError, ensure_topics, wait_for_broker
+
+    settings = _settings(args)
+    try:
+        rules = load_rules(args.file)
+    except RulesError as error:
+        print(f"standing rules publish: {error}", file=sys.stderr)
+        return 2
+
+    async def run():
+        await wait_for_broker(settings, timeout=30)
+        await ensure_topics(settings)
+        known = await rules_topic.history(settings)
+        if known and known[-1].version == rules.version:
+            return None
+        return await rules_topic.publish(settings, rules, source=str(args.file))
+
+    try:
+        entry = asyncio.run(run())
+    except TopologyError as error:
+        print(f"standing rules publish: {error}", file=sys.stderr)
+        return 2
+    if entry is None:
+        print(f"{rules.version} is already the rules in force; nothing to do")
+        return 0
+    when = f"at stream time {entry.stream_time}" if entry.stream_time >= 0 else "before any event"
+    print(
+        f"published {entry.version} as epoch {entry.epoch} {when}; every worker rescores its users "
+        f"(`standing wait` returns once it has settled)"
+    )
+    return 0
+
+
+def cmd_rules_show(args: argparse.Namespace) -> int:
+    from datetime import datetime, timezone
+
+    from streams.runtime import rules_topic
+
+    known = asyncio.run(rules_topic.history(_settings(args)))
+    if not known:
+        print("no rules were ever published: the first worker publishes its --rules (or the default rules)")
+        return 0
+    if args.json:
+        print(json.dumps([{"epoch": e.epoch, "version": e.version, "published_ts": e.published_ts, "stream_time": e.stream_time, "source": e.source, "rules": e.rules.text} for e in known], indent=2))
+        return 0
+    for entry in reversed(known):
+        published = datetime.fromtimestamp(entry.published_ts / 1000, timezone.utc).isoformat(timespec="seconds")
+        took_effect = (
+            datetime.fromtimestamp(entry.stream_time / 1000, timezone.utc).isoformat(timespec="seconds")
+            if entry.stream_time >= 0 else "the first event"
+        )  # fmt: skip
+        state = "in force" if entry is known[-1] else "before"
+        print(f"epoch {entry.epoch}  {entry.version}  {state:8}  published {published} from {entry.source or '?'}; "
+              f"in effect from stream time {took_effect} ({entry.stream_time})")  # fmt: skip
+    print()
+    print(known[-1].rules.text.rstrip())
+    return 0
 
 
 def cmd_topics(args: argparse.Namespace) -> int:
@@ -116,10 +179,14 @@ def cmd_wait(args: argparse.Namespace) -> int:
 
 
 def cmd_dump(args: argparse.Namespace) -> int:
-    from standing.control import dump
+    from standing.control import ControlError, dump
 
-    count = asyncio.run(dump(_settings(args), args.out))
-    print(f"wrote {count} scores to {args.out}")
+    try:
+        count, at = asyncio.run(dump(_settings(args), args.out, as_of=args.as_of))
+    except ControlError as error:
+        print(f"standing dump: {error}", file=sys.stderr)
+        return 2
+    print(f"wrote {count} scores, valid at {at}, to {args.out}")
     return 0
 
 
@@ -282,6 +349,17 @@ def build_parser() -> argparse.ArgumentParser:
     kafka(sub)
     sub.add_argument("--timeout", type=float, default=30.0, help="seconds to wait for the broker")
 
+    rules_command = commands.add_parser("rules", help="the rules through Kafka: publish a new version, show the audit trail")
+    rules_commands = rules_command.add_subparsers(dest="rules_command", required=True, metavar="ACTION")
+    sub = rules_commands.add_parser("publish", help="make FILE the rules of every worker; every user is rescored")
+    sub.set_defaults(handler=cmd_rules_publish)
+    kafka(sub)
+    sub.add_argument("file", type=Path)
+    sub = rules_commands.add_parser("show", help="the rules in force, their version, and the versions before with when each took effect")
+    sub.set_defaults(handler=cmd_rules_show)
+    kafka(sub)
+    sub.add_argument("--json", action="store_true")
+
     sub = command("produce", "publish a JSON Lines file of events, validating each", cmd_produce)
     kafka(sub)
     sub.add_argument("file", type=Path)
@@ -300,9 +378,10 @@ def build_parser() -> argparse.ArgumentParser:
     kafka(sub)
     sub.add_argument("--timeout", type=float, default=3600.0)
 
-    sub = command("dump", "write the current scores as JSON Lines", cmd_dump)
+    sub = command("dump", "write the current scores as JSON Lines, valid at the stream time", cmd_dump)
     kafka(sub)
     sub.add_argument("--out", type=Path, required=True)
+    sub.add_argument("--as-of", type=int, metavar="MS", help="valid at this event time instead (ms, not before the stream time)")
 
     sub = command("replay", "produce a file, wait, dump; starts and stops what it needs", cmd_replay)
     kafka(sub)

@@ -67,14 +67,36 @@ async def wait_until_quiescent(
             await asyncio.sleep(poll)
 
 
-def write_scores_jsonl(path: Path, scores: dict[str, dict]) -> int:
+def decayed(raw: float, valid_at: int, at: int, half_life_days: float) -> float:
+    """A raw score valid at ``valid_at``, made valid at ``at`` (spec section 7: decay needs no work)."""
+    if not half_life_days or at <= valid_at:
+        return raw
+    return raw * 2.0 ** (-(at - valid_at) / (half_life_days * 24 * 3600 * 1000))
+
+
+def write_scores_jsonl(path: Path, scores: dict[str, dict], *, at: int = 0, half_life_days: float = 0.0, rules_by_version=None) -> int:
+    """JSON Lines ``{"user_id", "raw", "score", "rules_version"}``, every score made valid at ``at``."""
     path.parent.mkdir(parents=True, exist_ok=True)
+    rules_by_version = rules_by_version or {}
     with path.open("w") as out:
         for user_id in sorted(scores):
             score = scores[user_id]
-            out.write(json.dumps({"user_id": user_id, "raw": score["raw"], "score": score["score"]}) + "\n")
+            version = score.get("rules_version", "")
+            raw = decayed(score["raw"], score.get("as_of", 0), at, half_life_days)
+            rules = rules_by_version.get(version)
+            shown = rules.display(raw) if rules is not None and raw != score["raw"] else score["score"]
+            out.write(json.dumps({"user_id": user_id, "raw": raw, "score": shown, "rules_version": version}) + "\n")
     return len(scores)
 
 
-async def dump(settings: Settings, out: Path) -> int:
-    return write_scores_jsonl(out, await read_scores(settings))
+async def dump(settings: Settings, out: Path, *, as_of: int | None = None) -> tuple[int, int]:
+    """Write the current scores, valid at the stream time or at ``as_of`` (not earlier); returns (count, the time)."""
+    from streams.runtime import rules_topic
+
+    stream_time, half_life_days = await rules_topic.stream_time(settings)
+    if as_of is not None and stream_time >= 0 and as_of < stream_time:
+        raise ControlError(f"--as-of {as_of} is before the stream time {stream_time}: the scores of then are not kept")
+    rules_by_version = {entry.version: entry.rules for entry in await rules_topic.history(settings)}
+    at = as_of if as_of is not None else max(stream_time, 0)
+    scores = await read_scores(settings)
+    return write_scores_jsonl(out, scores, at=at, half_life_days=half_life_days, rules_by_version=rules_by_version), at

@@ -59,6 +59,8 @@ class ReferenceResult:
     summary: ReferenceSummary
     #: user -> event_id -> whether it counts, for every purchase and post a worker holds (not forgotten by an erasure)
     held: dict[str, dict[str, bool]] = field(default_factory=dict)
+    #: the time the scores are valid at: the stream time, or the ``as_of`` asked for
+    stream_time: int = 0
 
 
 def _decode(line: str | bytes) -> str | None:
@@ -74,7 +76,9 @@ def _decode(line: str | bytes) -> str | None:
     return line if line.strip() else None
 
 
-def compute_reference(lines: Iterable[str | bytes], rules: Rules, catalog: ev.Catalog = ev.CATALOG) -> ReferenceResult:
+def compute_reference(
+    lines: Iterable[str | bytes], rules: Rules, catalog: ev.Catalog = ev.CATALOG, *, as_of: int | None = None
+) -> ReferenceResult:
     """Read JSON Lines (text or raw bytes) in order, apply the spec's rules, and solve the fixed point.
 
     Each event type's effect (its declaration in ``streams.events``) says
@@ -82,7 +86,9 @@ def compute_reference(lines: Iterable[str | bytes], rules: Rules, catalog: ev.Ca
     FRIENDSHIP sets or removes the pair's edge (in file order), RETRACTION
     makes the user's event ``retracts`` count nothing wherever it is in the
     file, ERASURE voids every event naming the user with ``ts`` at or before
-    its own, wherever it is in the file (spec section 9).
+    its own, wherever it is in the file (spec section 9). Points decay and
+    expire in event time (spec section 7): the scores are valid at the stream
+    time, the largest time of an accepted event, or at ``as_of`` (not earlier).
     """
     summary = ReferenceSummary()
     seen: set[tuple[str, str]] = set()
@@ -105,6 +111,11 @@ def compute_reference(lines: Iterable[str | bytes], rules: Rules, catalog: ev.Ca
         summary.accepted += 1
         accepted.append((event_type, event))
 
+    stream_time = max((event.ts for _, event in accepted), default=0)
+    if as_of is not None:
+        if as_of < stream_time:
+            raise ValueError(f"as_of = {as_of} is before the stream time {stream_time}: the scores of then are not known")
+        stream_time = as_of
     erased: dict[str, int] = {}
     for event_type, event in accepted:
         if event_type.effect == ev.ERASURE:
@@ -125,8 +136,11 @@ def compute_reference(lines: Iterable[str | bytes], rules: Rules, catalog: ev.Ca
             user = event_type.key(event)
             counts = (user, event.event_id) not in retracted
             points = sum(value for _, value in event_type.points(event, rules)) if counts else 0.0
-            own[user] = own.get(user, 0.0) + points
-            held.setdefault(user, {})[event.event_id] = counts
+            if rules.counts_at(event.ts, stream_time):
+                own[user] = own.get(user, 0.0) + points * rules.decay(stream_time, event.ts)
+                held.setdefault(user, {})[event.event_id] = counts
+            else:
+                own.setdefault(user, 0.0)  # expired: it still named the user
         elif effect == ev.RETRACTION:
             own.setdefault(event.user_id, 0.0)
         elif effect == ev.FRIENDSHIP:
@@ -140,7 +154,7 @@ def compute_reference(lines: Iterable[str | bytes], rules: Rules, catalog: ev.Ca
                 edges.pop(pair, None)  # removing what does not exist changes nothing
         else:
             raise ValueError(f"the reference does not know the effect {effect!r} of {event_type.name!r} events")
-    return ReferenceResult(solve(own, edges, rules.alpha, rules.network_mode), own, summary, held)
+    return ReferenceResult(solve(own, edges, rules.alpha, rules.network_mode), own, summary, held, stream_time)
 
 
 def solve(
@@ -213,20 +227,21 @@ def _lines(path: Path) -> Iterator[bytes]:
         yield from file
 
 
-def reference_file(path: Path, rules: Rules) -> ReferenceResult:
+def reference_file(path: Path, rules: Rules, *, as_of: int | None = None) -> ReferenceResult:
     """The reference of a JSON Lines file, read as bytes exactly as `standing produce` reads it."""
-    return compute_reference(_lines(Path(path)), rules)
+    return compute_reference(_lines(Path(path)), rules, as_of=as_of)
 
 
 def write_scores(path: Path, raw: Mapping[str, float], rules: Rules) -> None:
-    """JSON Lines ``{"user_id", "raw", "score"}`` sorted by user_id: the format of `dump` and `replay`."""
+    """JSON Lines ``{"user_id", "raw", "score", "rules_version"}`` sorted by user_id: the format of `dump` and `replay`."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     partial = path.with_name(path.name + ".partial")
+    version = rules.version
     with partial.open("w", encoding="utf-8") as out:
         for user in sorted(raw):
             value = raw[user]
-            out.write(json.dumps({"user_id": user, "raw": value, "score": rules.display(value)}) + "\n")
+            out.write(json.dumps({"user_id": user, "raw": value, "score": rules.display(value), "rules_version": version}) + "\n")
     os.replace(partial, path)  # a reader never sees half a file
 
 

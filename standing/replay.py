@@ -71,7 +71,7 @@ def replay(
         produced = asyncio.run(produce_file(settings, events_file))
         asyncio.run(control.wait_until_quiescent(settings, timeout=timeout))
         after = processes.scrape_metrics(metrics_port)
-        count = asyncio.run(control.dump(settings, out))
+        count, _ = asyncio.run(control.dump(settings, out))
         _say(f"wrote {count} scores to {out}")
 
     def delta(name: str) -> int:

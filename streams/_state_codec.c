@@ -20,7 +20,7 @@
  *   friends map<FriendEntry> (written empty), recent_events map<long>,
  *   history array<HistoryPoint> (written empty), source_offsets map<long>,
  *   updated_ts long, friend_ids string, friend_columns bytes, history_columns bytes,
- *   exists boolean, erased_ts long, extra bytes (version 3).
+ *   exists boolean, erased_ts long, as_of long, extra bytes (version 3).
  * friend_columns: weight float64s, estimate float64s, has_estimate bytes, then the
  * version, link_version and link_ts integer columns. ``extra`` (held events) is
  * carried as bytes: the Python side decodes it only when it needs it.
@@ -41,7 +41,7 @@ static int configured = 0;
  * filling its slots, as the dataclass __init__ would, without running it
  * (a twelfth of the cost). Otherwise (-1) the class is called. */
 #define FRIEND_FIELDS 6
-#define STATE_FIELDS 12
+#define STATE_FIELDS 13
 static Py_ssize_t friend_offsets[FRIEND_FIELDS] = {-1};
 static Py_ssize_t state_offsets[STATE_FIELDS] = {-1};
 
@@ -60,7 +60,7 @@ static PyObject *build(PyObject *type, const Py_ssize_t *offsets, PyObject *cons
 
 static PyObject *s_own, *s_own_by_rule, *s_published, *s_version, *s_friends, *s_recent_events, *s_history,
     *s_source_offsets, *s_updated_ts, *s_weight, *s_estimate, *s_has_estimate, *s_link_version, *s_link_ts,
-    *s_exists, *s_erased_ts, *s_extra;
+    *s_exists, *s_erased_ts, *s_as_of, *s_extra;
 
 /* ------------------------------------------------------------------ reading */
 
@@ -299,7 +299,7 @@ static PyObject *decode_user(PyObject *module, PyObject *data) {
     r.at += 5;
 
     double own, published;
-    int64_t version, updated_ts, count, erased_ts;
+    int64_t version, updated_ts, count, erased_ts, as_of;
     const unsigned char *ids, *columns, *history_columns, *extra_data;
     Py_ssize_t ids_size, columns_size, history_size, extra_size;
     int exists;
@@ -325,7 +325,9 @@ static PyObject *decode_user(PyObject *module, PyObject *data) {
         goto done;
     if (r.at >= r.end || *r.at > 1) goto done; /* Avro boolean: one byte, 0 or 1 */
     exists = *r.at++;
-    if (read_long(&r, &erased_ts) < 0 || read_span(&r, &extra_data, &extra_size) < 0 || r.at != r.end) goto done;
+    if (read_long(&r, &erased_ts) < 0 || read_long(&r, &as_of) < 0 || read_span(&r, &extra_data, &extra_size) < 0 ||
+        r.at != r.end)
+        goto done;
     /* friend_ids is an Avro string, so all of it must be UTF-8: read_friends decodes
      * every id strictly, and NUL separators keep that equivalent. */
     friends = read_friends(ids, ids_size, columns, columns_size);
@@ -352,8 +354,9 @@ static PyObject *decode_user(PyObject *module, PyObject *data) {
         args[9] = exists ? Py_True : Py_False;
         Py_INCREF(args[9]);
         args[10] = PyLong_FromLongLong(erased_ts);
-        args[11] = PyBytes_FromStringAndSize((const char *)extra_data, extra_size);
-        if (args[0] && args[2] && args[3] && args[8] && args[10] && args[11])
+        args[11] = PyLong_FromLongLong(as_of);
+        args[12] = PyBytes_FromStringAndSize((const char *)extra_data, extra_size);
+        if (args[0] && args[2] && args[3] && args[8] && args[10] && args[11] && args[12])
             result = build(UserStateType, state_offsets, args, STATE_FIELDS);
         Py_XDECREF(args[0]);
         Py_XDECREF(args[2]);
@@ -362,6 +365,7 @@ static PyObject *decode_user(PyObject *module, PyObject *data) {
         Py_XDECREF(args[9]);
         Py_XDECREF(args[10]);
         Py_XDECREF(args[11]);
+        Py_XDECREF(args[12]);
     }
     goto cleanup;
 done:
@@ -619,7 +623,7 @@ static PyObject *encode_user(PyObject *module, PyObject *state) {
     if (!configured || Py_TYPE(state) != (PyTypeObject *)UserStateType) Py_RETURN_NONE;
     PyObject *names[STATE_FIELDS] = {s_own,     s_own_by_rule,    s_published,  s_version,
                                      s_friends, s_recent_events,  s_history,    s_source_offsets,
-                                     s_updated_ts, s_exists,      s_erased_ts,  s_extra};
+                                     s_updated_ts, s_exists,      s_erased_ts,  s_as_of,  s_extra};
     PyObject *fields[STATE_FIELDS] = {NULL};
     Buffer b = {NULL, 0, 0};
     PyObject *result = NULL;
@@ -632,10 +636,10 @@ static PyObject *encode_user(PyObject *module, PyObject *state) {
         }
     }
     double own, published;
-    int64_t version, updated_ts, erased_ts;
+    int64_t version, updated_ts, erased_ts, as_of;
     if (as_double(fields[0], &own) || as_double(fields[2], &published) || as_int64(fields[3], &version) ||
         as_int64(fields[8], &updated_ts) || !PyBool_Check(fields[9]) || as_int64(fields[10], &erased_ts) ||
-        !PyBytes_CheckExact(fields[11]))
+        as_int64(fields[11], &as_of) || !PyBytes_CheckExact(fields[12]))
         goto out; /* extra still decoded (not bytes): the Python codec encodes it */
     unsigned char header[5] = {0, (unsigned char)(schema_id >> 24), (unsigned char)(schema_id >> 16),
                                (unsigned char)(schema_id >> 8), (unsigned char)schema_id};
@@ -655,9 +659,10 @@ static PyObject *encode_user(PyObject *module, PyObject *state) {
     status = -1;
     {
         unsigned char exists = fields[9] == Py_True;
-        Py_ssize_t extra_size = PyBytes_GET_SIZE(fields[11]);
-        if (put_bytes(&b, &exists, 1) < 0 || put_long(&b, erased_ts) < 0 || put_long(&b, (int64_t)extra_size) < 0 ||
-            (extra_size && put_bytes(&b, PyBytes_AS_STRING(fields[11]), (size_t)extra_size) < 0))
+        Py_ssize_t extra_size = PyBytes_GET_SIZE(fields[12]);
+        if (put_bytes(&b, &exists, 1) < 0 || put_long(&b, erased_ts) < 0 || put_long(&b, as_of) < 0 ||
+            put_long(&b, (int64_t)extra_size) < 0 ||
+            (extra_size && put_bytes(&b, PyBytes_AS_STRING(fields[12]), (size_t)extra_size) < 0))
             goto out;
     }
     result = PyBytes_FromStringAndSize((const char *)b.data, (Py_ssize_t)b.size);
@@ -723,7 +728,7 @@ static PyObject *configure(PyObject *module, PyObject *args) {
     PyObject *friend_names[FRIEND_FIELDS] = {s_weight, s_estimate, s_has_estimate, s_version, s_link_version, s_link_ts};
     PyObject *state_names[STATE_FIELDS] = {s_own,          s_own_by_rule, s_published,  s_version,
                                            s_friends,      s_recent_events, s_history,  s_source_offsets,
-                                           s_updated_ts,   s_exists,      s_erased_ts,  s_extra};
+                                           s_updated_ts,   s_exists,      s_erased_ts,  s_as_of,  s_extra};
     find_slots(friend_entry, friend_names, FRIEND_FIELDS, friend_offsets);
     find_slots(user_state, state_names, STATE_FIELDS, state_offsets);
     configured = 1;
@@ -765,6 +770,7 @@ PyMODINIT_FUNC PyInit__state_codec(void) {
     INTERN(s_link_ts, "link_ts")
     INTERN(s_exists, "exists")
     INTERN(s_erased_ts, "erased_ts")
+    INTERN(s_as_of, "as_of")
     INTERN(s_extra, "extra")
 #undef INTERN
     return PyModule_Create(&module_def);

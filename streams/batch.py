@@ -15,6 +15,8 @@ one estimate to each friend (``UserBatch``, ``PairBatch``).
 
 from __future__ import annotations
 
+import functools
+import heapq
 import logging
 import struct
 import time
@@ -26,8 +28,8 @@ from schemas import codec
 from streams import events as ev
 from streams import friend_updates, scoring
 from streams.events import Catalog, Rejected
-from streams.friend_updates import ESTIMATE, LINK, UNKNOWN_ORIGIN, earliest_origin
-from streams.rules import Rules
+from streams.friend_updates import ESTIMATE, LINK, TICK, UNKNOWN_ORIGIN, earliest_origin
+from streams.rules import Rules, rules_from_text
 from streams.state import HeldEvent, PairState, UserState
 from streams.state_codec import extra_of
 from streams.waiting import Taken, WaitingUpdates
@@ -78,6 +80,10 @@ class ScoreOut:
     direct_ts: int | None = None
     #: the user was erased and nothing names them any more: a tombstone (no value) on ``scores``
     tombstone: bool = False
+    #: the stream time raw, own and network are valid at (spec section 7)
+    as_of: int = 0
+    #: the version of the rules that made it (spec section 8)
+    rules_version: str = ""
 
 
 @dataclass(slots=True)
@@ -110,10 +116,18 @@ class UserBatch:
         dedup_window_ms: int,
         dedup_min_ids: int,
         catalog: Catalog = ev.CATALOG,
+        epoch: int = 0,
+        clock: int = 0,
+        expiry: "PartitionExpiry | None" = None,
     ) -> None:
         self._rules = rules
         self._load = load
         self._catalog = catalog
+        #: the rules epoch this partition scores in: versions carry it, older estimates are left out
+        self.epoch = epoch
+        #: the partition's stream time: the largest event time it has seen (its own events, friends', ticks)
+        self.clock = clock
+        self._expiry = expiry
         self._dedup_window_ms = dedup_window_ms
         self._dedup_min_ids = dedup_min_ids
         self._states: dict[str, UserState] = {}
@@ -129,11 +143,24 @@ class UserBatch:
         self.counts = BatchCounts()
 
     def _state(self, user: str) -> UserState:
+        """The user's state, its values valid at the partition's stream time (``scoring.rebase``)."""
         state = self._states.get(user)
         if state is None:
-            state = self._load(user) or UserState()
+            state = self._load(user) or UserState(as_of=self.clock)
             self._states[user] = state
+        if state.as_of < self.clock:
+            scoring.rebase(state, self.clock, self._rules)
         return state
+
+    def switch_rules(self, epoch: int, rules: Rules) -> None:
+        """From here on this partition scores with ``rules`` (a rules change reached it)."""
+        self.epoch = epoch
+        self._rules = rules
+
+    def advance(self, ts: int) -> None:
+        """The partition's stream time reaches ``ts`` (an event's time, a friend's estimate's, a tick)."""
+        if ts > self.clock:
+            self.clock = ts
 
     def _mark(self, user: str, state: UserState, origin_ts: int, topic: str, offset: int) -> None:
         previous = self._changed.get(user)
@@ -157,23 +184,30 @@ class UserBatch:
         user came after its time.
         """
         user = event.user_id
+        self.advance(event.ts)
         state = self._state(user)
         if not self._remember(state, event):
             return False
         self._mark(user, state, event.ts, topic, offset)
         if event.ts <= state.erased_ts:
             return True  # forgotten: an erasure of this user is later than the event
-        pricing = event_type.pricing(event)
-        contributions = event_type.price(pricing, self._rules)
+        rules = self._rules
         extra = extra_of(state)
+        extra.named_ts = max(extra.named_ts, event.ts)
+        self._named(user, state)
         retracted_by, retracted_ts = extra.retractions.pop(event.event_id, (None, -1))
+        if not rules.counts_at(event.ts, self.clock):
+            return True  # older than the maximum age already: counts nothing, not kept
+        pricing = event_type.pricing(event)
+        contributions = event_type.price(pricing, rules)
         extra.held.append(
             HeldEvent(event.event_id, event_type.name, event.ts, pricing, sum(p for _, p in contributions), retracted_by, retracted_ts)
         )
         if retracted_by is None:
-            scoring.apply_points(state, contributions)
-        extra.named_ts = max(extra.named_ts, event.ts)
-        self._named(user, state)
+            factor = rules.decay(state.as_of, event.ts)
+            scoring.apply_points(state, contributions if factor == 1.0 else [(code, p * factor) for code, p in contributions])
+        if self._expiry is not None and rules.max_age_days:
+            self._expiry.add(event.ts + rules.max_age_ms, user)
         self._mark_direct(user, event.ts)
         return True
 
@@ -187,6 +221,7 @@ class UserBatch:
         if event.ts <= state.erased_ts:
             return True
         extra = extra_of(state)
+        self.advance(event.ts)
         held = next((h for h in extra.held if h.event_id == event.retracts), None)
         # Of several retractions of one event the latest is kept: an erasure voids
         # retractions up to its time, and the event counts again only if all are void.
@@ -197,7 +232,7 @@ class UserBatch:
                 extra.retractions[event.retracts] = (event.event_id, event.ts)
         elif held.retracted_by is None:
             held.retracted_by, held.retracted_ts = event.event_id, event.ts
-            recompute_own(state, self._catalog, self._rules)
+            recompute_own(state, self._catalog, self._rules, self.clock)
         elif event.ts > held.retracted_ts:
             held.retracted_by, held.retracted_ts = event.event_id, event.ts
         extra.named_ts = max(extra.named_ts, event.ts)
@@ -208,6 +243,7 @@ class UserBatch:
     def erasure(self, event, topic: str, offset: int) -> bool:
         """Forget the user as of the erasure's time: what is left is what later events say."""
         user = event.user_id
+        self.advance(event.ts)
         state = self._state(user)
         erased = event.ts
         if erased <= state.erased_ts:
@@ -224,7 +260,7 @@ class UserBatch:
             if held.retracted_by is not None and held.retracted_ts <= erased:
                 held.retracted_by, held.retracted_ts = None, -1  # its retraction is forgotten too
         extra.retractions = {k: v for k, v in extra.retractions.items() if v[1] > erased}
-        recompute_own(state, self._catalog, self._rules)
+        recompute_own(state, self._catalog, self._rules, self.clock)
         state.history.clear()
         state.recent_events = {eid: ts for eid, ts in state.recent_events.items() if ts > erased}
         for entry in state.friends.values():
@@ -250,6 +286,7 @@ class UserBatch:
 
     def link(self, user: str, friend: str, weight: float, link_version: int, origin_ts: int, topic: str, offset: int) -> None:
         """A friendship's new weight from the pair's partition; ``origin_ts`` is the event time that set it."""
+        self.advance(origin_ts)
         state = self._state(user)
         if origin_ts <= state.erased_ts:
             # An erasure of this user is later: the pair partition, told of it, sends the link that counts.
@@ -271,22 +308,69 @@ class UserBatch:
         self._mark_direct(user, origin_ts)  # a LINK carries the friendship event's time
 
     def estimate(self, user: str, sender: str, value: float, version: int, origin_ts: int, topic: str, offset: int) -> None:
+        """A friend's estimate, valid at ``origin_ts`` (the sender's stream time): it decays from there."""
+        self.advance(origin_ts)
         state = self._state(user)
-        if scoring.apply_estimate(state, sender, value, version):
+        factor = self._rules.decay(state.as_of, origin_ts)
+        if scoring.apply_estimate(state, sender, value if factor == 1.0 else value * factor, version):
             self.counts.updates_applied += 1
             self._mark(user, state, origin_ts, topic, offset)
         else:
             self.counts.updates_stale += 1
 
+    def expire(self) -> None:
+        """Purchases and posts whose maximum age the stream time passed leave their users' own parts."""
+        if self._expiry is None or not self._rules.max_age_days:
+            return
+        rules = self._rules
+        for user in self._expiry.due(self.clock):
+            state = self._state(user)
+            extra = extra_of(state)
+            kept = [h for h in extra.held if rules.counts_at(h.ts, self.clock)]
+            if len(kept) == len(extra.held):
+                continue
+            extra.held = kept
+            recompute_own(state, self._catalog, rules, self.clock)
+            self._changed.setdefault(user, self.clock)
+            if kept:
+                self._expiry.add(min(h.ts for h in kept) + rules.max_age_ms, user)
+
+    def rescore(self, users: Iterable[tuple[str, UserState]]) -> int:
+        """Rules changed: every user's own part again from what they hold, under these rules; all publish anew."""
+        rules = self._rules
+        rescored = 0
+        stored_users = dict(users)
+        everyone = {**stored_users, **self._states}  # what this batch holds is newer; some are new
+        for user in everyone:
+            state = self._states.get(user)
+            if state is None:
+                state = self._states[user] = stored_users[user]
+            scoring.rebase(state, self.clock, rules)
+            extra = extra_of(state)
+            extra.held = [h for h in extra.held if rules.counts_at(h.ts, self.clock)]  # a shorter maximum age forgets
+            for held in extra.held:
+                event_type = self._catalog.by_name.get(held.type)
+                if event_type is not None:
+                    held.points = sum(p for _, p in event_type.price(held.pricing, rules))
+            recompute_own(state, self._catalog, rules, self.clock)
+            if self._expiry is not None and rules.max_age_days and extra.held:
+                self._expiry.add(min(h.ts for h in extra.held) + rules.max_age_ms, user)
+            self._changed.setdefault(user, self.clock)
+            rescored += 1
+        return rescored
+
     def finish(self, now_ms: int) -> UserBatchOutput:
         """Publish where the target moved, and tell new friends our estimate."""
         rules = self._rules
+        epoch = self.epoch
+        version = rules.version
         estimates: list[EstimateOut] = []
         scores: list[ScoreOut] = []
         written: dict[str, UserState] = {}
         withdrawn = set(self._erased)  # users whose score goes if nothing names them any more
         for user, origin_ts in self._changed.items():
             state = self._states[user]
+            scoring.rebase(state, self.clock, rules)
             state.updated_ts = now_ms
             written[user] = state
             if user in self._voided and state.exists:
@@ -298,9 +382,9 @@ class UserBatch:
                 if user in withdrawn and state.version > 0:  # it had a score: withdrawn
                     scores.append(ScoreOut(user, 0.0, 0.0, 0.0, 0.0, state.version, now_ms, origin_ts, tombstone=True))
                 continue  # nothing names this user (yet): no score
-            publish, value = scoring.should_publish(state, rules)
+            publish, value = scoring.should_publish(state, rules, epoch)
             if publish or user in self._erased or user in self._revived:
-                scoring.publish(state, value, now_ms)
+                scoring.publish(state, value, now_ms, epoch)
                 receivers: Iterable[str] = state.current_friends()
                 has_friends = state.has_friends()
                 scores.append(
@@ -314,6 +398,8 @@ class UserBatch:
                         ts=now_ms,
                         origin_ts=origin_ts,
                         direct_ts=self._direct.get(user),
+                        as_of=state.as_of,
+                        rules_version=version,
                     )
                 )
             else:
@@ -321,19 +407,78 @@ class UserBatch:
                 # learn our current estimate once.
                 receivers = self._new_links.get(user, ())
             for friend in receivers:
-                estimates.append(EstimateOut(friend, user, state.published, state.version, origin_ts))
+                # An estimate carries the time its value is valid at: the receiver makes it decay from there.
+                estimates.append(EstimateOut(friend, user, state.published, state.version, state.as_of))
         return UserBatchOutput(written, estimates, scores, self.counts, dict(self._erased))
 
 
-def recompute_own(state: UserState, catalog: Catalog, rules: Rules) -> None:
-    """The own part from the held events that count (after a retraction or an erasure removed some)."""
+def recompute_own(state: UserState, catalog: Catalog, rules: Rules, clock: int) -> None:
+    """The own part at ``state.as_of`` from the held events that count (after a retraction, an erasure,
+    an expiry or a rules change)."""
     state.own = 0.0
     state.own_by_rule = {}
     for held in extra_of(state).held:
-        if held.retracted_by is None:
+        if held.retracted_by is None and rules.counts_at(held.ts, clock):
             event_type = catalog.by_name.get(held.type)
             if event_type is not None:
-                scoring.apply_points(state, event_type.price(held.pricing, rules))
+                factor = rules.decay(state.as_of, held.ts)
+                scoring.apply_points(state, [(code, p * factor) for code, p in event_type.price(held.pricing, rules)])
+
+
+class PartitionExpiry:
+    """When a user partition's held events reach their maximum age: (time, user) in a heap.
+
+    Built from the partition's states the first time it is needed after an
+    assignment (``build``), then kept as events arrive. An entry may be stale
+    (the event was retracted, erased, already expired): processing it then
+    finds nothing to expire.
+    """
+
+    def __init__(self) -> None:
+        self._heap: list[tuple[int, str]] = []
+        self._next: dict[str, int] = {}
+        self.built = False
+
+    def build(self, users: Iterable[tuple[str, UserState]], max_age_ms: float) -> None:
+        self._heap.clear()
+        self._next.clear()
+        for user, state in users:
+            held = extra_of(state).held
+            if held:
+                self.add(min(h.ts for h in held) + max_age_ms, user)
+        self.built = True
+
+    def add(self, at: float, user: str) -> None:
+        at = int(at)
+        if at < self._next.get(user, at + 1):
+            self._next[user] = at
+            heapq.heappush(self._heap, (at, user))
+
+    def due(self, clock: int) -> list[str]:
+        users = []
+        while self._heap and self._heap[0][0] <= clock:
+            at, user = heapq.heappop(self._heap)
+            if self._next.get(user) == at:
+                del self._next[user]
+                users.append(user)
+        return users
+
+
+class Expiry:
+    """The expiry heaps of a worker's user partitions (kept in memory across batches, like ``WaitingUpdates``)."""
+
+    def __init__(self) -> None:
+        self.partitions: dict[int, PartitionExpiry] = {}
+
+    def of(self, partition: int) -> PartitionExpiry:
+        found = self.partitions.get(partition)
+        if found is None:
+            found = self.partitions[partition] = PartitionExpiry()
+        return found
+
+    def clear(self) -> None:
+        """Partitions moved: rebuilt from the tables when next needed."""
+        self.partitions.clear()
 
 
 @dataclass(slots=True)
@@ -493,6 +638,8 @@ class Send(NamedTuple):
 #: Names of the counts a batch returns: (name, label) -> n (the runtime adds them to its metrics).
 EVENTS_IN, ACCEPTED, DUPLICATE, REJECTED, REROUTED = "events_in", "accepted", "duplicate", "rejected", "rerouted"
 UPDATES_RECEIVED, UPDATES_SENT, UPDATE_MESSAGES_SENT = "updates_received", "updates_sent", "update_messages_sent"
+#: users rescored after a rules change
+RESCORED = "rescored"
 
 #: Friend updates carried by one Kafka message at most (~400 KB).
 UPDATES_PER_MESSAGE = 10_000
@@ -509,6 +656,9 @@ class Context:
     dedup_min_ids: int = 64
     #: friend updates held decoded at most; beyond it their records wait unread
     waiting_limit: int = 1_000_000
+    #: the epoch of ``rules`` (0 for the first rules; every change adds one): partitions
+    #: that never saw a rules change score with these
+    epoch: int = 0
 
 
 @dataclass
@@ -584,6 +734,30 @@ class ApplyAll:
         pass
 
 
+#: Keys of the users table that are not users (ids cannot start with NUL): a partition's
+#: stream time, and the rules it scores with (after a rules change).
+CLOCK_KEY, RULES_KEY = "\x00clock", "\x00rules"
+
+
+def partition_time(users: Store[UserState], partition: int, context: Context) -> tuple[int, Rules, int]:
+    """(stream time, rules, epoch) of a user partition, as its last batch left them (the API explains with these)."""
+    epoch, rules = _rules_at(users.load_raw(partition, RULES_KEY), context)
+    return max(0, _marker(users.load_raw(partition, CLOCK_KEY))), rules, epoch
+
+
+def _rules_at(raw: bytes | None, context: Context) -> tuple[int, Rules]:
+    """(epoch, rules) a user partition scores with: what a rules change left in it, else the context's."""
+    if raw is None:
+        return context.epoch, context.rules
+    epoch = _MARKER.unpack_from(raw)[0]
+    return epoch, _parsed_rules(raw[_MARKER.size :].decode("utf-8"))
+
+
+@functools.lru_cache(maxsize=16)
+def _parsed_rules(text: str) -> Rules:
+    return rules_from_text(text, source="rules topic")
+
+
 def score_users(
     records: Sequence[Record],
     users: Store[UserState],
@@ -591,40 +765,58 @@ def score_users(
     waiting: WaitingUpdates,
     propagation: PropagationSlice | ApplyAll,
     now_ms: int,
+    expiry: Expiry | None = None,
 ) -> BatchResult:
     """One batch of the user lane: users' own events first, then a slice of the waiting friend updates.
 
     Friend-update records are only read here (into ``waiting``); what they
     carry is applied by this and later batches, within the slice of time left
     after the users' own events, so those are never queued behind a
-    propagation wave (streams/waiting.py).
+    propagation wave (streams/waiting.py). Ticks (other partitions' stream
+    times) and rules changes (``rescore``) in them take effect at once.
     """
     started = time.perf_counter()
-    rules = context.rules
     catalog = context.catalog
     result = BatchResult()
     counts = result.counts
     sends = result.sends
+    expiry = expiry if expiry is not None else Expiry()
     user_batches: dict[int, UserBatch] = {}
+    initial: dict[int, tuple[int, int]] = {}  # partition -> (stream time, epoch) before this batch
+    own_advanced: set[int] = set()  # partitions whose own events moved their stream time: the others hear of it
 
     def user_batch_of(partition: int) -> UserBatch:
         user_batch = user_batches.get(partition)
         if user_batch is None:
+            clock = max(0, _marker(users.load_raw(partition, CLOCK_KEY)))
+            epoch, rules = _rules_at(users.load_raw(partition, RULES_KEY), context)
+            initial[partition] = (clock, epoch)
+            partition_expiry = expiry.of(partition)
+            if rules.max_age_days and not partition_expiry.built:
+                partition_expiry.build(users.items(partition), rules.max_age_ms)
             user_batch = user_batches[partition] = UserBatch(
                 rules,
                 lambda user, p=partition: users.load(p, user),
                 dedup_window_ms=context.dedup_window_ms,
                 dedup_min_ids=context.dedup_min_ids,
                 catalog=catalog,
+                epoch=epoch,
+                clock=clock,
+                expiry=partition_expiry,
             )
         return user_batch
 
     for partition, batch in _by_partition(records).items():
-        user_batch = None
+        own = []
+        latest = -1  # the latest event time this partition learns of in this batch
+        rescore = None
         for record in batch:
             topic = record.topic
             if topic == topics.FRIEND_UPDATES:
-                _keep_friend_updates(record, waiting, context, sends, counts, now_ms)
+                tick, control = _keep_friend_updates(record, waiting, context, sends, counts, now_ms)
+                latest = max(latest, tick)
+                if control is not None and (rescore is None or control["epoch"] > rescore["epoch"]):
+                    rescore = control
                 continue
             counts[EVENTS_IN, topic] += 1
             event = _decode(catalog, record, sends, counts, now_ms)
@@ -635,19 +827,33 @@ def score_users(
             if partition_for(user, context.partitions) != record.partition:
                 sends.append(_reroute(record, user, context, counts))
                 continue
-            if user_batch is None:
-                user_batch = user_batch_of(partition)
+            own.append((event_type, event, record))
+        _advance(result.advance, batch)
+        if not own and latest < 0 and rescore is None:
+            continue
+        user_batch = user_batch_of(partition)
+        if rescore is not None and rescore["epoch"] > user_batch.epoch:
+            user_batch.switch_rules(rescore["epoch"], _parsed_rules(rescore["rules"]))
+            if user_batch._rules.max_age_days:
+                expiry.of(partition).build(users.items(partition), user_batch._rules.max_age_ms)
+        # The stream time first: every value in this batch is made valid at it, so none grows (2^(t/half-life)).
+        own_latest = max((event.ts for _, event, _ in own), default=-1)
+        if own_latest > user_batch.clock:
+            own_advanced.add(partition)
+        user_batch.advance(max(latest, own_latest))
+        for event_type, event, record in own:
             effect = event_type.effect
             if effect == ev.POINTS:
-                accepted = user_batch.points(event_type, event, topic, record.offset)
+                accepted = user_batch.points(event_type, event, record.topic, record.offset)
             elif effect == ev.RETRACTION:
-                accepted = user_batch.retraction(event, topic, record.offset)
+                accepted = user_batch.retraction(event, record.topic, record.offset)
             elif effect == ev.ERASURE:
-                accepted = user_batch.erasure(event, topic, record.offset)
+                accepted = user_batch.erasure(event, record.topic, record.offset)
             else:
                 raise ValueError(f"the user lane has no effect {effect!r} (event type {event_type.name!r})")
             counts[ACCEPTED if accepted else DUPLICATE, event_type.name] += 1
-        _advance(result.advance, batch)
+        if rescore is not None and user_batch.epoch == rescore["epoch"] and initial[partition][1] < user_batch.epoch:
+            counts[RESCORED, ""] += user_batch.rescore(users.items(partition))
     for record in waiting.unqueue(context.waiting_limit):
         _read_friend_updates(record, waiting, sends, counts, now_ms, kinds=(ESTIMATE,))
     own_events = bool(user_batches) or waiting.links_waiting()
@@ -661,10 +867,22 @@ def score_users(
 
     result.taken = waiting.take(apply, out_of_time, chunk=propagation.chunk)
     finishing = time.perf_counter()
+    ticks: list[tuple[int, int]] = []
     for partition, user_batch in user_batches.items():
+        user_batch.expire()
         output = user_batch.finish(now_ms)
         result.writes.extend((partition, user, state) for user, state in output.states.items())
         result.changed += len(output.states)
+        clock, epoch = initial[partition]
+        if user_batch.clock > clock:
+            result.writes.append((partition, CLOCK_KEY, Raw(_MARKER.pack(user_batch.clock))))
+            sends.append(stream_time_send(partition, user_batch.clock, user_batch._rules))
+            if partition in own_advanced:
+                ticks += [(other, user_batch.clock) for other in range(context.partitions) if other != partition]
+        if user_batch.epoch > epoch:
+            text = user_batch._rules.text.encode("utf-8")
+            result.writes.append((partition, RULES_KEY, Raw(_MARKER.pack(user_batch.epoch) + text)))
+            sends.append(stream_time_send(partition, user_batch.clock, user_batch._rules))
         counts[UPDATES_RECEIVED, "applied"] += output.counts.updates_applied
         counts[UPDATES_RECEIVED, "stale"] += output.counts.updates_stale
         sends.extend(friend_update_sends(context, output.estimates, (), counts))
@@ -672,8 +890,19 @@ def score_users(
         result.scores.extend(score for score in output.scores if not score.tombstone)
         for user, erased_ts in output.erased.items():
             sends.extend(pair_notice_sends(context, user, erased_ts))
+    if ticks:
+        sends.extend(friend_update_sends(context, (), (), counts, ticks=ticks))
     result.finish_seconds = time.perf_counter() - finishing
     return result
+
+
+def stream_time_send(partition: int, stream_time: int, rules: Rules) -> Send:
+    """A user partition's stream time, on the compacted ``stream-time`` topic (what `standing dump` reads)."""
+    value = codec.encode(
+        "stream_time",
+        {"partition": partition, "stream_time": stream_time, "rules_version": rules.version, "half_life_days": rules.half_life_days},
+    )
+    return Send(topics.STREAM_TIME, f"users-{partition}".encode(), value, None)
 
 
 def route_friendships(records: Sequence[Record], pairs: Store[PairState], context: Context, now_ms: int) -> BatchResult:
@@ -689,6 +918,7 @@ def route_friendships(records: Sequence[Record], pairs: Store[PairState], contex
     counts = result.counts
     sends = result.sends
     for partition, batch in _by_partition(records).items():
+        latest = -1  # the latest time of an accepted friendship event in this batch
         pair_batch = PairBatch(
             lambda key, p=partition: pairs.load(p, key),
             dedup_window_ms=context.dedup_window_ms,
@@ -714,12 +944,19 @@ def route_friendships(records: Sequence[Record], pairs: Store[PairState], contex
             outcome = pair_batch.friendship(
                 key, event.user_a, event.user_b, event.event_id, event.ts, event.action, event.weight, record.offset
             )
+            if outcome == "accepted":
+                latest = max(latest, event.ts)
             counts[ACCEPTED if outcome == "accepted" else DUPLICATE, event_type.name] += 1
         output = pair_batch.finish()
         result.writes.extend((partition, key, pair) for key, pair in output.states.items())
         result.writes.extend((partition, ERASED_PREFIX + user, Raw(_MARKER.pack(ts))) for user, ts in output.markers.items())
         result.changed += len(output.states)
-        sends.extend(friend_update_sends(context, (), output.links, counts))
+        # Friendship events count for the stream time: every user partition hears of a later one.
+        ticks = ()
+        if latest > _marker(pairs.load_raw(partition, CLOCK_KEY)):
+            result.writes.append((partition, CLOCK_KEY, Raw(_MARKER.pack(latest))))
+            ticks = [(user_partition, latest) for user_partition in range(context.partitions)]
+        sends.extend(friend_update_sends(context, (), output.links, counts, ticks=ticks))
         _advance(result.advance, batch)
     return result
 
@@ -728,11 +965,22 @@ def route_friendships(records: Sequence[Record], pairs: Store[PairState], contex
 
 
 def friend_update_sends(
-    context: Context, estimates: Iterable[EstimateOut], links: Iterable[LinkOut], counts: Counter | None = None
+    context: Context,
+    estimates: Iterable[EstimateOut],
+    links: Iterable[LinkOut],
+    counts: Counter | None = None,
+    *,
+    ticks: Iterable[tuple[int, int]] = (),
 ) -> list[Send]:
-    """One message per receiving partition, carrying all of its updates (a celebrity's: several)."""
+    """One message per receiving partition, carrying all of its updates (a celebrity's: several).
+
+    ``ticks``: (partition, stream time) that partition must hear of; a tick
+    goes first in its message, so the estimates after it never run ahead of it.
+    """
     partitions = context.partitions
     outboxes: dict[int, friend_updates.Outbox] = defaultdict(friend_updates.Outbox)
+    for partition, stream_time in ticks:
+        outboxes[partition].add(TICK, "*", "*", float(stream_time), 0, stream_time)  # no receiver: the partition
     for out in estimates:
         outboxes[partition_for(out.receiver, partitions)].add(ESTIMATE, out.receiver, out.sender, out.estimate, out.version, out.origin_ts)
     link_count = 0
@@ -747,8 +995,9 @@ def friend_update_sends(
         for start in range(0, len(outbox), UPDATES_PER_MESSAGE):
             sent.append(Send(topics.FRIEND_UPDATES, None, outbox.encode(partition, start, start + UPDATES_PER_MESSAGE), partition))
     if counts is not None and outboxes:
+        tick_count = sum(1 for _ in ticks) if isinstance(ticks, (list, tuple)) else 0
         counts[UPDATES_SENT, "link"] += link_count
-        counts[UPDATES_SENT, "estimate"] += total - link_count
+        counts[UPDATES_SENT, "estimate"] += total - link_count - tick_count
         counts[UPDATE_MESSAGES_SENT, ""] += len(sent)
     return sent
 
@@ -804,6 +1053,8 @@ def score_sends(scores: Iterable[ScoreOut]) -> list[Send]:
                     "network": score.network,
                     "version": score.version,
                     "ts": score.ts,
+                    "as_of": score.as_of,
+                    "rules_version": score.rules_version,
                 },
             ),
             None,
@@ -817,6 +1068,8 @@ def score_of(user: str, state: UserState, rules: Rules) -> ScoreOut:
     if not state.exists:
         return ScoreOut(user, 0.0, 0.0, 0.0, 0.0, state.version, state.updated_ts, state.updated_ts, tombstone=True)
     return ScoreOut(
+        as_of=state.as_of,
+        rules_version=rules.version,
         user_id=user,
         raw=state.published,
         score=rules.display(state.published),
@@ -894,26 +1147,28 @@ def _reroute(record: Record, key: str, context: Context, counts: Counter) -> Sen
 
 def _keep_friend_updates(
     record: Record, waiting: WaitingUpdates, context: Context, sends: list[Send], counts: Counter, now_ms: int
-) -> None:
+) -> tuple[int, dict | None]:
     """Read a friend-updates record into ``waiting``, or keep it unread while too many wait.
 
     A record kept unread still has its links read now: they are users' own
     friendship events, applied every batch (its estimates are read when the
-    record's turn comes).
+    record's turn comes). Returns the latest tick it carries (-1 if none) and
+    the rules change it is, if it is one.
     """
     if not (waiting.queued_records or waiting.waiting >= context.waiting_limit):
-        _read_friend_updates(record, waiting, sends, counts, now_ms)
-        return
-    if _read_friend_updates(record, waiting, sends, counts, now_ms, kinds=(LINK,)):
+        return _read_friend_updates(record, waiting, sends, counts, now_ms)
+    tick, control = _read_friend_updates(record, waiting, sends, counts, now_ms, kinds=(LINK,))
+    if control is None and tick != -2:
         waiting.queue(record.partition, record.offset, record)  # its estimates: once fewer wait
+    return max(tick, -1), control
 
 
 def _read_friend_updates(
     record: Record, waiting: WaitingUpdates, sends: list[Send], counts: Counter, now_ms: int, kinds=(ESTIMATE, LINK)
-) -> bool:
-    """Add the record's updates of ``kinds``; False (and a dead letter) if it is not decodable."""
+) -> tuple[int, dict | None]:
+    """Add the record's updates of ``kinds``; (latest tick, rules change) it carries; (-2, None) and a dead letter if not decodable."""
     try:
-        updates = friend_updates.decode(record.value)
+        updates, control = friend_updates.decode_record(record.value)
     except codec.DecodeError as error:
         # Only Standing writes this topic: a bad record here is a bug or a
         # foreign writer. Keep it (dead letter) and go on.
@@ -923,13 +1178,19 @@ def _read_friend_updates(
         )  # fmt: skip
         counts[REJECTED, error.reason] += 1
         sends.append(dead_letter(record, error.reason, error.detail, now_ms))
-        return False
+        return -2, None
+    if control is not None:
+        return -1, control
+    tick = -1
+    if any(update[0] == TICK for update in updates):
+        tick = max(update[5] for update in updates if update[0] == TICK)
+        updates = [update for update in updates if update[0] != TICK]
     if len(kinds) == 1:
         updates = [update for update in updates if update[0] == kinds[0]]
     coalesced = waiting.add(record.partition, record.offset, updates)
     if coalesced:
         counts[UPDATES_RECEIVED, "coalesced"] += coalesced
-    return True
+    return tick, None
 
 
 def _by_partition(records: Iterable[Record]) -> dict[int, list[Record]]:

@@ -1,6 +1,8 @@
 """Why a score is what it is, and everything held about a person: what the API, `standing explain` and `standing export` give.
 
-Pure: a user's state and the rules in, a JSON-ready dict out. The raw score
+Pure: a user's state (made valid at the stream time first: ``scoring.rebase``)
+and the rules in, a JSON-ready dict out, naming the rules version and the
+time it is valid at. The raw score
 splits into parts that add up:
 
     raw = sum_rules (1-alpha) * points(rule) + alpha * (weighted mean of the friends' scores)   (with friends)
@@ -97,6 +99,8 @@ def explain(user_id: str, state: UserState, rules: Rules, *, friend_detail: bool
         "reasons": all_reasons[:MAX_REASONS],
         "history": [{"ts": ts, "raw": value, "score": rules.display(value)} for ts, value in state.history],
         "updated_ts": state.updated_ts,
+        "as_of": state.as_of,
+        "rules_version": rules.version,
         "scale": {"min": rules.display_min, "max": rules.display_max, "alpha": rules.alpha, "epsilon": rules.epsilon},
     }
 
@@ -110,14 +114,16 @@ def export(user_id: str, state: UserState, rules: Rules, catalog: Catalog = CATA
             "event_id": held.event_id,
             "type": held.type,
             "ts": held.ts,
-            "points": held.points,
-            "counts": held.counts,
+            "points": held.points * rules.decay(state.as_of, held.ts) if held.counts else 0.0,
+            "counts": held.counts and rules.counts_at(held.ts, state.as_of),
         }
         if held.retracted_by is not None:
             entry["retracted_by"] = held.retracted_by
         events.append(entry)
     return {
         "user_id": user_id,
+        "rules_version": rules.version,
+        "as_of": state.as_of,
         "score": explain(user_id, state, rules),
         "friendships": [
             {"user_id": friend, "weight": entry.weight} for friend, entry in sorted(state.friends.items()) if entry.weight > 0

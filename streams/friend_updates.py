@@ -11,7 +11,9 @@ from __future__ import annotations
 from schemas import codec
 from schemas.columns import Columns, column, int_column
 
-ESTIMATE, LINK = 0, 1
+#: Kinds of update: a friend's estimate; a friendship's weight; the stream time
+#: another partition has reached (``value``: its time in ms; no receiver or sender).
+ESTIMATE, LINK, TICK = 0, 1, 2
 
 #: origin_ts of an update whose originating event time is not known: links
 #: re-sent after a crash (a pair state keeps no event time)
@@ -30,7 +32,12 @@ def earliest_origin(a: int, b: int) -> int:
 
 
 class Outbox:
-    """The updates for one receiving partition, in the order decided."""
+    """The updates for one receiving partition, in the order decided.
+
+    An ESTIMATE's ``origin_ts`` is the time its value is valid at (the
+    sender's ``as_of``: the receiver makes it decay from there); a LINK's is
+    the time of the friendship event that set the weight.
+    """
 
     __slots__ = ("kinds", "receivers", "senders", "values", "versions", "origin_ts")
 
@@ -76,12 +83,24 @@ class Outbox:
         )
 
 
+def decode_record(data: bytes) -> tuple[list[tuple[int, str, str, float, int, int]], dict | None]:
+    """(updates, rescore) of a friend-updates record: a batch of updates, or a rules change (``rescore``)."""
+    name, record = codec.decode(data, ("friend_update_batch", "rescore"))
+    if name == "rescore":
+        return [], record
+    return _updates(record), None
+
+
 def decode(data: bytes) -> list[tuple[int, str, str, float, int, int]]:
     """(kind, receiver, sender, value, version, origin_ts) of each update, in order.
 
     Raises ``codec.DecodeError`` for anything that is not such a message.
     """
     _, record = codec.decode(data, "friend_update_batch")
+    return _updates(record)
+
+
+def _updates(record: dict) -> list[tuple[int, str, str, float, int, int]]:
     updates = [
         (
             LINK if update["kind"] == "LINK" else ESTIMATE,
@@ -104,8 +123,8 @@ def decode(data: bytes) -> list[tuple[int, str, str, float, int, int]]:
             kinds = columns.octets(n)
             values, versions, origin_ts = columns.floats(n), columns.ints(n), columns.ints(n, "q")
             columns.end()
-            if any(kind > LINK for kind in kinds):
-                raise ValueError("an update kind other than 0 (ESTIMATE) or 1 (LINK)")
+            if any(kind > TICK for kind in kinds):
+                raise ValueError("an update kind other than 0 (ESTIMATE), 1 (LINK) or 2 (TICK)")
         except ValueError as error:
             raise codec.DecodeError("not_decodable", f"packed friend updates do not fit: {error}") from None
         updates += zip(kinds, receivers, senders, values, versions, origin_ts)

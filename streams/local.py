@@ -111,6 +111,8 @@ class LocalPipeline:
         self.users: LocalStore[UserState] = LocalStore(state_codec.encode_user, state_codec.decode_user)
         self.pairs: LocalStore[PairState] = LocalStore(state_codec.encode_pair, state_codec.decode_pair)
         self.waiting = WaitingUpdates()
+        self.expiry = core.Expiry()
+        self.epoch = 0
         self.counts: Counter = Counter()
         self.batches = 0
         self.restarts = 0
@@ -148,6 +150,14 @@ class LocalPipeline:
                 continue
             self.produce_event(event)
         return rejected
+
+    def publish_rules(self, rules: Rules) -> int:
+        """What `standing rules publish` does: a rules change reaches every user partition, in order; returns its epoch."""
+        self.epoch += 1
+        value = codec.encode("rescore", {"epoch": self.epoch, "version": rules.version, "rules": rules.text})
+        for partition in range(self.partitions):
+            self.produce(topics.FRIEND_UPDATES, None, value, partition)
+        return self.epoch
 
     # --- running -------------------------------------------------------------------
 
@@ -193,7 +203,7 @@ class LocalPipeline:
         records = self._read(names, chosen)
         now = self.now_ms()
         if lane == USER:
-            result = core.score_users(records, self.users, self.context, self.waiting, self.propagation, now)
+            result = core.score_users(records, self.users, self.context, self.waiting, self.propagation, now, self.expiry)
             store = self.users
         else:
             result = core.route_friendships(records, self.pairs, self.context, now)
@@ -224,6 +234,7 @@ class LocalPipeline:
         """The worker restarts: memory is lost, reading resumes at the committed offsets."""
         resume = {slot: self.committable(slot) for slot in self.position}
         self.waiting.clear()
+        self.expiry.clear()
         self._again.clear()
         self.position.update(resume)
         self.committed.update(resume)  # what the group holds: the next owner starts there
@@ -282,8 +293,24 @@ class LocalPipeline:
                 latest[score["user_id"]] = score
         return latest
 
-    def raw_scores(self) -> dict[str, float]:
-        return {user: score["raw"] for user, score in self.scores().items()}
+    def stream_time(self) -> int:
+        """The largest stream time a user partition reached (what `standing dump` reads from ``stream-time``)."""
+        times = [codec.decode(r.value, "stream_time")[1]["stream_time"] for r in self.topic(topics.STREAM_TIME)]
+        return max(times, default=0)
+
+    def raw_scores(self, as_of: int | None = None) -> dict[str, float]:
+        """Each user's raw score valid at the stream time (or ``as_of``): records decay from their own ``as_of``."""
+        times = [codec.decode(r.value, "stream_time")[1] for r in self.topic(topics.STREAM_TIME)]
+        at = max((entry["stream_time"] for entry in times), default=0) if as_of is None else as_of
+        half_life_days = times[-1]["half_life_days"] if times else 0.0
+        return {user: decayed(score["raw"], score["as_of"], at, half_life_days) for user, score in self.scores().items()}
 
     def dead_letters(self) -> list[dict]:
         return [codec.decode(record.value, "dead_letter")[1] for record in self.topic(topics.DEAD_LETTERS)]
+
+
+def decayed(raw: float, valid_at: int, at: int, half_life_days: float) -> float:
+    """A raw score valid at ``valid_at``, made valid at ``at`` (spec section 7)."""
+    if not half_life_days or at == valid_at:
+        return raw
+    return raw * 2.0 ** (-(at - valid_at) / (half_life_days * 24 * 3600 * 1000))

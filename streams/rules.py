@@ -8,6 +8,8 @@ score everyone with rules nobody wrote.
 from __future__ import annotations
 
 import difflib
+import hashlib
+import json
 import math
 import tomllib
 from dataclasses import dataclass, field
@@ -36,6 +38,7 @@ _SHAPE: dict[str, dict[str, float | None]] = {
     "display": {"min": 350.0, "max": 950.0, "scale": 50.0},
     "purchase": {"default_weight": 0.0, "max_points": 50.0, "weights": None},
     "post": {"labels": None},
+    "time": {"half_life_days": 0.0, "max_age_days": 0.0},
 }
 
 
@@ -58,7 +61,14 @@ class Rules:
     purchase_max_points: float = 50.0
     purchase_weights: Mapping[str, float] = field(default_factory=dict)
     post_labels: Mapping[str, float] = field(default_factory=dict)
+    #: a point loses half its weight every this many days of event time (0: never; spec section 7)
+    half_life_days: float = 0.0
+    #: purchases and posts older than this many days of event time count nothing (0: forever)
+    max_age_days: float = 0.0
+    #: where they were read from (a path, "default", "rules topic"); not part of the version
     source: str = "default"
+    #: the TOML text they were read from (published to the rules topic as it is)
+    text: str = field(default="", compare=False)
 
     def __post_init__(self) -> None:
         # Read-only tables: rules are shared by every agent of a worker.
@@ -91,6 +101,37 @@ class Rules:
         table = self.post_labels
         return sum(table.get(label, 0.0) for label in labels)
 
+    @property
+    def version(self) -> str:
+        """A name for these rules, derived from their parsed content (spec section 8).
+
+        The same rules written differently (comments, order, 1 or 1.0) have
+        the same version; a change of any value makes a new one.
+        """
+        values = {name: getattr(self, name) for name in self.__dataclass_fields__ if name not in ("source", "text")}
+        values["purchase_weights"] = dict(sorted(self.purchase_weights.items()))
+        values["post_labels"] = dict(sorted(self.post_labels.items()))
+        digest = hashlib.sha256(json.dumps(values, sort_keys=True).encode()).hexdigest()
+        return f"r-{digest[:12]}"
+
+    @property
+    def half_life_ms(self) -> float:
+        return self.half_life_days * DAY_MS
+
+    @property
+    def max_age_ms(self) -> float:
+        return self.max_age_days * DAY_MS
+
+    def decay(self, later_ms: float, earlier_ms: float) -> float:
+        """The factor a value of time ``earlier_ms`` is multiplied by to be valid at ``later_ms``: 2^(-(later - earlier) / half-life)."""
+        if not self.half_life_days or later_ms == earlier_ms:
+            return 1.0
+        return 2.0 ** (-(later_ms - earlier_ms) / (self.half_life_days * DAY_MS))
+
+    def counts_at(self, event_ts: int, stream_ms: int) -> bool:
+        """Whether an event of time ``event_ts`` still counts at stream time ``stream_ms`` (the maximum age)."""
+        return not self.max_age_days or stream_ms - event_ts < self.max_age_days * DAY_MS
+
     def display(self, raw: float) -> float:
         """min + (max - min) / (1 + exp(-raw / scale)), without overflow for any raw."""
         x = raw / self.display_scale
@@ -104,6 +145,10 @@ class Rules:
     def error_bound(self) -> float:
         """epsilon / (1 - alpha): how far a published raw score may be from the exact fixed point."""
         return self.epsilon / (1.0 - self.alpha)
+
+
+#: Milliseconds in a day.
+DAY_MS = 24 * 3600 * 1000
 
 
 def _rebuild(values: dict[str, Any]) -> Rules:
@@ -124,14 +169,11 @@ def _number(where: str, key: str, value: Any) -> float:
     return float(value)
 
 
-def _read(file: Path) -> dict[str, Any]:
+def _read_text(file: Path) -> str:
     try:
-        with file.open("rb") as handle:
-            return tomllib.load(handle)
+        return file.read_bytes().decode("utf-8")
     except FileNotFoundError:
         raise RulesError(f"rules file {file} not found; pass an existing TOML file or omit --rules for the defaults") from None
-    except tomllib.TOMLDecodeError as error:
-        raise RulesError(f"{file}: not valid TOML: {error}") from None
     except UnicodeDecodeError:
         raise RulesError(f"{file}: not valid TOML: the file is not UTF-8 text") from None
     except OSError as error:
@@ -159,8 +201,16 @@ def load_rules(path: Path | str | None = None) -> Rules:
     ``[purchase.weights]`` or ``[post.labels]`` table means no such rules.
     """
     file = Path(path) if path is not None else default_rules_path()
-    where = str(file)
-    data = _read(file)
+    text = _read_text(file)
+    return rules_from_text(text, where=str(file), source="default" if path is None else str(file))
+
+
+def rules_from_text(text: str, *, where: str = "rules", source: str = "rules topic") -> Rules:
+    """Rules from TOML text (a file's, or as published to the rules topic)."""
+    try:
+        data = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as error:
+        raise RulesError(f"{where}: not valid TOML: {error}") from None
     _check_shape(where, data)
 
     def scalar(table: str, key: str) -> float:
@@ -179,7 +229,10 @@ def load_rules(path: Path | str | None = None) -> Rules:
     low, high = scalar("display", "min"), scalar("display", "max")
     scale = scalar("display", "scale")
     max_points = scalar("purchase", "max_points")
+    half_life, max_age = scalar("time", "half_life_days"), scalar("time", "max_age_days")
     checks = [
+        (half_life >= 0, f"time.half_life_days = {half_life:g} must be >= 0 (0: no decay)"),
+        (max_age >= 0, f"time.max_age_days = {max_age:g} must be >= 0 (0: events count forever)"),
         (0 <= alpha < 1, f"network.alpha = {alpha:g} must satisfy 0 <= alpha < 1"),
         (epsilon > 0, f"network.epsilon = {epsilon:g} must be > 0"),
         (low < high, f"display.min = {low:g} must be below display.max = {high:g}"),
@@ -200,5 +253,8 @@ def load_rules(path: Path | str | None = None) -> Rules:
         purchase_max_points=max_points,
         purchase_weights=mapping("purchase", "weights"),
         post_labels=mapping("post", "labels"),
-        source="default" if path is None else where,
+        half_life_days=half_life,
+        max_age_days=max_age,
+        source=source,
+        text=text,
     )

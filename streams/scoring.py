@@ -26,18 +26,28 @@ from streams.state import HISTORY_LENGTH, FriendEntry, UserState
 # --- the target and its parts ------------------------------------------------
 
 
-def network_mean(state: UserState) -> float | None:
-    """Weighted mean of the friends' estimates received so far (None: none yet).
+#: A version's epoch (which rules made it) is its bits above these: every
+#: rules change starts a new epoch, and versions only grow (spec section 8).
+EPOCH_SHIFT = 32
+
+
+def epoch_of(version: int) -> int:
+    return version >> EPOCH_SHIFT
+
+
+def network_mean(state: UserState, epoch: int = 0) -> float | None:
+    """Weighted mean of the friends' estimates received so far, of this rules epoch (None: none yet).
 
     A friend whose first estimate has not arrived yet is left out rather than
     counted as 0: the estimate is on its way (every new link makes both sides
     send theirs), and leaving it out avoids publishing a dip that is undone a
-    moment later.
+    moment later. So is an estimate made under other rules: after a rules
+    change every user publishes again, and its friends wait for that.
     """
     total_weight = 0.0
     weighted = 0.0
     for entry in state.friends.values():
-        if entry.weight > 0 and entry.has_estimate:
+        if entry.weight > 0 and entry.has_estimate and entry.version >> EPOCH_SHIFT == epoch:
             total_weight += entry.weight
             weighted += entry.weight * entry.estimate
     if total_weight <= 0:
@@ -45,9 +55,9 @@ def network_mean(state: UserState) -> float | None:
     return weighted / total_weight
 
 
-def target(state: UserState, alpha: float, lift_only: bool = False) -> float:
+def target(state: UserState, alpha: float, lift_only: bool = False, epoch: int = 0) -> float:
     """(1 - alpha) b + alpha * (weighted mean of friends' estimates); with ``lift_only``, never below b (spec section 10)."""
-    mean = network_mean(state)
+    mean = network_mean(state, epoch)
     if mean is None:
         return state.own
     blended = (1.0 - alpha) * state.own + alpha * mean
@@ -130,6 +140,29 @@ def named(state: UserState, held_or_retractions: bool) -> bool:
     return held_or_retractions or any(entry.link_version > 0 and entry.weight >= 0 for entry in state.friends.values())
 
 
+def rebase(state: UserState, stream_ms: int, rules: Rules) -> None:
+    """Make the state's values valid at ``stream_ms``: everything decays by the same factor (spec section 7).
+
+    Own part, published estimate and friends' estimates are all kept as of
+    ``state.as_of``; the model is linear (and ``lift_only``'s max commutes with
+    a positive factor), so moving them all together keeps every relation
+    between them, and a quiet user needs no work while time passes.
+    """
+    if stream_ms <= state.as_of:
+        return
+    factor = rules.decay(stream_ms, state.as_of)
+    state.as_of = stream_ms
+    if factor == 1.0:
+        return
+    state.own *= factor
+    state.published *= factor
+    by_rule = state.own_by_rule
+    for code in by_rule:
+        by_rule[code] *= factor
+    for entry in state.friends.values():
+        entry.estimate *= factor
+
+
 def apply_estimate(state: UserState, sender: str, estimate: float, version: int) -> bool:
     """Store a friend's estimate if it is newer than the one held; True if stored.
 
@@ -149,17 +182,17 @@ def apply_estimate(state: UserState, sender: str, estimate: float, version: int)
     return True
 
 
-def should_publish(state: UserState, rules: Rules) -> tuple[bool, float]:
-    """(publish?, target). A user publishes once on creation, then on moves >= epsilon."""
-    new_target = target(state, rules.alpha, rules.network_mode == "lift_only")
-    if state.version == 0:
+def should_publish(state: UserState, rules: Rules, epoch: int = 0) -> tuple[bool, float]:
+    """(publish?, target). A user publishes once on creation and once in each rules epoch, then on moves >= epsilon."""
+    new_target = target(state, rules.alpha, rules.network_mode == "lift_only", epoch)
+    if state.version == 0 or state.version >> EPOCH_SHIFT < epoch:
         return True, new_target
     return abs(new_target - state.published) >= rules.epsilon, new_target
 
 
-def publish(state: UserState, value: float, ts: int) -> None:
+def publish(state: UserState, value: float, ts: int, epoch: int = 0) -> None:
     state.published = value
-    state.version += 1
+    state.version = max(state.version + 1, epoch << EPOCH_SHIFT)
     state.history.append((ts, value))
     if len(state.history) > HISTORY_LENGTH:
         del state.history[: len(state.history) - HISTORY_LENGTH]

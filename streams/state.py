@@ -47,6 +47,8 @@ class UserState:
     exists: bool = True
     #: the latest erasure's time: events naming the user up to it count nothing (-1: never)
     erased_ts: int = -1
+    #: the stream time own, published and the friends' estimates are valid at (they decay from there)
+    as_of: int = 0
     #: held purchases and posts and pending retractions: ``UserExtra``, or its bytes as
     #: stored until something needs it (friend updates, the hot path, never do)
     extra: "UserExtra | bytes" = b""

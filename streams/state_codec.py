@@ -140,6 +140,7 @@ def encode_user_py(state: UserState) -> bytes:
             "updated_ts": state.updated_ts,
             "exists": state.exists,
             "erased_ts": state.erased_ts,
+            "as_of": state.as_of,
             "extra": bytes(extra),
         },
     )
@@ -184,6 +185,7 @@ def decode_user_py(data: bytes) -> UserState:
         updated_ts=record["updated_ts"],
         exists=record["exists"],
         erased_ts=record["erased_ts"],
+        as_of=record["as_of"],
         # Avro's default for bytes is a string of code points: an older record reads as "".
         extra=record["extra"].encode("latin-1") if isinstance(record["extra"], str) else record["extra"],
     )

@@ -30,7 +30,7 @@ from __future__ import annotations
 from collections import Counter, deque
 from typing import Any, Callable, Iterable, Iterator
 
-from streams.friend_updates import ESTIMATE, LINK, earliest_origin
+from streams.friend_updates import ESTIMATE, LINK
 
 #: (value, version, origin_ts, offset) of one waiting update
 Waiting = tuple[float, int, int, int]
@@ -93,11 +93,9 @@ class WaitingUpdates:
                 kept += 1
                 added += 1
             elif version > old[1]:
-                # The newer one replaces it. An estimate keeps the older origin (as a batch's
-                # coalescing does); a link keeps its own: it is the time of the friendship event
-                # that set the weight, which an erasure of the receiver compares with.
-                origin = origin_ts if kind == LINK else earliest_origin(origin_ts, old[2])
-                waiting[sender] = (value, version, origin, offset)
+                # The newer one replaces it, with its own time: an estimate's is the time its
+                # value is valid at, a link's the time of the friendship event that set the weight.
+                waiting[sender] = (value, version, origin_ts, offset)
                 superseded += 1
                 if old[3] != offset:
                     self._unhold(held, old[3], 1)

@@ -19,6 +19,10 @@ from topology.settings import Settings
 FRIEND_UPDATES = "friend-updates"
 # Internal: erasure notices for the pair lane (every pair partition gets each).
 PAIR_UPDATES = "pair-updates"
+# Internal: the stream time each user partition has reached (compacted; `standing dump` reads it).
+STREAM_TIME = "stream-time"
+# The rules in force and every version before them, by epoch (compacted; spec section 8).
+RULES = "rules"
 # Outputs.
 SCORES = "scores"
 DEAD_LETTERS = "dead-letters"
@@ -90,6 +94,8 @@ def declared_topics(settings: Settings, input_topics: Iterable[str]) -> list[Top
             doc="internal: erasure notices, one per pair partition, read with the friendships",
         ),
         TopicSpec(SCORES, n, cleanup_policy="compact", retention_ms=-1, doc="latest score per user_id"),
+        TopicSpec(STREAM_TIME, n, cleanup_policy="compact", retention_ms=-1, doc="internal: each user partition's stream time"),
+        TopicSpec(RULES, 1, cleanup_policy="compact", retention_ms=-1, doc="the rules in force and before, by epoch (the audit trail)"),
         TopicSpec(DEAD_LETTERS, n, retention_ms=30 * DAY_MS, doc="rejected events with their reason", extra=_BIG_RECORDS),
         *(
             TopicSpec(

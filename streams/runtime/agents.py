@@ -54,7 +54,7 @@ def _now_ms() -> int:
 class Scorer:
     """Builds the agents of one worker and holds what they share."""
 
-    def __init__(self, app: faust.App, settings: Settings, rules: Rules, catalog: Catalog = CATALOG) -> None:
+    def __init__(self, app: faust.App, settings: Settings, rules: Rules, catalog: Catalog = CATALOG, *, epoch: int = 0) -> None:
         self.app = app
         self.settings = settings
         self.rules = rules
@@ -66,6 +66,7 @@ class Scorer:
             dedup_window_ms=settings.dedup_window_ms,
             dedup_min_ids=settings.dedup_min_ids,
             waiting_limit=settings.waiting_updates_limit,
+            epoch=epoch,
         )
         self.users_table, self.pairs_table = create_tables(app, settings)
         self.users = user_store(self.users_table, settings.state_cache_entries)
@@ -88,6 +89,8 @@ class Scorer:
         self.progress = InputProgress(app, settings)
         #: friend updates read but not applied yet; their records are not committed
         self.waiting_updates = WaitingUpdates()
+        #: when held purchases and posts reach their maximum age, per user partition
+        self.expiry = core.Expiry()
         self.propagation = core.PropagationSlice(settings.propagation_slice_ms, settings.propagation_share)
         self.progress.hold_back(
             lambda tp: self.waiting_updates.held_from(tp.partition) if tp.topic == topics.FRIEND_UPDATES else None
@@ -207,6 +210,7 @@ class Scorer:
         self.users.forget()
         self.pairs.forget()
         self.waiting_updates.clear()
+        self.expiry.clear()
         metrics.FRIEND_UPDATES_WAITING.set(0)
         self.user_intake.clear()
         self.pair_intake.clear()
@@ -229,7 +233,9 @@ class Scorer:
         admission = await self.progress.admit(batch)
         if not self.progress.current(admission):
             return  # partitions moved while the broker was asked: the new owner reads these
-        result = core.score_users(admission.records, self.users, self.context, self.waiting_updates, self.propagation, _now_ms())
+        result = core.score_users(
+            admission.records, self.users, self.context, self.waiting_updates, self.propagation, _now_ms(), self.expiry
+        )
         metrics.FRIEND_UPDATES_WAITING.set(self.waiting_updates.waiting)
         await self._deliver(self.users, result)
         _observe_latency(result.scores)
@@ -243,6 +249,7 @@ class Scorer:
     async def _rewind_users(self) -> None:
         self.users.forget()
         self.waiting_updates.clear()  # their records are read again from the committed offsets
+        self.expiry.clear()
         metrics.FRIEND_UPDATES_WAITING.set(0)
         self.user_intake.clear()
         await self.progress.rewind(self.user_topic_names)

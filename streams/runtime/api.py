@@ -22,7 +22,9 @@ import urllib.parse
 
 from faust import web
 
+from streams import batch as core
 from streams import events as ev
+from streams import scoring
 from streams.explain import explain, export
 from streams.runtime.agents import Scorer
 from streams.runtime.registry_api import CONTENT_TYPE, ReadOnlyRegistry
@@ -62,9 +64,14 @@ def install_api(scorer: Scorer) -> None:
         return request.raw_path.split("?", 1)[0].rstrip("/").split("/")[-1 - from_end]
 
     def held(user_id: str):
-        """The user's state, or None when nothing names them (unknown, or erased with nothing left)."""
-        state = scorer.users.get(partition_for(user_id, partitions), user_id)
-        return state if state is not None and state.exists else None
+        """(state, rules) of the user, made valid at their partition's stream time; None when nothing names them."""
+        partition = partition_for(user_id, partitions)
+        state = scorer.users.get(partition, user_id)
+        if state is None or not state.exists:
+            return None
+        clock, rules, _ = core.partition_time(scorer.users, partition, scorer.context)
+        scoring.rebase(state, clock, rules)
+        return state, rules
 
     def unknown(view: web.View, user_id: str) -> web.Response:
         return view.json(
@@ -81,10 +88,11 @@ def install_api(scorer: Scorer) -> None:
 
     @app.table_route(table=scorer.users_table, match_info="user_id")
     async def owned_user(view: web.View, request: web.Request, user_id: str) -> web.Response:
-        state = held(user_id)
-        if state is None:
+        found = held(user_id)
+        if found is None:
             return unknown(view, user_id)
-        return view.json(explain(user_id, state, scorer.rules, friend_detail=scorer.settings.explain_friends))
+        state, rules = found
+        return view.json(explain(user_id, state, rules, friend_detail=scorer.settings.explain_friends))
 
     @app.page("/users/{user_id}/export")
     async def user_export(view: web.View, request: web.Request, user_id: str) -> web.Response:
@@ -95,10 +103,11 @@ def install_api(scorer: Scorer) -> None:
 
     @app.table_route(table=scorer.users_table, match_info="user_id")
     async def owned_export(view: web.View, request: web.Request, user_id: str) -> web.Response:
-        state = held(user_id)
-        if state is None:
+        found = held(user_id)
+        if found is None:
             return unknown(view, user_id)
-        return view.json(export(user_id, state, scorer.rules, scorer.catalog))
+        state, rules = found
+        return view.json(export(user_id, state, rules, scorer.catalog))
 
     @app.page("/health")
     async def health(view: web.View, request: web.Request) -> web.Response:

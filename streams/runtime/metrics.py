@@ -105,6 +105,10 @@ BATCH_FAILURES = Counter(
 )
 for _agent in ("score_users", "route_friendships"):
     BATCH_FAILURES.labels(_agent)
+USERS_RESCORED = Counter(
+    "standing_users_rescored_total",
+    "Users rescored after a rules change reached their partition (spec section 8).",
+)
 REBALANCES = Counter("standing_rebalances_total", "Rebalances this worker went through (partition assignments).")
 READY = Gauge("standing_ready", "1 when the worker holds recovered partitions and is processing, else 0.")
 
@@ -131,6 +135,8 @@ def add_counts(counts) -> None:
             continue
         if name == batch.UPDATE_MESSAGES_SENT:
             FRIEND_UPDATE_MESSAGES_SENT.inc(n)
+        elif name == batch.RESCORED:
+            USERS_RESCORED.inc(n)
         else:
             _BATCH_COUNTERS[name].labels(label).inc(n)
 

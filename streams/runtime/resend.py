@@ -53,6 +53,7 @@ async def resend_uncommitted(scorer: "Scorer") -> int:
         outgoing.extend(Outgoing(*send) for send in records)
 
     for partition in user_partitions:
+        _, rules, _ = core.partition_time(users, partition, context)
         candidates = []
         for scanned, (user, state) in enumerate(users.items(partition), 1):
             if any(offset >= committed.get((topic, partition), 0) for topic, offset in state.source_offsets.items()):
@@ -70,7 +71,7 @@ async def resend_uncommitted(scorer: "Scorer") -> int:
                     for friend in state.current_friends()
                 ]
                 sends(core.friend_update_sends(context, estimates, ()))
-                sends(core.score_sends([core.score_of(user, state, context.rules)]))
+                sends(core.score_sends([core.score_of(user, state, rules)]))
                 for erased_ts in [state.erased_ts] if state.erased_ts >= 0 else []:
                     sends(core.pair_notice_sends(context, user, erased_ts))  # the pair partitions may not have heard
                 resent += 1

@@ -15,7 +15,7 @@ import uvloop
 from prometheus_client import start_http_server
 
 from streams.rules import Rules
-from streams.runtime import group_join, install, metrics
+from streams.runtime import group_join, install, metrics, rules_topic
 from streams.runtime.admin import TopologyError, ensure_topics, wait_for_broker
 from streams.runtime.agents import Scorer
 from streams.runtime.api import install_api
@@ -60,9 +60,9 @@ SENTINEL_TASK = Patch(
 PATCHES = [SENTINEL_TASK]
 
 
-def build(settings: Settings, rules: Rules) -> tuple[faust.App, Scorer]:
+def build(settings: Settings, rules: Rules, epoch: int = 0) -> tuple[faust.App, Scorer]:
     app = create_app(settings)
-    scorer = Scorer(app, settings, rules)
+    scorer = Scorer(app, settings, rules, epoch=epoch)
     install_api(scorer)
     install_monitoring(scorer)
     return app, scorer
@@ -151,7 +151,31 @@ def held_by(port: int) -> str:
     return ""
 
 
-def run_worker(settings: Settings, rules: Rules, *, loglevel: str = "warning", broker_timeout: float = 60.0) -> int:
+async def rules_in_force(settings: Settings, rules: Rules, *, explicit: bool, say) -> tuple[Rules, int] | None:
+    """(rules, epoch) to score with: the rules in force on the broker, or ``rules`` published as the first.
+
+    None (after saying why) when ``rules`` came from ``--rules`` and differ
+    from the rules in force: workers never score with different rules.
+    """
+    known = await rules_topic.history(settings)
+    if not known:
+        first = await rules_topic.publish(settings, rules, source=rules.source, first=True)
+        say(f"published the rules {first.version} ({rules.source}) as the first rules in force")
+        return rules, first.epoch
+    in_force = known[-1]
+    if explicit and in_force.version != rules.version:
+        say(
+            f"the rules in force are {in_force.version} (epoch {in_force.epoch}, from {in_force.source or 'the rules topic'}), "
+            f"but --rules {rules.source} is {rules.version}; publish it first (`standing rules publish {rules.source}`) "
+            f"or start without --rules to score with the rules in force"
+        )
+        return None
+    return in_force.rules, in_force.epoch
+
+
+def run_worker(
+    settings: Settings, rules: Rules, *, rules_explicit: bool = False, loglevel: str = "warning", broker_timeout: float = 60.0
+) -> int:
     """Run until SIGINT/SIGTERM; returns the process exit code."""
     try:
         install(settings)  # checks faust-streaming and aiokafka, then patches them (streams/runtime/patches.py)
@@ -175,6 +199,10 @@ def run_worker(settings: Settings, rules: Rules, *, loglevel: str = "warning", b
         return 2
     if created:
         say(f"created topics: {', '.join(created)}")
+    resolved = loop.run_until_complete(rules_in_force(settings, rules, explicit=rules_explicit, say=say))
+    if resolved is None:
+        return 2
+    rules, epoch = resolved
     if settings.metrics_port:
         metrics.publish_identity(settings.group_instance_id)
         try:
@@ -186,14 +214,14 @@ def run_worker(settings: Settings, rules: Rules, *, loglevel: str = "warning", b
             )
             return 2
     settings.data_dir.mkdir(parents=True, exist_ok=True)
-    app, scorer = build(settings, rules)
+    app, scorer = build(settings, rules, epoch)
     install_reaper(app, settings, loop)
     crash_when_membership_is_lost(app, loop)
     tune_garbage_collector(settings.gc_young_threshold)
     say(
         f"consuming from {settings.broker} as group {settings.app_id!r}; "
         f"API http://{settings.web_host}:{settings.web_port}, "
-        f"metrics http://{settings.web_host}:{settings.metrics_port}/metrics; rules {rules.source}"
+        f"metrics http://{settings.web_host}:{settings.metrics_port}/metrics; rules {rules.version} (epoch {epoch})"
     )
     if loglevel != "debug":
         # Some of aiokafka's loggers end up enabled at DEBUG under Faust's

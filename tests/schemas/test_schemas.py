@@ -24,7 +24,10 @@ SAMPLES = {
         ],
         "receivers": "dee", "senders": "ann", "update_columns": struct.pack("<Bd2sq", 0, 2.5, b"B\x08", 7),
     },
-    "score": {"user_id": "ann", "raw": -1.25, "score": 640.0, "own": -2.0, "network": 0.15, "version": 3, "ts": 9},
+    "score": {"user_id": "ann", "raw": -1.25, "score": 640.0, "own": -2.0, "network": 0.15, "version": 3, "ts": 9, "as_of": 8, "rules_version": "r-2e8b3fe2d9d6"},
+    "stream_time": {"partition": 3, "stream_time": 1767225600000, "rules_version": "r-2e8b3fe2d9d6", "half_life_days": 180.0},
+    "rescore": {"epoch": 1, "version": "r-2e8b3fe2d9d6", "rules": "[network]\nalpha = 0.5\n"},
+    "rules_record": {"epoch": 1, "version": "r-2e8b3fe2d9d6", "rules": "[network]\nalpha = 0.5\n", "published_ts": 10, "stream_time": 9, "source": "rules.toml"},
     "dead_letter": {
         "reason": "bad_amount", "detail": "amount is -1", "topic": "purchases", "partition": 0, "offset": 42,
         "key": b"ann", "original": b"\x00\x01", "received_ts": 10, "source": "worker",
@@ -34,7 +37,7 @@ SAMPLES = {
         "friends": {"bob": {"weight": 1.0, "estimate": 0.5, "has_estimate": True, "version": 4, "link_version": 1}},
         "recent_events": {"e1": 1}, "history": [{"ts": 1, "raw": 0.9}], "source_offsets": {"purchases": 12}, "updated_ts": 3,
         "friend_ids": "cy", "friend_columns": struct.pack("<ddB2s2s2s", 1.0, 0.25, 1, b"B\x02", b"B\x01", b"B\x05"),
-        "history_columns": struct.pack("<qd", 2, 0.95), "exists": True, "erased_ts": -1, "extra": b"",
+        "history_columns": struct.pack("<qd", 2, 0.95), "exists": True, "erased_ts": -1, "as_of": 3, "extra": b"",
     },
     "pair_state": {
         "user_a": "ann", "user_b": "bob", "weight": 2.0, "version": 1, "recent_events": {"e3": 2}, "source_offset": 0,
@@ -202,7 +205,7 @@ def test_current_schema_can_read_the_previous_release(name):
 
 
 #: Schemas first released by this version (schemas/previous/ gets them at the release after).
-NEW_IN_THIS_RELEASE = {"retraction", "erasure", "pair_notice", "user_extra"}
+NEW_IN_THIS_RELEASE = {"retraction", "erasure", "pair_notice", "user_extra", "rescore", "rules_record", "stream_time"}
 
 
 def test_every_registered_version_is_readable_as_the_newest():

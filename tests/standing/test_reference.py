@@ -160,7 +160,7 @@ def test_scores_round_trip_through_a_file_and_compare(tmp_path):
     write_scores(path, raw, RULES)
     records = [json.loads(line) for line in path.read_text().splitlines()]
     assert [r["user_id"] for r in records] == ["ann", "bob", "cid"]
-    assert records[1] == {"user_id": "bob", "raw": -3.5, "score": RULES.display(-3.5)}
+    assert records[1] == {"user_id": "bob", "raw": -3.5, "score": RULES.display(-3.5), "rules_version": RULES.version}
     assert read_scores(path) == raw
 
     same = compare(read_scores(path), raw)

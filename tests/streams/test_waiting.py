@@ -29,20 +29,20 @@ def test_a_newer_update_replaces_the_waiting_one_and_frees_its_record():
     assert pending.waiting == 1
     assert pending.held_from(0) == 11, "record 10 has nothing waiting any more"
     applied, taken = _collect(pending)
-    # the newest value and version, the oldest origin (as a batch's coalescing keeps it)
-    assert applied == [(0, ESTIMATE, "a", "b", 2.0, 2, 100, 11)]
+    # the newest value, version and time
+    assert applied == [(0, ESTIMATE, "a", "b", 2.0, 2, 200, 11)]
     assert pending.held_from(0) == 11, "held until the batch that applied it is delivered"
     pending.release(taken)
     assert pending.held_from(0) is None
     assert not pending
 
 
-def test_a_re_sent_estimate_of_unknown_origin_keeps_the_known_one():
+def test_a_newer_estimate_keeps_its_own_time_the_time_its_value_is_valid_at():
     pending = WaitingUpdates()
     pending.add(0, 10, [(ESTIMATE, "a", "b", 1.0, 1, 100)])
-    pending.add(0, 11, [(ESTIMATE, "a", "b", 2.0, 2, UNKNOWN_ORIGIN)])
+    pending.add(0, 11, [(ESTIMATE, "a", "b", 2.0, 2, 150)])
     applied, _ = _collect(pending)
-    assert applied == [(0, ESTIMATE, "a", "b", 2.0, 2, 100, 11)]
+    assert applied == [(0, ESTIMATE, "a", "b", 2.0, 2, 150, 11)]
 
 
 def test_a_newer_link_keeps_its_own_time_the_time_of_the_event_that_set_the_weight():
