@@ -259,6 +259,78 @@ def compacted_bytes(path: Path) -> int:
         return _data_bytes(copy)
 
 
+def held_event_bytes(data_dir: Path) -> tuple[int, int]:
+    """(purchases and posts held by the user states, the bytes they take encoded): the state cost of keeping them."""
+    from streams import state_codec
+    from streams.runtime.store import RESERVED_PREFIX
+
+    events = size = 0
+    for path in sorted(Path(data_dir).glob("v*/tables/users-*.db")):
+        for key, value in closed_partition_entries(path):
+            if key.startswith(RESERVED_PREFIX):
+                continue
+            state = state_codec.decode_user(value)
+            raw = state.extra
+            if raw:
+                size += len(raw)
+                events += len(state_codec.extra_of(state).held)
+    return events, size
+
+
+RESCORE_RULES = """
+# The bench's rules change: other weights and alpha, a half-life and a maximum age (every user rescored).
+[network]
+alpha = 0.35
+epsilon = 0.01
+[time]
+half_life_days = 180
+max_age_days = 2555
+[purchase.weights]
+groceries = 0.12
+utilities = 0.1
+education = 0.08
+books = 0.06
+healthcare = 0.05
+travel = 0.02
+electronics = 0.01
+gambling = -0.25
+payday_loan = -0.3
+[post.labels]
+helpful = 2.5
+informative = 1.0
+kind = 0.5
+spam = -5.0
+misinformation = -9.0
+abusive = -10.0
+"""
+
+
+def _rescore(worker: "ScorerUnderTest", settings: Settings, workdir: Path) -> dict:
+    """A rules change on the whole population: seconds to quiescence and the Kafka messages it took."""
+    from streams.rules import load_rules
+    from streams.runtime import rules_topic
+
+    path = workdir / "rescore.toml"
+    path.write_text(RESCORE_RULES)
+    rules = load_rules(path)
+    before = worker.samples()
+    started = time.monotonic()
+    asyncio.run(rules_topic.publish(settings, rules, source="bench"))
+    asyncio.run(wait_until_quiescent(settings, timeout=3600, progress=None))
+    seconds = time.monotonic() - started
+    after = worker.samples()
+
+    def delta(name: str) -> float:
+        return processes.sum_samples(after, name) - processes.sum_samples(before, name)
+
+    return {
+        "rescore_to_quiescence_s": seconds,
+        "rescore_users": delta("standing_users_rescored_total"),
+        "rescore_kafka_messages": delta("standing_friend_update_messages_sent_total") + delta("standing_scores_published_total"),
+        "rescore_friend_updates": delta("standing_friend_updates_sent_total"),
+    }
+
+
 def state_sizes(data_dir: Path) -> dict[str, tuple[int, int, int, int]]:
     """Per table: (keys, bytes of encoded keys + values, bytes of RocksDB data files, the same compacted).
 
@@ -466,6 +538,7 @@ def run_bench(
     baselines: bool = True,
     latency_seconds: float = 30.0,
     celebrity_friends: int | None = None,
+    peer_users: int = 0,
 ) -> dict:
     config = PopulationConfig(users=users, events=events, seed=seed)
     celebrity_friends = users if celebrity_friends is None else celebrity_friends
@@ -508,10 +581,16 @@ def run_bench(
             figures["state_compacted_bytes_per_user"] = user_compacted / max(1, users_held)
             figures["state_compacted_bytes_per_pair"] = pair_compacted / max(1, pairs_held)
             figures["worker_peak_rss_bytes"] = peak_rss
+            held_events, held_bytes = held_event_bytes(worker.settings.data_dir)
+            figures["held_events"] = held_events
+            figures["state_encoded_bytes_per_held_event"] = held_bytes / max(1, held_events)
 
             _say("recovery: the same worker identity on an empty data directory, until ready")
             started = worker.start(workdir / "worker-2", "worker-2")
             figures["recovery_to_ready_s"] = _wait_ready(worker, started)
+
+            _say("rescore: a rules change (weights, alpha, a half-life, a maximum age) rescores every user")
+            figures.update(_rescore(worker, settings, workdir))
 
             rate = max(10.0, figures["scorer_events_per_s"] / 2)
             _say(f"latency: {latency_seconds:.0f} s at {rate:.0f} events/s (half the measured maximum)")
@@ -533,6 +612,8 @@ def run_bench(
                 figures["quixstreams_events_per_s"] = total / quix_s if quix_s else None
                 for name, key in (("quixstreams", "quixstreams_events_per_s"), ("plain_faust", "plain_faust_events_per_s"), ("aiokafka", "raw_aiokafka_events_per_s")):
                     figures[f"ratio_scorer_over_{name}"] = figures["scorer_events_per_s"] / figures[key] if figures.get(key) else None
+            if peer_users:
+                figures.update(_same_model_peers(PopulationConfig(users=peer_users, events=10 * peer_users, seed=seed), partitions, workdir))
         finally:
             if worker is not None:
                 worker.stop()
@@ -552,6 +633,52 @@ def run_bench(
     lines = history.read_text().splitlines() if history.exists() else []
     history.write_text("\n".join((lines + [json.dumps(result)])[-50:]) + "\n")  # a short history
     return result
+
+
+def _same_model_peers(config: PopulationConfig, partitions: int, workdir: Path) -> dict:
+    """The same model in quixstreams and in Pathway (standing/peers), and the scorer, on one smaller scenario.
+
+    Each checked against `standing reference` before its rate counts. A
+    scenario of its own: the incremental peers do ~100 events/s, a million
+    events would take them hours. Same broker kind, same machine, same events.
+    """
+    try:
+        from standing.peers.run import reference_scores, run_peers
+    except ImportError as error:  # the bench extra is not installed
+        _say(f"same-model peers skipped: {error}")
+        return {}
+    from streams.rules import load_rules
+
+    rules = load_rules()
+    figures: dict = {"peers_users": config.users}
+    broker = EmbeddedBroker(port=processes.free_port(), data_dir=workdir / "peers-broker").start()
+    try:
+        settings = replace(
+            Settings(), broker=broker.address, app_id="bench-peers", data_dir=workdir / "peers-worker", partitions=partitions,
+            web_port=processes.free_port(), metrics_port=processes.free_port(), worker_id="bench-peers",
+        )  # fmt: skip
+        asyncio.run(ensure_topics(settings))
+        total = asyncio.run(_preproduce(settings, config))
+        figures["peers_events"] = total
+        _say(f"same-model peers: {config.users} users, {total} events: the scorer first")
+        worker = ScorerUnderTest(settings, workdir)
+        started = worker.start(workdir / "peers-worker", "peers-worker")
+        peak = asyncio.run(_quiescent_sampling_rss(worker))
+        scorer_rate = total / (time.monotonic() - started)
+        worker.stop()
+        figures["peers_scorer_events_per_s"] = scorer_rate
+        figures["peers_scorer_peak_rss_bytes"] = peak
+        expected = reference_scores(generate_events(config), rules)
+        results = run_peers(broker.address, partitions, total, rules, reference=expected, workdir=workdir, progress=_say)
+        for key, result in zip(("quixstreams_model", "pathway", "pathway_bounded"), results):
+            figures[f"peer_{key}_events_per_s"] = result.events_per_s
+            figures[f"peer_{key}_peak_rss_bytes"] = result.peak_rss_bytes
+            figures[f"peer_{key}_exact"] = result.exact
+            figures[f"ratio_scorer_over_{key}"] = scorer_rate / result.events_per_s if result.events_per_s else None
+            figures[f"ratio_peak_rss_{key}_over_scorer"] = result.peak_rss_bytes / peak if result.peak_rss_bytes and peak else None
+    finally:
+        broker.stop()
+    return figures
 
 
 def _commit() -> str | None:
@@ -582,6 +709,10 @@ def _targets(figures: dict) -> dict:
         else None
     )
     return {
+        "scorer >= 3x quixstreams, same model": check(figures.get("ratio_scorer_over_quixstreams_model"), 3.0, True),
+        "scorer >= 3x Pathway incremental, same model": check(figures.get("ratio_scorer_over_pathway_bounded"), 3.0, True),
+        "scorer >= 1.0x Pathway batch solve": check(figures.get("ratio_scorer_over_pathway"), 1.0, True),
+        "... with <= 1/4 of its memory": check(figures.get("ratio_peak_rss_pathway_over_scorer"), 4.0, True),
         "scorer >= 1.0x quixstreams": check(figures.get("ratio_scorer_over_quixstreams"), 1.0, True),
         "scorer >= 15x plain Faust": check(figures.get("ratio_scorer_over_plain_faust"), 15.0, True),
         "p99 <= 100 ms at half load": check(figures.get("latency_p99_s"), 0.1, False),

@@ -293,6 +293,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
     run_bench(
         users=args.users, events=args.events, seed=args.seed, partitions=args.partitions, baselines=not args.no_baselines,
         latency_seconds=args.latency_seconds, celebrity_friends=args.celebrity_friends,
+        peer_users=0 if args.no_peers else args.peer_users,
     )  # fmt: skip
     return 0
 
@@ -413,6 +414,8 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_argument("--seed", type=int, default=1)
     sub.add_argument("--partitions", type=int, default=8)
     sub.add_argument("--no-baselines", action="store_true", help="measure the scorer only")
+    sub.add_argument("--peer-users", type=int, default=3000, help="users of the same-model peers' scenario (10 events each; default 3000)")
+    sub.add_argument("--no-peers", action="store_true", help="leave out the same-model peers (quixstreams, Pathway)")
     sub.add_argument("--latency-seconds", type=float, default=30.0, help="length of the half-load latency phase")
     sub.add_argument("--celebrity-friends", type=int, help="friends of the celebrity (default: every user)")
     sub.add_argument("--soak", type=float, metavar="SECONDS", help="instead: a steady rate for SECONDS; memory and backlog over time")

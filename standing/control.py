@@ -82,8 +82,9 @@ def write_scores_jsonl(path: Path, scores: dict[str, dict], *, at: int = 0, half
         for user_id in sorted(scores):
             score = scores[user_id]
             version = score.get("rules_version", "")
-            raw = decayed(score["raw"], score.get("as_of", 0), at, half_life_days)
             rules = rules_by_version.get(version)
+            # Each record decays with the half-life of the rules that made it.
+            raw = decayed(score["raw"], score.get("as_of", 0), at, rules.half_life_days if rules is not None else half_life_days)
             shown = rules.display(raw) if rules is not None and raw != score["raw"] else score["score"]
             out.write(json.dumps({"user_id": user_id, "raw": raw, "score": shown, "rules_version": version}) + "\n")
     return len(scores)

@@ -789,8 +789,11 @@ def score_users(
         user_batch = user_batches.get(partition)
         if user_batch is None:
             clock = max(0, _marker(users.load_raw(partition, CLOCK_KEY)))
-            epoch, rules = _rules_at(users.load_raw(partition, RULES_KEY), context)
-            initial[partition] = (clock, epoch)
+            kept = users.load_raw(partition, RULES_KEY)
+            epoch, rules = _rules_at(kept, context)
+            # -1: nothing kept yet; the partition's first batch keeps the rules it scores with, so a
+            # worker started later under newer rules still knows these states were made under these.
+            initial[partition] = (clock, epoch if kept is not None else -1)
             partition_expiry = expiry.of(partition)
             if rules.max_age_days and not partition_expiry.built:
                 partition_expiry.build(users.items(partition), rules.max_age_ms)

@@ -17,6 +17,7 @@ no broker, in milliseconds.
 
 from __future__ import annotations
 
+import dataclasses
 import random
 from collections import Counter
 from dataclasses import dataclass, field
@@ -154,6 +155,7 @@ class LocalPipeline:
     def publish_rules(self, rules: Rules) -> int:
         """What `standing rules publish` does: a rules change reaches every user partition, in order; returns its epoch."""
         self.epoch += 1
+        self._in_force = rules
         value = codec.encode("rescore", {"epoch": self.epoch, "version": rules.version, "rules": rules.text})
         for partition in range(self.partitions):
             self.produce(topics.FRIEND_UPDATES, None, value, partition)
@@ -235,6 +237,8 @@ class LocalPipeline:
         resume = {slot: self.committable(slot) for slot in self.position}
         self.waiting.clear()
         self.expiry.clear()
+        if self.epoch:  # the worker comes back with the rules in force (and their epoch), as a real one does
+            self.context = dataclasses.replace(self.context, rules=self._in_force, epoch=self.epoch)
         self._again.clear()
         self.position.update(resume)
         self.committed.update(resume)  # what the group holds: the next owner starts there

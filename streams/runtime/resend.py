@@ -67,7 +67,7 @@ async def resend_uncommitted(scorer: "Scorer") -> int:
                     continue
                 outgoing.append(users.put(partition, user, state))
                 estimates = [
-                    EstimateOut(friend, user, state.published, state.version, state.updated_ts)
+                    EstimateOut(friend, user, state.published, state.version, state.as_of)  # valid at its as_of
                     for friend in state.current_friends()
                 ]
                 sends(core.friend_update_sends(context, estimates, ()))
