@@ -8,7 +8,7 @@ COPY standing ./standing
 COPY streams ./streams
 COPY topology ./topology
 COPY schemas ./schemas
-RUN pip wheel --no-cache-dir --wheel-dir /wheels .
+RUN pip wheel --no-cache-dir --wheel-dir /wheels '.[registry]'
 
 FROM python:3.11-slim
 COPY --from=build /wheels /wheels

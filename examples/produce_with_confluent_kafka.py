@@ -10,10 +10,15 @@ record that lands on a partition other than its key's):
 * ``--registry URL``: confluent-kafka's own ``AvroSerializer``, asking a
   Schema Registry for each topic's schema: a worker's web port
   (``http://127.0.0.1:6066``) answers as one, read-only, so
-  ``auto.register.schemas`` is off and ``use.latest.version`` on.
+  ``auto.register.schemas`` is off and ``use.latest.version`` on;
+* ``--registry URL --schemas DIR``: a real Schema Registry (workers started
+  with ``STANDING_SCHEMA_REGISTRY_URL``): ``AvroSerializer`` with its
+  defaults, registering the schemas of ``DIR`` (or a compatible version of
+  your own) and writing the ids the registry gives out.
 
     python examples/produce_with_confluent_kafka.py events.jsonl --broker 127.0.0.1:9092 --schemas schemas
     python examples/produce_with_confluent_kafka.py events.jsonl --broker 127.0.0.1:9092 --registry http://127.0.0.1:6066
+    python examples/produce_with_confluent_kafka.py events.jsonl --broker kafka:9092 --registry http://registry:8081 --schemas schemas
 
 Needs only confluent-kafka and fastavro (``pip install confluent-kafka fastavro``).
 """
@@ -91,6 +96,32 @@ class RegistrySerializers:
         return self._serializers[event["type"]](fields_of(event), self._context(topic))
 
 
+class RegisteringSerializers:
+    """confluent-kafka's AvroSerializer with its defaults (``auto.register.schemas`` on), one schema per event type."""
+
+    def __init__(self, url: str, schemas: dict[str, str]) -> None:
+        from confluent_kafka.schema_registry import SchemaRegistryClient
+        from confluent_kafka.schema_registry.avro import AvroSerializer
+        from confluent_kafka.serialization import MessageField, SerializationContext
+
+        client = SchemaRegistryClient({"url": url})
+        self._context = lambda topic: SerializationContext(topic, MessageField.VALUE)
+        self._serializers = {kind: AvroSerializer(client, schemas[kind]) for kind in TOPICS}
+
+    @classmethod
+    def from_directory(cls, url: str, schemas: Path) -> "RegisteringSerializers":
+        """With the newest schema of each event type in Standing's ``schemas/`` directory."""
+        registry = json.loads((schemas / "registry.json").read_text())
+        newest = {}
+        for entry in sorted(registry["schemas"], key=lambda entry: entry["id"]):
+            if entry["name"] in TOPICS:
+                newest[entry["name"]] = (schemas / entry["file"]).read_text()
+        return cls(url, newest)
+
+    def __call__(self, event: dict) -> bytes:
+        return self._serializers[event["type"]](fields_of(event), self._context(TOPICS[event["type"]]))
+
+
 def produce(path: Path, broker: str, encode) -> int:
     producer = Producer({"bootstrap.servers": broker})
     failures: list[str] = []
@@ -118,11 +149,15 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("file", type=Path, help="JSON Lines, one event per line (the format of `standing produce`)")
     parser.add_argument("--broker", default="127.0.0.1:9092")
-    how = parser.add_mutually_exclusive_group(required=True)
-    how.add_argument("--schemas", type=Path, help="Standing's schemas/ directory (registry.json and the .avsc files)")
-    how.add_argument("--registry", help="a Schema Registry URL, e.g. a worker's http://127.0.0.1:6066")
+    parser.add_argument("--schemas", type=Path, help="Standing's schemas/ directory (registry.json and the .avsc files)")
+    parser.add_argument("--registry", help="a Schema Registry URL: a worker's http://127.0.0.1:6066, or a real registry with --schemas")
     args = parser.parse_args(argv)
-    encode = WireFormat(args.schemas) if args.schemas else RegistrySerializers(args.registry)
+    if not (args.schemas or args.registry):
+        parser.error("give --schemas, --registry, or both (a real registry)")
+    if args.schemas and args.registry:
+        encode = RegisteringSerializers.from_directory(args.registry, args.schemas)
+    else:
+        encode = WireFormat(args.schemas) if args.schemas else RegistrySerializers(args.registry)
     count = produce(args.file, args.broker, encode)
     print(f"produced {count} events", file=sys.stderr)
     return 0

@@ -16,6 +16,7 @@ import struct
 from pathlib import Path
 
 from fastavro import parse_schema, schemaless_reader, schemaless_writer
+from fastavro.schema import to_parsing_canonical_form
 
 SCHEMA_DIR = Path(__file__).parent
 MAGIC = 0
@@ -95,6 +96,63 @@ def schema_id(name: str) -> int:
     return _NEWEST_ID[name]
 
 
+#: Ids a Schema Registry gave out (streams/runtime/schema_registry.py): id -> (name, parsed schema).
+#: Kept apart from registry.json's ids: the same number can mean one schema
+#: there and another here, and the topic a record came from decides.
+_FROM_REGISTRY: dict[int, tuple[str, dict]] = {}
+#: Asked for an id neither knows: ``resolve(id) -> (name, schema as written) | None``.
+_RESOLVER = None
+
+
+def set_resolver(resolve) -> None:
+    """Decode ids nobody listed yet with ``resolve(id) -> (name, schema) | None`` (None: unknown); None turns it off."""
+    global _RESOLVER
+    _RESOLVER = resolve
+
+
+def use_id(name: str, id_: int, schema: dict, *, write: bool) -> None:
+    """Read ``id_`` as ``name`` written with ``schema`` (a registry's id); with ``write``, write ``name`` with it.
+
+    Only ids of ``name``'s newest schema may be written with: that is the body ``encode`` writes.
+    """
+    if write and to_parsing_canonical_form(schema) != to_parsing_canonical_form(_RAW[name]):
+        raise ValueError(f"schema id {id_} is not the newest {name!r} schema, which is what Standing writes")
+    _FROM_REGISTRY[id_] = (name, parse_schema(_without_logical_types(copy.deepcopy(schema)), named_schemas={}))
+    if write:
+        _HEADERS[name] = _HEADER.pack(MAGIC, id_)
+
+
+def forget_registry() -> None:
+    """Back to registry.json's ids only (tests; a worker that stops using a registry)."""
+    _FROM_REGISTRY.clear()
+    set_resolver(None)
+    for name, id_ in _NEWEST_ID.items():
+        _HEADERS[name] = _HEADER.pack(MAGIC, id_)
+
+
+def _lookup(id_: int, expected) -> tuple[str, dict] | None:
+    """The schema ``id_`` names: the registry's when it is of the ``expected`` name, else registry.json's,
+    else the registry is asked (a producer may have registered its own version)."""
+
+    def fits(known) -> bool:
+        return known is not None and (
+            expected is None or known[0] == expected or (not isinstance(expected, str) and known[0] in expected)
+        )
+
+    local, remote = _BY_ID.get(id_), _FROM_REGISTRY.get(id_)
+    if fits(remote):
+        return remote
+    if fits(local):
+        return local
+    if remote is None and _RESOLVER is not None:
+        found = _RESOLVER(id_)
+        if found is not None:
+            name, schema = found
+            parsed = parse_schema(_without_logical_types(copy.deepcopy(schema)), named_schemas={})
+            remote = _FROM_REGISTRY[id_] = (name, parsed)
+    return remote if fits(remote) else (local or remote)
+
+
 def unregister(name: str) -> None:
     """Remove a schema added with ``register`` (every id of ``name`` that registry.json does not list)."""
     global SCHEMA_NAMES
@@ -157,9 +215,10 @@ def decode_with_id(data: bytes, expected: str | tuple[str, ...] | None = None) -
     magic, id_ = _HEADER.unpack_from(data)
     if magic != MAGIC:
         raise DecodeError("not_decodable", f"first byte is {magic}, not the magic byte 0 of the Confluent wire format")
-    known = _BY_ID.get(id_)
+    known = _BY_ID.get(id_) if not _FROM_REGISTRY and _RESOLVER is None else _lookup(id_, expected)
     if known is None:
-        raise DecodeError("unknown_schema_id", f"schema id {id_} is not in schemas/registry.json")
+        where = "schemas/registry.json or the Schema Registry" if _RESOLVER is not None else "schemas/registry.json"
+        raise DecodeError("unknown_schema_id", f"schema id {id_} is not in {where}")
     name, writer = known
     if expected is not None and name != expected and (isinstance(expected, str) or name not in expected):
         raise DecodeError("wrong_schema", f"a {name!r} record (schema id {id_}) where {expected!r} was expected")

@@ -118,20 +118,23 @@ def cmd_rules_show(args: argparse.Namespace) -> int:
 
 
 def cmd_topics(args: argparse.Namespace) -> int:
-    from streams.runtime.admin import TopologyError, ensure_topics, wait_for_broker
+    from streams.runtime.admin import TopologyError, ensure_schemas, ensure_topics, wait_for_broker
 
     settings = _settings(args)
 
-    async def run() -> list[str]:
+    async def run() -> tuple[list[str], dict[str, int]]:
         await wait_for_broker(settings, timeout=args.timeout)
-        return await ensure_topics(settings)
+        created = await ensure_topics(settings, schemas=False)
+        return created, (await ensure_schemas(settings) if settings.schema_registry_url else {})
 
     try:
-        created = asyncio.run(run())
+        created, registered = asyncio.run(run())
     except TopologyError as error:
         print(f"standing topics: {error}", file=sys.stderr)
         return 2
     print("created: " + ", ".join(created) if created else "all topics already exist")
+    if registered:
+        print(f"schemas in {settings.schema_registry_url}: " + ", ".join(f"{s} (id {i})" for s, i in registered.items()))
     return 0
 
 

@@ -111,7 +111,10 @@ def start_worker_process(settings: Settings, *, log_path: Path, rules_path: Path
         "STANDING_WAITING_UPDATES_LIMIT": str(settings.waiting_updates_limit),
         "STANDING_ROCKSDB_COMPRESSION": settings.rocksdb_compression,
         "STANDING_ROCKSDB_LEVEL0_COMPACTION_TRIGGER": str(settings.rocksdb_level0_compaction_trigger),
+        "STANDING_SCHEMA_REGISTRY_URL": settings.schema_registry_url,
     }
+    if settings.schema_registry_user_info:
+        env["STANDING_SCHEMA_REGISTRY_USER_INFO"] = settings.schema_registry_user_info
     log_path.parent.mkdir(parents=True, exist_ok=True)
     log = log_path.open("ab")
     return subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=env, preexec_fn=_die_with_parent)

@@ -16,7 +16,7 @@ MASK = "***"
 
 def install_secret_redaction(settings: Settings) -> None:
     secrets: list[str] = []
-    for secret in (settings.sasl_password,):
+    for secret in (settings.sasl_password, settings.schema_registry_user_info.partition(":")[2]):
         if secret:
             # as text, and as it appears inside a logged bytes object's repr
             secrets += sorted({secret, repr(secret.encode())[2:-1], repr(secret)[1:-1]}, key=len, reverse=True)

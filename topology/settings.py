@@ -157,6 +157,13 @@ class Settings:
     #: ... and at least this many of the most recent ids per subject, whatever their age.
     dedup_min_ids: int = 64
     #: Kafka security (see README, "Security"); empty means PLAINTEXT.
+    #: A Confluent Schema Registry (``http://registry:8081``): schemas are
+    #: registered there and the ids it gives out are read and written
+    #: (streams/runtime/schema_registry.py). Empty: the ids of
+    #: schemas/registry.json, served read-only by every worker.
+    schema_registry_url: str = ""
+    #: ``user:password`` for the registry's basic authentication.
+    schema_registry_user_info: str = field(default="", repr=False)
     security_protocol: str = "PLAINTEXT"
     sasl_mechanism: str = ""
     sasl_username: str = ""
@@ -197,6 +204,8 @@ class Settings:
             web_host=env.get("STANDING_WEB_HOST") or base.web_host,
             web_port=_env_int("STANDING_WEB_PORT", base.web_port),
             metrics_port=_env_int("STANDING_METRICS_PORT", base.metrics_port),
+            schema_registry_url=(env.get("STANDING_SCHEMA_REGISTRY_URL") or "").rstrip("/"),
+            schema_registry_user_info=env.get("STANDING_SCHEMA_REGISTRY_USER_INFO") or "",
             security_protocol=env.get("STANDING_SECURITY_PROTOCOL") or base.security_protocol,
             sasl_mechanism=env.get("STANDING_SASL_MECHANISM") or "",
             sasl_username=env.get("STANDING_SASL_USERNAME") or "",

@@ -40,3 +40,7 @@ def install(settings: Settings) -> None:
         patch.apply()
     embedded_broker.pace_empty_fetches(settings.empty_fetch_pause_ms if workarounds else 0)
     _installed["workarounds"] = workarounds
+    if settings.schema_registry_url:
+        from streams.runtime import schema_registry
+
+        schema_registry.install_resolver(settings)  # lazily: no request until an unknown id is read

@@ -51,13 +51,31 @@ def all_topics(settings: Settings, catalog: Catalog = CATALOG) -> list[TopicSpec
     return declared_topics(settings, catalog.topics())
 
 
-async def ensure_topics(settings: Settings, specs: list[TopicSpec] | None = None) -> list[str]:
+async def ensure_topics(settings: Settings, specs: list[TopicSpec] | None = None, *, schemas: bool = True) -> list[str]:
     """Create the declared topics that are missing, all of them at once; returns the names created.
 
     An existing topic with another partition count is an error, not something
     to paper over: co-partitioned topics must agree or keys land on the wrong
-    worker.
+    worker. With a Schema Registry (and ``schemas``), the schemas are
+    registered there too and written with its ids (``schema_registry.ensure``).
     """
+    created = await _ensure_topics(settings, specs)
+    if schemas and settings.schema_registry_url:
+        await ensure_schemas(settings)
+    return created
+
+
+async def ensure_schemas(settings: Settings) -> dict[str, int]:
+    """Register Standing's schemas in the configured Schema Registry: subject -> id written."""
+    from streams.runtime import schema_registry
+
+    try:
+        return await asyncio.to_thread(schema_registry.ensure, settings)
+    except schema_registry.RegistryError as error:
+        raise TopologyError(str(error)) from None
+
+
+async def _ensure_topics(settings: Settings, specs: list[TopicSpec] | None) -> list[str]:
     specs = specs if specs is not None else all_topics(settings)
     admin = AIOKafkaAdminClient(bootstrap_servers=settings.bootstrap_servers, **settings.kafka_client_options())
     try:

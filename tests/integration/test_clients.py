@@ -5,6 +5,9 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
+import subprocess
+import sys
 import urllib.error
 import urllib.request
 from pathlib import Path
@@ -128,3 +131,72 @@ def test_the_api_refuses_ids_no_event_could_carry_without_echoing_them(fresh_set
         assert code == 400, (bad, code, body)
         assert "user_id" not in body and bad not in json.dumps(body)
     assert status("nobody-yet") == (404, {"error": "unknown user", "user_id": "nobody-yet", "detail": "no accepted event names this user"})
+
+
+def test_with_a_schema_registry_any_id_it_gave_out_is_scored_and_scores_are_read_through_it(fresh_broker, tmp_path):
+    """A real registry's ids (tests/registry_double.py serves its API; confluent-kafka's classes are the
+    clients): `standing topics` registers Standing's schemas; a producer's AvroSerializer with its defaults
+    registers its own compatible purchase schema (a field more) and writes that id; the scores are read with
+    AvroDeserializer, as any consumer in a registry shop does."""
+    from dataclasses import replace
+
+    from confluent_kafka import Consumer
+    from confluent_kafka.schema_registry.avro import AvroDeserializer
+    from confluent_kafka.serialization import MessageField, SerializationContext
+
+    from examples.produce_with_confluent_kafka import RegisteringSerializers
+    from tests.conftest import _settings_for
+    from tests.registry_double import SchemaRegistryDouble
+
+    with SchemaRegistryDouble() as registry:
+        settings = replace(_settings_for(fresh_broker, tmp_path), schema_registry_url=registry.url)
+        done = subprocess.run(
+            [sys.executable, "-m", "standing", "topics", "--broker", settings.broker, "--partitions", str(settings.partitions),
+             "--app-id", settings.app_id],
+            env={**os.environ, "STANDING_SCHEMA_REGISTRY_URL": registry.url}, capture_output=True, text=True, timeout=120,
+        )  # fmt: skip
+        assert done.returncode == 0 and "schemas in " + registry.url in done.stdout, done.stderr
+        assert {"purchases-value", "scores-value", "dead-letters-value"} <= set(registry.subjects)
+        log_path = tmp_path / "worker.log"
+        process = processes.start_worker_process(settings, log_path=log_path)
+        try:
+            processes.wait_for_metrics(settings.metrics_port, process, log_path=log_path)
+            events = _events(tmp_path)
+            serializers = RegisteringSerializers.from_directory(registry.url, SCHEMAS)
+            theirs = json.loads((SCHEMAS / "purchase.avsc").read_text())
+            theirs["fields"].append({"name": "loyalty_card", "type": ["null", "string"], "default": None})
+            mine = RegisteringSerializers(registry.url, {**_newest_texts(), "purchase": json.dumps(theirs)})
+            produced = produce(events, settings.broker, lambda event: (mine if event["type"] == "purchase" else serializers)(
+                {**event, "loyalty_card": "C-1"} if event["type"] == "purchase" else event))
+            assert len(registry.subjects["purchases-value"]) == 2  # theirs is a version of its own
+            asyncio.run(wait_until_quiescent(settings, timeout=300, progress=None))
+            samples = processes.scrape_metrics(settings.metrics_port)
+            assert processes.sum_samples(samples, "standing_events_accepted_total") == produced
+            assert processes.sum_samples(samples, "standing_events_rejected_total") == 0
+        finally:
+            processes.stop_process(process)
+        deserializer = AvroDeserializer(SchemaRegistryClient({"url": registry.url}))
+        consumer = Consumer({"bootstrap.servers": settings.broker, "group.id": "reader", "auto.offset.reset": "earliest"})
+        consumer.subscribe(["scores"])
+        latest: dict[str, dict] = {}
+        idle = 0
+        while idle < 10:
+            message = consumer.poll(0.5)
+            if message is None or message.error():
+                idle += 1
+                continue
+            idle = 0
+            score = deserializer(message.value(), SerializationContext("scores", MessageField.VALUE))
+            if score["version"] > latest.get(score["user_id"], {"version": -1})["version"]:
+                latest[score["user_id"]] = score
+        consumer.close()
+    result = compare({user: score["raw"] for user, score in latest.items()}, reference_file(events, RULES).raw)
+    assert result.within(RULES.error_bound), result
+
+
+def _newest_texts() -> dict[str, str]:
+    registry = json.loads((SCHEMAS / "registry.json").read_text())
+    newest = {}
+    for entry in sorted(registry["schemas"], key=lambda entry: entry["id"]):
+        newest[entry["name"]] = (SCHEMAS / entry["file"]).read_text()
+    return {name: newest[name] for name in ("purchase", "post", "friendship")}
