@@ -30,6 +30,7 @@ from typing import Any
 from fastavro.schema import to_parsing_canonical_form
 
 from schemas import codec
+from streams.runtime import schema_registry
 from streams.events import CATALOG, Catalog
 from topology import topics
 from topology.topics import changelog_topic
@@ -43,9 +44,7 @@ INVALID_SCHEMA, INVALID_VERSION, READ_ONLY = 42201, 42202, 42205
 
 def subjects(catalog: Catalog = CATALOG, app_id: str = "standing") -> dict[str, str]:
     """Subject (TopicNameStrategy: ``<topic>-value``) -> schema name, for every topic Standing writes or reads."""
-    named = {f"{t.topic}-value": t.name for t in catalog.types}
-    named[f"{topics.SCORES}-value"] = "score"
-    named[f"{topics.DEAD_LETTERS}-value"] = "dead_letter"
+    named = schema_registry.subjects(catalog)  # the topics outsiders use
     named[f"{topics.FRIEND_UPDATES}-value"] = "friend_update_batch"
     named[f"{changelog_topic(app_id, topics.USERS_TABLE)}-value"] = "user_state"
     named[f"{changelog_topic(app_id, topics.PAIRS_TABLE)}-value"] = "pair_state"
