@@ -6,10 +6,12 @@ Results go to ops/bench/results/latest.json and a line of history.jsonl.
 
 Phases, one broker, one run: pre-produce the population's events; the scorer
 from start to quiescence (events/s, amplification, state size, peak RSS);
-recovery of a worker with the same identity on an empty data directory; the
-event-to-score latency at half the measured rate (from the worker's histogram,
-interpolated like Prometheus' histogram_quantile); a celebrity whose change
-reaches all their friends. Then the baselines on the same events from offset 0:
+recovery of a worker with the same identity on an empty data directory; a
+rules change that rescores everyone; live rates (events stamped now), doubled
+until p99 event-to-own-score passes 100 ms, and the latency at half the highest
+rate that held (from the worker's histogram, interpolated like Prometheus'
+histogram_quantile); a celebrity whose change reaches all their friends (first
+hop and quiescence apart, ordinary users' p99 meanwhile). Then the baselines on the same events from offset 0:
 * plain Faust: one agent, a RocksDB Table with a per-key running sum, one
   output record per input record (the usual way to write it);
 * quixstreams with RocksDB state (a bench-only extra: `pip install quixstreams`);
@@ -460,6 +462,7 @@ async def _offer(settings: Settings, config: PopulationConfig, rate: float, seco
 
 
 def _latency_at(worker: ScorerUnderTest, config: PopulationConfig, rate: float, seconds: float) -> dict:
+    """Event-to-own-score latency at an offered live rate (events stamped now), from the worker's histogram."""
     before = histogram_buckets(worker.samples(), "standing_event_to_score_seconds")
     offered = asyncio.run(_offer(worker.settings, config, rate, seconds))
     asyncio.run(wait_until_quiescent(worker.settings, timeout=600, progress=None))
@@ -473,29 +476,128 @@ def _latency_at(worker: ScorerUnderTest, config: PopulationConfig, rate: float, 
     }
 
 
+LIVE_P99_LIMIT_S = 0.1
+
+
+def _live_rates(
+    worker: ScorerUnderTest, config: PopulationConfig, seconds: float, start: float = 250.0, floor: float = 50.0, ceiling: float = 64_000.0
+) -> tuple[float | None, list[dict]]:
+    """The highest offered live rate whose p99 event-to-own-score stays <= 100 ms.
+
+    From ``start``: doubles while p99 holds (stopping where the producer
+    cannot offer the rate: then the producer is the limit), halves down to
+    ``floor`` while it does not, then tries once between the last rate that
+    held and the first that did not. Returns (that rate, or None if none down
+    to ``floor`` held; every step measured).
+    """
+    steps: list[dict] = []
+
+    def measure(rate: float) -> tuple[bool, bool]:
+        step = _latency_at(worker, config, rate, seconds)
+        step["latency_target_events_per_s"] = rate
+        steps.append(step)
+        p99 = step["latency_p99_s"]
+        return p99 is not None and p99 <= LIVE_P99_LIMIT_S, step["latency_offered_events_per_s"] >= 0.9 * rate
+
+    held = failed = None
+    rate = start
+    ok, offered = measure(rate)
+    if ok:
+        while ok and offered and rate * 2 <= ceiling:
+            held = steps[-1]["latency_offered_events_per_s"]
+            rate *= 2
+            ok, offered = measure(rate)
+        if ok:  # the producer (or the ceiling), not the worker, stopped the search
+            return max(held or 0.0, steps[-1]["latency_offered_events_per_s"]), steps
+        failed = rate
+    else:
+        failed = rate
+        while not ok and rate / 2 >= floor:
+            rate /= 2
+            ok, _ = measure(rate)
+            if ok:
+                held = steps[-1]["latency_offered_events_per_s"]
+            else:
+                failed = rate
+        if held is None:
+            return None, steps
+    middle = (held + failed) / 2
+    ok, _ = measure(middle)
+    if ok:
+        held = max(held, steps[-1]["latency_offered_events_per_s"])
+    return held, steps
+
+
 async def _produce_events(settings: Settings, events: list) -> None:
     async with EventProducer(settings, create_topics=False) as producer:
         for event in events:
             await producer.send(event)
 
 
+async def _end_offsets(settings: Settings, topic: str) -> dict[int, int]:
+    """End offset of every partition of ``topic`` (one of Standing's, with ``settings.partitions``)."""
+    consumer = AIOKafkaConsumer(bootstrap_servers=settings.broker, enable_auto_commit=False)
+    await consumer.start()
+    try:
+        ends = await consumer.end_offsets([TopicPartition(topic, p) for p in range(settings.partitions)])
+        return {tp.partition: offset for tp, offset in ends.items()}
+    finally:
+        await consumer.stop()
+
+
+async def _first_score_times(settings: Settings, starts: dict[int, int], users: set[str]) -> dict[str, float]:
+    """For each of ``users``: the broker timestamp (s) of their first score record after ``starts``."""
+    consumer = AIOKafkaConsumer(bootstrap_servers=settings.broker, enable_auto_commit=False, max_partition_fetch_bytes=16 << 20)
+    await consumer.start()
+    try:
+        partitions = [TopicPartition(topics.SCORES, p) for p in starts]
+        consumer.assign(partitions)
+        ends = await consumer.end_offsets(partitions)
+        for tp in partitions:
+            consumer.seek(tp, starts[tp.partition])
+        first: dict[str, float] = {}
+        remaining = {tp for tp in partitions if ends[tp] > starts[tp.partition]}
+        while remaining:
+            batches = await consumer.getmany(*remaining, timeout_ms=1000)
+            for tp, records in batches.items():
+                for record in records:
+                    user = record.key.decode() if record.key else None
+                    if user in users and user not in first:
+                        first[user] = record.timestamp / 1000.0
+                if records and records[-1].offset + 1 >= ends[tp]:
+                    remaining.discard(tp)
+        return first
+    finally:
+        await consumer.stop()
+
+
 def _celebrity(worker: ScorerUnderTest, users: int, friends: int, seed: int) -> dict:
-    """One user befriends ``friends`` others; then one purchase of theirs moves every friend."""
+    """One user befriends ``friends`` others; then one purchase of theirs moves every friend.
+
+    First hop: from the purchase's send until the last direct friend's first
+    score record after it (broker timestamps, same machine); quiescence: until
+    nothing is left to process. Ordinary users' events at 50/s meanwhile give
+    their p99. Direct friends whose change was below the publish threshold
+    publish nothing and are counted apart.
+    """
     now = int(time.time() * 1000)
     celebrity = "celebrity"
+    fans = [f"u{i % users:06d}" if i < users else f"fan{i:07d}" for i in range(friends)]
     adds = [
         ev.from_dict({"type": "friendship", "event_id": f"celeb-add-{i}", "ts": now, "user_a": celebrity,
-                      "user_b": f"u{i % users:06d}" if i < users else f"fan{i:07d}", "action": "add"})
-        for i in range(friends)
+                      "user_b": fan, "action": "add"})
+        for i, fan in enumerate(fans)
     ]  # fmt: skip
     started = time.monotonic()
     asyncio.run(_produce_events(worker.settings, adds))
     asyncio.run(wait_until_quiescent(worker.settings, timeout=3600, progress=None))
     set_up = time.monotonic() - started
+    starts = asyncio.run(_end_offsets(worker.settings, topics.SCORES))
     before = histogram_buckets(worker.samples(), "standing_event_to_score_seconds")
     purchase = ev.from_dict({"type": "purchase", "event_id": "celeb-buy", "ts": int(time.time() * 1000),
                              "user_id": celebrity, "category": "groceries", "amount": 400.0})  # fmt: skip
     started = time.monotonic()
+    sent_at = time.time()
 
     async def ordinary_meanwhile() -> None:
         config = PopulationConfig(users=users, events=10**9, seed=seed + 2)
@@ -508,9 +610,13 @@ def _celebrity(worker: ScorerUnderTest, users: int, friends: int, seed: int) -> 
     asyncio.run(wait_until_quiescent(worker.settings, timeout=3600, progress=None))
     quiescent = time.monotonic() - started
     after = histogram_buckets(worker.samples(), "standing_event_to_score_seconds")
+    first = asyncio.run(_first_score_times(worker.settings, starts, set(fans)))
     return {
         "celebrity_friends": friends,
         "celebrity_befriending_s": set_up,
+        "celebrity_friends_republished": len(first),
+        "celebrity_first_hop_s": max(first.values()) - sent_at if first else None,
+        "celebrity_first_hop_p50_s": sorted(first.values())[len(first) // 2] - sent_at if first else None,
         "celebrity_change_to_quiescence_s": quiescent,
         "celebrity_meanwhile_p99_s": histogram_quantile(0.99, before, after),
     }
@@ -592,9 +698,24 @@ def run_bench(
             _say("rescore: a rules change (weights, alpha, a half-life, a maximum age) rescores every user")
             figures.update(_rescore(worker, settings, workdir))
 
-            rate = max(10.0, figures["scorer_events_per_s"] / 2)
-            _say(f"latency: {latency_seconds:.0f} s at {rate:.0f} events/s (half the measured maximum)")
-            figures.update(_latency_at(worker, replace(config, seed=seed + 1, events=10**9), rate, latency_seconds))
+            live = replace(config, seed=seed + 1, events=10**9)
+            step_seconds = min(10.0, latency_seconds)
+            _say(f"live rates: {step_seconds:.0f} s per rate, doubling until p99 event-to-own-score passes 100 ms")
+            highest, steps = _live_rates(worker, live, step_seconds)
+            for step in steps:
+                rate = round(step["latency_target_events_per_s"])
+                figures[f"live_{rate}_offered_events_per_s"] = step["latency_offered_events_per_s"]
+                figures[f"live_{rate}_p50_s"] = step["latency_p50_s"]
+                figures[f"live_{rate}_p99_s"] = step["latency_p99_s"]
+            figures["live_highest_rate_p99_within_100ms"] = highest
+            if highest:
+                rate = highest / 2
+                _say(f"latency: {latency_seconds:.0f} s at {rate:.0f} events/s (half the highest live rate)")
+            else:
+                rate = min(step["latency_target_events_per_s"] for step in steps)
+                _say(f"latency: {latency_seconds:.0f} s at {rate:.0f} events/s (no live rate kept p99 within 100 ms: the lowest tried)")
+            figures.update(_latency_at(worker, live, rate, latency_seconds))
+            figures["latency_offered_share_of_highest_live_rate"] = figures["latency_offered_events_per_s"] / highest if highest else None
 
             _say(f"celebrity: one user with {celebrity_friends} friends changes")
             figures.update(_celebrity(worker, users, celebrity_friends, seed))
@@ -693,7 +814,7 @@ def _commit() -> str | None:
 
 
 def _targets(figures: dict) -> dict:
-    """Each target of issue #6 against this run's figures: met, missed or not measured."""
+    """Each target (issues #6 and #17) against this run's figures: met, missed or not measured."""
 
     def check(value, limit, above: bool):
         if value is None:
@@ -715,10 +836,16 @@ def _targets(figures: dict) -> dict:
         "... with <= 1/4 of its memory": check(figures.get("ratio_peak_rss_pathway_over_scorer"), 4.0, True),
         "scorer >= 1.0x quixstreams": check(figures.get("ratio_scorer_over_quixstreams"), 1.0, True),
         "scorer >= 15x plain Faust": check(figures.get("ratio_scorer_over_plain_faust"), 15.0, True),
-        "p99 <= 100 ms at half load": check(figures.get("latency_p99_s"), 0.1, False),
+        "p99 <= 100 ms at half the highest live rate": (
+            check(figures.get("latency_p99_s"), 0.1, False)
+            if figures.get("live_highest_rate_p99_within_100ms") or "live_highest_rate_p99_within_100ms" not in figures
+            else "missed"  # no live rate kept p99 within 100 ms
+        ),
         "state <= 300 B/user + 40 B/friendship": check(state_bytes if figures.get("users_held") else None, bytes_budget, False),
         "... the same, compacted": check(compacted_state_bytes if figures.get("users_held") else None, bytes_budget, False),
-        "celebrity quiescence <= 1 s": check(figures.get("celebrity_change_to_quiescence_s"), 1.0, False),
+        "celebrity first hop <= 1 s": check(figures.get("celebrity_first_hop_s"), 1.0, False),
+        "celebrity quiescence <= 10 s": check(figures.get("celebrity_change_to_quiescence_s"), 10.0, False),
+        "ordinary p99 <= 250 ms meanwhile": check(figures.get("celebrity_meanwhile_p99_s"), 0.25, False),
         "recovery <= 30 s (scaled to 100k users)": check(
             figures["recovery_to_ready_s"] * 100_000 / max(1, figures.get("users_held", 1)) if figures.get("recovery_to_ready_s") else None, 30.0, False
         ),

@@ -419,7 +419,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_argument("--no-baselines", action="store_true", help="measure the scorer only")
     sub.add_argument("--peer-users", type=int, default=3000, help="users of the same-model peers' scenario (10 events each; default 3000)")
     sub.add_argument("--no-peers", action="store_true", help="leave out the same-model peers (quixstreams, Pathway)")
-    sub.add_argument("--latency-seconds", type=float, default=30.0, help="length of the half-load latency phase")
+    sub.add_argument("--latency-seconds", type=float, default=30.0, help="length of the latency phase at half the highest live rate (each live-rate step: at most 10 s)")
     sub.add_argument("--celebrity-friends", type=int, help="friends of the celebrity (default: every user)")
     sub.add_argument("--soak", type=float, metavar="SECONDS", help="instead: a steady rate for SECONDS; memory and backlog over time")
     sub.add_argument("--rate", type=float, default=300.0, help="events/s offered during --soak (default 300)")

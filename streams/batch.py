@@ -30,7 +30,7 @@ from streams import friend_updates, scoring
 from streams.events import Catalog, Rejected
 from streams.friend_updates import ESTIMATE, LINK, TICK, UNKNOWN_ORIGIN, earliest_origin
 from streams.rules import Rules, rules_from_text
-from streams.state import HeldEvent, PairState, UserState
+from streams.state import HeldEvent, PairState, UserState, pricing_json
 from streams.state_codec import extra_of
 from streams.waiting import Taken, WaitingUpdates
 from topology import topics
@@ -201,7 +201,7 @@ class UserBatch:
         pricing = event_type.pricing(event)
         contributions = event_type.price(pricing, rules)
         extra.held.append(
-            HeldEvent(event.event_id, event_type.name, event.ts, pricing, sum(p for _, p in contributions), retracted_by, retracted_ts)
+            HeldEvent(event.event_id, event_type.name, event.ts, pricing_json(pricing), sum(p for _, p in contributions), retracted_by, retracted_ts)
         )
         if retracted_by is None:
             factor = rules.decay(state.as_of, event.ts)
@@ -625,6 +625,8 @@ class Store(Protocol[T]):
 
     def items(self, partition: int) -> Iterable[tuple[str, T]]: ...
 
+    def has_key_with_prefix(self, partition: int, prefix: str) -> bool: ...
+
 
 class Send(NamedTuple):
     """A record to send: ``partition`` None lets the producer's partitioner place it by key; ``value`` None is a tombstone."""
@@ -926,7 +928,7 @@ def route_friendships(records: Sequence[Record], pairs: Store[PairState], contex
             lambda key, p=partition: pairs.load(p, key),
             dedup_window_ms=context.dedup_window_ms,
             dedup_min_ids=context.dedup_min_ids,
-            erased_at=lambda user, p=partition: _marker(pairs.load_raw(p, ERASED_PREFIX + user)),
+            erased_at=_erasure_markers(pairs, partition),
             scan=lambda p=partition: pairs.items(p),
         )
         for record in batch:
@@ -1022,6 +1024,17 @@ _MARKER = struct.Struct(">q")
 
 def _marker(raw: bytes | None) -> int:
     return -1 if raw is None else _MARKER.unpack(raw)[0]
+
+
+def _erasure_markers(pairs: Store[PairState], partition: int) -> Callable[[str], int]:
+    """When a user of this pair partition was erased (-1: never).
+
+    Erasures are rare: a partition that holds no marker at all (one seek)
+    answers -1 without two table reads per friendship event.
+    """
+    if not pairs.has_key_with_prefix(partition, ERASED_PREFIX):
+        return lambda user: -1
+    return lambda user: _marker(pairs.load_raw(partition, ERASED_PREFIX + user))
 
 
 def _decode_notice(record: Record, sends: list[Send], counts: Counter, now_ms: int) -> dict | None:

@@ -64,6 +64,9 @@ class LocalStore(Generic[T]):
         value = state.value if isinstance(state, core.Raw) else self._encode(state)
         self.data.setdefault(partition, {})[key] = value
 
+    def has_key_with_prefix(self, partition: int, prefix: str) -> bool:
+        return any(key.startswith(prefix) for key in self.data.get(partition, {}))
+
     def items(self, partition: int) -> Iterable[tuple[str, T]]:
         """The states of one partition (keys that hold no state, such as erasure markers, left out)."""
         for key, raw in list(self.data.get(partition, {}).items()):

@@ -6,6 +6,7 @@ worker's tables through ``streams.state_codec``.
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass, field
 from typing import Iterable
 
@@ -68,8 +69,10 @@ class HeldEvent:
     #: the event type's name
     type: str
     ts: int
-    #: what the rules need to price it (``EventType.pricing``)
-    pricing: tuple
+    #: what the rules need to price it (``EventType.pricing``) as compact JSON: kept as stored,
+    #: since only a rules change or an expiry reads it (``pricing``), and states are decoded and
+    #: encoded on every own event
+    pricing_json: str
     #: its points under the rules in force (the sum of its contributions)
     points: float
     #: the retraction that made it count nothing, and that retraction's time
@@ -79,6 +82,20 @@ class HeldEvent:
     @property
     def counts(self) -> bool:
         return self.retracted_by is None
+
+    @property
+    def pricing(self) -> tuple:
+        return _tuples(json.loads(self.pricing_json))
+
+
+def pricing_json(pricing: tuple) -> str:
+    """The stored form of ``EventType.pricing`` (JSON arrays; read back as tuples)."""
+    return json.dumps(pricing, separators=(",", ":"))
+
+
+def _tuples(value):
+    """JSON arrays back as tuples (pricing is a tuple, its labels a tuple too)."""
+    return tuple(_tuples(item) for item in value) if isinstance(value, list) else value
 
 
 @dataclass(slots=True)

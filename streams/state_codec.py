@@ -16,7 +16,6 @@ versions, bad bytes, unexpected types) it hands back to the Python codec here,
 
 from __future__ import annotations
 
-import json
 import logging
 
 from schemas import codec
@@ -78,7 +77,7 @@ def encode_extra(extra: UserExtra) -> bytes:
                     "event_id": e.event_id,
                     "type": e.type,
                     "ts": e.ts,
-                    "pricing": json.dumps(e.pricing, separators=(",", ":")),
+                    "pricing": e.pricing_json,
                     "points": e.points,
                     "retracted_by": e.retracted_by,
                     "retracted_ts": e.retracted_ts,
@@ -97,17 +96,13 @@ def decode_extra(data: bytes) -> UserExtra:
     _, record = codec.decode(bytes(data), "user_extra")
     return UserExtra(
         held=[
-            HeldEvent(e["event_id"], e["type"], e["ts"], _tuples(json.loads(e["pricing"])), e["points"], e["retracted_by"], e["retracted_ts"])
+            HeldEvent(e["event_id"], e["type"], e["ts"], e["pricing"], e["points"], e["retracted_by"], e["retracted_ts"])
             for e in record["held"]
         ],
         retractions={r["retracts"]: (r["by"], r["ts"]) for r in record["retractions"]},
         named_ts=record["named_ts"],
     )
 
-
-def _tuples(value):
-    """JSON arrays back as tuples (pricing is a tuple, its labels a tuple too)."""
-    return tuple(_tuples(item) for item in value) if isinstance(value, list) else value
 
 
 def encode_user_py(state: UserState) -> bytes:

@@ -213,6 +213,13 @@ class PartitionedStore(Generic[T]):
         """Where Faust resumes reading this partition's changelog on a kept data directory."""
         self._table.data.set_persisted_offset(TP(self._changelog, partition), offset)
 
+    def has_key_with_prefix(self, partition: int, prefix: str) -> bool:
+        """Whether any key starts with ``prefix`` (one seek: keys are sorted)."""
+        wanted = prefix.encode()
+        it = self._db(partition).iter()
+        it.seek(wanted)
+        return it.valid() and it.key().startswith(wanted)
+
     def items(self, partition: int) -> Iterator[tuple[str, T]]:
         """The states of one partition: Faust's own bookkeeping and keys that hold no state left out."""
         for key, raw in self._db(partition).items():

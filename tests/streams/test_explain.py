@@ -78,7 +78,7 @@ def test_the_export_lists_the_users_own_data_and_no_friends_score():
 
     state = _state_at_fixed_point({"purchase:groceries": 4.0}, {"ann": (1.0, 10.0)})
     state.extra = UserExtra(
-        held=[HeldEvent("p1", "purchase", 5, ("groceries", 40.0), 4.0), HeldEvent("p2", "purchase", 6, ("x", 1.0), 0.0, "r1", 7)],
+        held=[HeldEvent("p1", "purchase", 5, '["groceries",40.0]', 4.0), HeldEvent("p2", "purchase", 6, '["x",1.0]', 0.0, "r1", 7)],
         retractions={"p9": ("r2", 8)},
     )
     result = export("me", state, RULES)

@@ -49,6 +49,22 @@ def test_batches_load_through_a_bounded_write_through_cache(tmp_path):
     assert not store._cache and store.load(0, "ann").own == 9.0
 
 
+def test_a_prefix_is_found_with_one_seek_whatever_else_the_partition_holds(tmp_path):
+    from streams import batch
+    from streams.state import PairState
+    from streams.runtime.store import pair_store
+
+    settings = replace(Settings(), data_dir=tmp_path, metrics_port=0)
+    _, pairs_table = create_tables(create_app(settings), settings)
+    store = pair_store(pairs_table)
+    store.put(0, "ann\x1fbob", PairState("ann", "bob"))
+    store.put(0, batch.CLOCK_KEY, batch.Raw(b"\x00" * 8))
+    assert not store.has_key_with_prefix(0, batch.ERASED_PREFIX)  # keys before and after it, none with it
+    store.put(1, batch.ERASED_PREFIX + "cid", batch.Raw(b"\x00" * 8))
+    assert store.has_key_with_prefix(1, batch.ERASED_PREFIX) and not store.has_key_with_prefix(0, batch.ERASED_PREFIX)
+    assert not store.has_key_with_prefix(2, batch.ERASED_PREFIX)  # an empty partition
+
+
 def _options_file(db_path) -> dict[str, str]:
     """The column family options RocksDB wrote for a database (its newest OPTIONS file)."""
     newest = sorted(db_path.glob("OPTIONS-*"))[-1]
