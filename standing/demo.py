@@ -9,6 +9,7 @@ moved most. Stops everything it started on Ctrl-C or after --seconds.
 from __future__ import annotations
 
 import asyncio
+import shutil
 import signal
 import sys
 import time
@@ -66,6 +67,8 @@ def run_demo(
     host, _, port = settings.bootstrap_servers[0].rpartition(":")
     with ExitStack() as cleanup:
         if not port_is_open(host or "127.0.0.1", int(port)):
+            if not _start_afresh(settings):
+                return 2
             broker = EmbeddedBroker(port=int(port), data_dir=settings.broker_data_dir, host=host or "127.0.0.1")
             _say(f"starting the embedded broker at {broker.address} (data in {settings.broker_data_dir})")
             broker.start()
@@ -91,6 +94,47 @@ def run_demo(
     return 0
 
 
+def _start_afresh(settings: Settings) -> bool:
+    """Empty the broker's and the worker's directories of an earlier demo (False: they hold something else).
+
+    The embedded broker loses records it acknowledged when it stops
+    (streams/runtime/embedded_broker.py, defect 3): a worker restarted on its
+    kept state would find changelogs shorter than what it persisted and stop
+    (Faust's ConsistencyError), and its scores would have holes. So a demo that
+    starts its own broker starts from nothing; against a running broker
+    (--broker) nothing is removed.
+    """
+    earlier = []
+    for path, ours in ((settings.broker_data_dir, _broker_files), (settings.data_dir, _worker_files)):
+        if not path.exists() or not any(path.iterdir()):
+            continue
+        if not ours(path):
+            _say(
+                f"{path} holds files that are not an earlier demo's; the demo starts its embedded broker and worker "
+                "from empty directories: choose others (STANDING_DATA_DIR, STANDING_BROKER_DATA_DIR)"
+            )
+            return False
+        earlier.append(path)
+    if earlier:
+        _say(
+            "starting afresh: the embedded broker loses records it acknowledged when it stops, so an earlier "
+            f"demo's data cannot be continued (removing {', '.join(str(path) for path in earlier)})"
+        )
+        for path in earlier:
+            shutil.rmtree(path)
+        (settings.data_dir.parent / "demo-worker.log").unlink(missing_ok=True)  # its log went with it
+    return True
+
+
+def _broker_files(path: Path) -> bool:
+    return (path / "noida.control.json").exists() or (path / "kafka.json").exists()
+
+
+def _worker_files(path: Path) -> bool:
+    """A worker's data directory holds only its versioned table directories (``v1``, ...)."""
+    return all(child.is_dir() and child.name[:1] == "v" and child.name[1:].isdigit() for child in path.iterdir())
+
+
 async def _live(settings: Settings, config: PopulationConfig, rate: float, deadline: float | None, worker) -> None:
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -102,7 +146,7 @@ async def _live(settings: Settings, config: PopulationConfig, rate: float, deadl
     async def produce() -> None:
         async with EventProducer(settings) as producer:
             # New event ids each run: the data directory (and the worker's
-            # de-duplication memory) outlives a demo.
+            # de-duplication memory) outlive a demo run against a broker already running.
             async for item in LiveSimulation(config, rate, run_id=f"run{int(time.time())}"):
                 if stop.is_set():
                     break

@@ -47,6 +47,20 @@ from topology.settings import Settings
 log = logging.getLogger(__name__)
 
 
+def _report_resend(task: asyncio.Future) -> None:
+    """The re-send scan runs on its own: its failure is said here, not as "Task exception was never retrieved"."""
+    if task.cancelled():
+        return
+    error = task.exception()
+    if error is not None:
+        log.error(
+            "re-sending the outputs of uncommitted records after a rebalance failed (%s: %s); "
+            "restart the worker to re-send them, and check the broker if this repeats.",
+            type(error).__name__,
+            error,
+        )
+
+
 def _now_ms() -> int:
     return int(time.time() * 1000)
 
@@ -72,6 +86,8 @@ class Scorer:
         self.users = user_store(self.users_table, settings.state_cache_entries)
         self.pairs = pair_store(self.pairs_table, settings.state_cache_entries)
         self._recovered = False
+        #: the scan of the last rebalance (resend.py), not awaited by recovery
+        self._resend: asyncio.Future | None = None
 
         def raw_topic(*names: str) -> faust.TopicT:
             return app.topic(*names, key_type=bytes, value_type=bytes, key_serializer="raw", value_serializer="raw")
@@ -152,10 +168,17 @@ class Scorer:
         async def on_rebalance_complete(sender, **kwargs) -> None:
             self.ready = True
             # Not awaited here: recovery must not wait for the scan.
-            asyncio.ensure_future(resend_uncommitted(self))
+            self._resend = asyncio.ensure_future(resend_uncommitted(self))
+            self._resend.add_done_callback(_report_resend)
 
         @app.on_before_shutdown.connect
         async def stop_outputs(sender, **kwargs) -> None:
+            # A scan still re-sending is stopped here, before the producer closes under it
+            # (which ended it anyway, with "Task exception was never retrieved" in the log).
+            resend, self._resend = self._resend, None
+            if resend is not None and not resend.done():
+                resend.cancel()
+                await asyncio.gather(resend, return_exceptions=True)
             await self.output.stop()
             await self.progress.stop()
 

@@ -15,8 +15,10 @@ noida-db differs from Kafka in three ways that matter here:
    around: the reaper below removes members whose process no longer
    answers (``DeadMemberReaper``).
 3. **It loses records it acknowledged when it stops.** Not worked around
-   (nothing a client can do): ``make demo`` and the tests never rely on a
-   stopped broker's data; see the README, "What the embedded broker is not".
+   here (nothing a client can do): the tests never rely on a stopped broker's
+   data, and ``standing demo``, when it starts its own broker, starts it and
+   its worker from empty directories (``standing/demo.py: _start_afresh``);
+   see the README, "What the embedded broker is not".
 
 The switch is ``Settings.embedded_broker_workarounds``
 (``STANDING_EMBEDDED_BROKER_WORKAROUNDS=auto|1|0``): ``auto`` turns them on
