@@ -24,6 +24,7 @@ and backlog over time (issue #5's soak).
 from __future__ import annotations
 
 import asyncio
+import itertools
 import json
 import os
 import platform
@@ -444,13 +445,19 @@ def histogram_max_bound(before: list[tuple[float, float]], after: list[tuple[flo
     return highest
 
 
+_OFFERS = itertools.count()
+
+
 async def _offer(settings: Settings, config: PopulationConfig, rate: float, seconds: float) -> int:
     """Produce the population's events at ``rate`` per second, stamped now, for ``seconds``."""
     sent = 0
     deadline = time.monotonic() + seconds
     steady = replace(config, initial_graph=False)  # no unpaced burst of the initial friendships
+    # Event ids of their own: each call replays the same population, and events with the ids of
+    # an earlier call's would be duplicates (de-duplicated, never scored, never measured).
+    run_id = f"offer{next(_OFFERS)}"
     async with EventProducer(settings, create_topics=False) as producer:
-        async for item in LiveSimulation(steady, rate):
+        async for item in LiveSimulation(steady, rate, run_id=run_id):
             if time.monotonic() >= deadline:
                 break
             try:
