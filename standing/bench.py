@@ -543,7 +543,7 @@ async def _produce_events(settings: Settings, events: list) -> None:
 
 async def _end_offsets(settings: Settings, topic: str) -> dict[int, int]:
     """End offset of every partition of ``topic`` (one of Standing's, with ``settings.partitions``)."""
-    consumer = AIOKafkaConsumer(bootstrap_servers=settings.broker, enable_auto_commit=False)
+    consumer = AIOKafkaConsumer(bootstrap_servers=settings.bootstrap_servers, enable_auto_commit=False)
     await consumer.start()
     try:
         ends = await consumer.end_offsets([TopicPartition(topic, p) for p in range(settings.partitions)])
@@ -554,7 +554,7 @@ async def _end_offsets(settings: Settings, topic: str) -> dict[int, int]:
 
 async def _first_score_times(settings: Settings, starts: dict[int, int], users: set[str]) -> dict[str, float]:
     """For each of ``users``: the broker timestamp (s) of their first score record after ``starts``."""
-    consumer = AIOKafkaConsumer(bootstrap_servers=settings.broker, enable_auto_commit=False, max_partition_fetch_bytes=16 << 20)
+    consumer = AIOKafkaConsumer(bootstrap_servers=settings.bootstrap_servers, enable_auto_commit=False, max_partition_fetch_bytes=16 << 20)
     await consumer.start()
     try:
         partitions = [TopicPartition(topics.SCORES, p) for p in starts]

@@ -13,7 +13,6 @@ import pickle
 import random
 import signal
 import socket
-import subprocess
 import sys
 import threading
 import time
@@ -137,21 +136,6 @@ def die_with_parent() -> None:
         ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
     except OSError:
         pass
-
-
-def stop_group(process: subprocess.Popen, timeout: float = 15.0) -> None:
-    """SIGTERM the process group we started, then SIGKILL if it lingers."""
-    if process.poll() is not None:
-        return
-    try:
-        os.killpg(process.pid, signal.SIGTERM)
-    except ProcessLookupError:
-        return
-    try:
-        process.wait(timeout)
-    except subprocess.TimeoutExpired:
-        os.killpg(process.pid, signal.SIGKILL)
-        process.wait()
 
 
 def python_module_command(module: str, *args: str) -> list[str]:

@@ -40,10 +40,10 @@ from standing.peers.common import (
     group_lag,
     python_module_command,
     read_latest,
-    stop_group,
     within,
     write_rules,
 )
+from standing.broker import stop_process_group
 from standing.population import PopulationConfig, generate_events
 from streams import events as ev
 from streams.rules import Rules, load_rules
@@ -124,11 +124,11 @@ def _run_process(command: list[str], log_path: Path, limit: float) -> tuple[subp
                 try:
                     out, _ = process.communicate(timeout=limit)
                 except subprocess.TimeoutExpired:
-                    stop_group(process)
+                    stop_process_group(process, 15.0)
                     out, _ = process.communicate()
                     out = (out or "") + "\nTIMEOUT"
         finally:
-            stop_group(process)
+            stop_process_group(process, 15.0)
     lines = [line for line in (out or "").splitlines() if line.strip()]
     return process, sampler.peak, lines[-1] if lines else None, started
 
