@@ -22,7 +22,7 @@ import struct
 import time
 from collections import Counter, defaultdict
 from dataclasses import dataclass, field
-from typing import Callable, Iterable, NamedTuple, Protocol, Sequence, TypeVar
+from typing import Callable, Iterable, Mapping, NamedTuple, Protocol, Sequence, TypeVar
 
 from schemas import codec
 from streams import events as ev
@@ -140,6 +140,9 @@ class UserBatch:
         self._voided: set[str] = set()
         #: users named again after nothing named them: they publish whatever their score
         self._revived: set[str] = set()
+        #: topic -> the highest offset this batch read or applied for the partition: what a change
+        #: made by the batch as a whole (an expiry as the stream time passes) records as its cause
+        self._read: dict[str, int] = {}
         self.counts = BatchCounts()
 
     def _state(self, user: str) -> UserState:
@@ -156,6 +159,11 @@ class UserBatch:
         """From here on this partition scores with ``rules`` (a rules change reached it)."""
         self.epoch = epoch
         self._rules = rules
+
+    def read(self, topic: str, offset: int) -> None:
+        """A record of this partition was read (or its waiting update applied) in this batch."""
+        if offset > self._read.get(topic, -1):
+            self._read[topic] = offset
 
     def advance(self, ts: int) -> None:
         """The partition's stream time reaches ``ts`` (an event's time, a friend's estimate's, a tick)."""
@@ -286,6 +294,7 @@ class UserBatch:
 
     def link(self, user: str, friend: str, weight: float, link_version: int, origin_ts: int, topic: str, offset: int) -> None:
         """A friendship's new weight from the pair's partition; ``origin_ts`` is the event time that set it."""
+        self.read(topic, offset)
         self.advance(origin_ts)
         state = self._state(user)
         if origin_ts <= state.erased_ts:
@@ -309,6 +318,7 @@ class UserBatch:
 
     def estimate(self, user: str, sender: str, value: float, version: int, origin_ts: int, topic: str, offset: int) -> None:
         """A friend's estimate, valid at ``origin_ts`` (the sender's stream time): it decays from there."""
+        self.read(topic, offset)
         self.advance(origin_ts)
         state = self._state(user)
         factor = self._rules.decay(state.as_of, origin_ts)
@@ -327,16 +337,28 @@ class UserBatch:
             state = self._state(user)
             extra = extra_of(state)
             kept = [h for h in extra.held if rules.counts_at(h.ts, self.clock)]
-            if len(kept) == len(extra.held):
-                continue
-            extra.held = kept
-            recompute_own(state, self._catalog, rules, self.clock)
-            self._changed.setdefault(user, self.clock)
+            if len(kept) < len(extra.held):
+                extra.held = kept
+                recompute_own(state, self._catalog, rules, self.clock)
+                self._changed.setdefault(user, self.clock)
+                # Caused by what moved the stream time: a worker killed before this user's score left
+                # finds the state in its re-send scan (read again, those records find nothing to expire).
+                for topic, offset in self._read.items():
+                    if offset > state.source_offsets.get(topic, -1):
+                        state.source_offsets[topic] = offset
             if kept:
+                # Also after a stale entry (its events erased or retracted): it hid the next one, which
+                # ``add`` did not push while an earlier time was pending for the user.
                 self._expiry.add(min(h.ts for h in kept) + rules.max_age_ms, user)
 
-    def rescore(self, users: Iterable[tuple[str, UserState]]) -> int:
-        """Rules changed: every user's own part again from what they hold, under these rules; all publish anew."""
+    def rescore(self, users: Iterable[tuple[str, UserState]], topic: str, offset: int) -> int:
+        """Rules changed: every user's own part again from what they hold, under these rules; all publish anew.
+
+        Every state records the rules change's offset like any input that
+        changed it: a worker killed after these states were written but before
+        their scores left finds them in its re-send scan (the redelivered
+        change finds the partition already switched and rescores nothing).
+        """
         rules = self._rules
         rescored = 0
         stored_users = dict(users)
@@ -356,6 +378,8 @@ class UserBatch:
             if self._expiry is not None and rules.max_age_days and extra.held:
                 self._expiry.add(min(h.ts for h in extra.held) + rules.max_age_ms, user)
             self._changed.setdefault(user, self.clock)
+            if offset > state.source_offsets.get(topic, -1):
+                state.source_offsets[topic] = offset
             rescored += 1
         return rescored
 
@@ -570,14 +594,26 @@ class PairBatch:
         self._written.add(key)
 
     def erased(self, user: str, erased_ts: int) -> None:
-        """A notice: ``user`` was erased at ``erased_ts``; void the friendship events it covers on this partition."""
-        if erased_ts <= self._erased(user):
-            return
-        self._markers[user] = erased_ts
+        """A notice: ``user`` was erased at ``erased_ts``; void the friendship events it covers on this partition.
+
+        A notice heard before (redelivered after a restart, or re-sent by the
+        user's partition) changes nothing, but the links of the user's pairs go
+        out again: a worker killed after it wrote what the notice voided and
+        before the links left would otherwise never send them (receivers
+        ignore what they already have).
+        """
+        heard = erased_ts <= self._erased(user)
+        if not heard:
+            self._markers[user] = erased_ts
         candidates = dict(self._scan())
         candidates.update(self._states)  # what this batch changed, or created, is newer than what is stored
         for key, state in candidates.items():
             if user != state.user_a and user != state.user_b:
+                continue
+            if heard:
+                if state.version:
+                    self._states[key] = state
+                    self._changed.setdefault(key, erased_ts)
                 continue
             self._states[key] = state
             remaining = [(ts, weight) for ts, weight in state.events if ts > erased_ts]
@@ -591,14 +627,23 @@ class PairBatch:
     def finish(self) -> PairBatchOutput:
         links: list[LinkOut] = []
         for key in self._changed:
-            state = self._states[key]
-            # A link carries the time of the event that set the weight (the receiver voids it if an erasure is
-            # later), and VOIDED when no add of the pair counts: not a reason for either user to exist.
-            weight = state.weight if state.weight > 0 or any(w > 0 for _, w in state.events) else scoring.VOIDED
-            links.append(LinkOut(state.user_a, state.user_b, weight, state.version, state.weight_ts))
-            links.append(LinkOut(state.user_b, state.user_a, weight, state.version, state.weight_ts))
+            links.extend(links_of(self._states[key]))
         states = {key: self._states[key] for key in self._written}
         return PairBatchOutput(states, links, self.counts, dict(self._markers))
+
+
+def links_of(pair: PairState) -> tuple[LinkOut, LinkOut]:
+    """The friendship as both its users learn it.
+
+    A link carries the time of the event that set the weight (the receiver
+    voids it if an erasure is later), and VOIDED when no add of the pair
+    counts: not a reason for either user to exist.
+    """
+    weight = pair.weight if pair.weight > 0 or any(w > 0 for _, w in pair.events) else scoring.VOIDED
+    return (
+        LinkOut(pair.user_a, pair.user_b, weight, pair.version, pair.weight_ts),
+        LinkOut(pair.user_b, pair.user_a, weight, pair.version, pair.weight_ts),
+    )
 
 
 # --- the batch as a function ---------------------------------------------------------
@@ -814,14 +859,14 @@ def score_users(
     for partition, batch in _by_partition(records).items():
         own = []
         latest = -1  # the latest event time this partition learns of in this batch
-        rescore = None
+        rescore, rescore_offset = None, -1
         for record in batch:
             topic = record.topic
             if topic == topics.FRIEND_UPDATES:
                 tick, control = _keep_friend_updates(record, waiting, context, sends, counts, now_ms)
                 latest = max(latest, tick)
                 if control is not None and (rescore is None or control["epoch"] > rescore["epoch"]):
-                    rescore = control
+                    rescore, rescore_offset = control, record.offset
                 continue
             counts[EVENTS_IN, topic] += 1
             event = _decode(catalog, record, sends, counts, now_ms)
@@ -837,6 +882,8 @@ def score_users(
         if not own and latest < 0 and rescore is None:
             continue
         user_batch = user_batch_of(partition)
+        for (topic, _), next_offset in _next_offsets(batch).items():
+            user_batch.read(topic, next_offset - 1)
         if rescore is not None and rescore["epoch"] > user_batch.epoch:
             user_batch.switch_rules(rescore["epoch"], _parsed_rules(rescore["rules"]))
             if user_batch._rules.max_age_days:
@@ -858,7 +905,7 @@ def score_users(
                 raise ValueError(f"the user lane has no effect {effect!r} (event type {event_type.name!r})")
             counts[ACCEPTED if accepted else DUPLICATE, event_type.name] += 1
         if rescore is not None and user_batch.epoch == rescore["epoch"] and initial[partition][1] < user_batch.epoch:
-            counts[RESCORED, ""] += user_batch.rescore(users.items(partition))
+            counts[RESCORED, ""] += user_batch.rescore(users.items(partition), topics.FRIEND_UPDATES, rescore_offset)
     for record in waiting.unqueue(context.waiting_limit):
         _read_friend_updates(record, waiting, sends, counts, now_ms, kinds=(ESTIMATE,))
     own_events = bool(user_batches) or waiting.links_waiting()
@@ -923,7 +970,7 @@ def route_friendships(records: Sequence[Record], pairs: Store[PairState], contex
     counts = result.counts
     sends = result.sends
     for partition, batch in _by_partition(records).items():
-        latest = -1  # the latest time of an accepted friendship event in this batch
+        latest = -1  # the latest time of a friendship event in this batch
         pair_batch = PairBatch(
             lambda key, p=partition: pairs.load(p, key),
             dedup_window_ms=context.dedup_window_ms,
@@ -949,8 +996,8 @@ def route_friendships(records: Sequence[Record], pairs: Store[PairState], contex
             outcome = pair_batch.friendship(
                 key, event.user_a, event.user_b, event.event_id, event.ts, event.action, event.weight, record.offset
             )
-            if outcome == "accepted":
-                latest = max(latest, event.ts)
+            # A duplicate's time counts too: read again after a kill that wrote the pair and not the clock.
+            latest = max(latest, event.ts)
             counts[ACCEPTED if outcome == "accepted" else DUPLICATE, event_type.name] += 1
         output = pair_batch.finish()
         result.writes.extend((partition, key, pair) for key, pair in output.states.items())
@@ -1097,6 +1144,66 @@ def score_of(user: str, state: UserState, rules: Rules) -> ScoreOut:
     )
 
 
+# --- after a crash ------------------------------------------------------------------------
+
+
+def uncommitted_user(state: UserState, partition: int, committed: Mapping[tuple[str, int], int]) -> bool:
+    """Whether a record not yet committed changed this state (its outputs may never have left)."""
+    return any(offset >= committed.get((topic, partition), 0) for topic, offset in state.source_offsets.items())
+
+
+def resend_user(context: Context, user: str, state: UserState, rules: Rules) -> list[Send]:
+    """What a stored user state causes, as it stands: its estimate to every friend, its score, its erasure notices.
+
+    Receivers ignore what they already have (versions), so sending it again is harmless.
+    """
+    sent: list[Send] = []
+    if state.version > 0:  # it published
+        estimates = [EstimateOut(friend, user, state.published, state.version, state.as_of) for friend in state.current_friends()]
+        sent += friend_update_sends(context, estimates, ())
+        sent += score_sends([score_of(user, state, rules)])
+    if state.erased_ts >= 0:  # even one that never published: its friendships are voided by the notices
+        sent += pair_notice_sends(context, user, state.erased_ts)  # the pair partitions may not have heard
+    return sent
+
+
+def resend_partition(context: Context, users: Store[UserState], partition: int) -> list[Send]:
+    """A user partition's stream time, again: on ``stream-time`` and as ticks to the other partitions.
+
+    A worker killed after the partition's clock was written and before these
+    left would otherwise leave `standing dump` and the other partitions
+    behind (the records that moved it, read again, move nothing). Ticks only
+    ever move a clock forward, so hearing one twice changes nothing.
+    """
+    clock, rules, _ = partition_time(users, partition, context)
+    if clock <= 0:
+        return []
+    ticks = [(other, clock) for other in range(context.partitions) if other != partition]
+    return [stream_time_send(partition, clock, rules), *friend_update_sends(context, (), (), ticks=ticks)]
+
+
+def resend_pair_partition(context: Context, pairs: Store[PairState], partition: int) -> list[Send]:
+    """The latest friendship event time a pair partition saw, again, as ticks to every user partition
+    (as ``resend_partition``: read again, the friendship events are duplicates and tick nothing)."""
+    clock = _marker(pairs.load_raw(partition, CLOCK_KEY))
+    if clock <= 0:
+        return []
+    return friend_update_sends(context, (), (), ticks=[(user_partition, clock) for user_partition in range(context.partitions)])
+
+
+def uncommitted_pair(pair: PairState, partition: int, committed: Mapping[tuple[str, int], int], event_topics: Iterable[str]) -> bool:
+    """Whether a friendship event not yet committed changed this pair (``event_topics``: the friendship events'
+    topics, which alone set ``source_offset``; what erasure notices change is sent again when they are re-read)."""
+    return pair.source_offset >= min(committed.get((topic, partition), 0) for topic in event_topics)
+
+
+def resend_pair(context: Context, pair: PairState) -> list[Send]:
+    """The links a stored friendship causes, to both its users (ignored where already applied)."""
+    if not pair.version:
+        return []
+    return friend_update_sends(context, (), links_of(pair))
+
+
 #: Largest dead letter written: the topic's limit, less room for the record's framing.
 DEAD_LETTER_MAX_BYTES = topics.MAX_RECORD_BYTES - 64 * 1024
 
@@ -1215,6 +1322,12 @@ def _by_partition(records: Iterable[Record]) -> dict[int, list[Record]]:
     for record in records:
         grouped[record.partition].append(record)
     return grouped
+
+
+def _next_offsets(records: list[Record]) -> dict[tuple[str, int], int]:
+    advance: dict[tuple[str, int], int] = {}
+    _advance(advance, records)
+    return advance
 
 
 def _advance(advance: dict, records: list[Record]) -> None:

@@ -99,6 +99,10 @@ class LocalPipeline:
     #: chance, after a batch, that the worker restarts: what waits in memory is lost and
     #: reading starts again from the committed offsets
     restart_p: float = 0.0
+    #: chance, after a batch, that the worker is killed while its outputs are in flight: of each
+    #: changelog partition and each output topic partition only a prefix (maybe nothing) lands,
+    #: no offset is committed, and the next owner re-sends what uncommitted records changed
+    crash_p: float = 0.0
     #: how the user lane gives time to waiting friend updates (default: all of them in each batch)
     propagation: object = field(default_factory=core.ApplyAll)
     waiting_limit: int = 1_000_000
@@ -120,6 +124,7 @@ class LocalPipeline:
         self.counts: Counter = Counter()
         self.batches = 0
         self.restarts = 0
+        self.crashes = 0
         #: records delivered a second time, per (topic, partition): (offset, record) to slip in later
         self._again: dict[tuple[str, int], list[LocalRecord]] = {}
         self.user_topics = (*self.catalog.topics(USER), topics.FRIEND_UPDATES)
@@ -187,15 +192,22 @@ class LocalPipeline:
             ran += 1
         return ran
 
-    def step(self) -> None:
-        """One batch of one lane."""
-        rng = self.rng
+    def step(self, *, killed_before_sends: bool = False, lane: str | None = None) -> None:
+        """One batch of one lane (``lane``: USER or PAIR; default: the pipeline picks one with work).
+
+        ``killed_before_sends``: the worker is killed once the batch's states are
+        acknowledged and before anything they cause leaves (the widest gap a
+        delivery has), then restarts.
+        """
+        rng, only = self.rng, lane
         candidates = [
             (lane, p)
             for lane, names in ((USER, self.user_topics), (PAIR, self.pair_topics))
             for p in range(self.partitions)
             if self.unread(names, p) or (lane == USER and self.waiting)
         ]
+        if only is not None:
+            candidates = [(lane, p) for lane, p in candidates if lane == only]
         if rng is None:
             lane, first = candidates[self.batches % len(candidates)]
             chosen = [first]
@@ -213,11 +225,22 @@ class LocalPipeline:
         else:
             result = core.route_friendships(records, self.pairs, self.context, now)
             store = self.pairs
+        self.counts.update(result.counts)
+        crash = killed_before_sends or (rng is not None and rng.random() < self.crash_p)
+        if crash:
+            if killed_before_sends:
+                for partition, key, state in result.writes:
+                    store.put(partition, key, state)
+            else:
+                self._land_some(store, result)
+            self.batches += 1
+            self.crashes += 1
+            self.restart()
+            return
         for partition, key, state in result.writes:
             store.put(partition, key, state)
         for send in result.sends:
             self.produce(*send)
-        self.counts.update(result.counts)
         for slot, offset in result.advance.items():
             self.committed[slot] = max(self.committed.get(slot, 0), offset)
         if result.taken is not None:
@@ -235,8 +258,33 @@ class LocalPipeline:
                 offset = min(offset, held)
         return offset
 
+    def _land_some(self, store: LocalStore, result: core.BatchResult) -> None:
+        """A kill mid-flight, as ``streams.runtime.output.Outputs.deliver`` orders a delivery: the state
+        writes first (a random prefix of each changelog partition lands), and only once all of them
+        are acknowledged, the records they cause (a random prefix of each topic partition)."""
+        rng = self.rng
+        writes: dict[int, list] = {}
+        for write in result.writes:
+            writes.setdefault(write[0], []).append(write)
+        every_write = True
+        for partition_writes in writes.values():
+            landed = rng.randint(0, len(partition_writes))
+            every_write = every_write and landed == len(partition_writes)
+            for partition, key, state in partition_writes[:landed]:
+                store.put(partition, key, state)
+        if not every_write:
+            return
+        sends: dict[tuple[str, int | None], list] = {}
+        for send in result.sends:
+            partition = send.partition if send.partition is not None else partition_for(send.key, self.partitions)
+            sends.setdefault((send.topic, partition), []).append(send)
+        for topic_sends in sends.values():
+            for send in topic_sends[: rng.randint(0, len(topic_sends))]:
+                self.produce(*send)
+
     def restart(self) -> None:
-        """The worker restarts: memory is lost, reading resumes at the committed offsets."""
+        """The worker restarts: memory is lost, reading resumes at the committed offsets, and what
+        uncommitted records changed is sent again (streams.runtime.resend does the same)."""
         resume = {slot: self.committable(slot) for slot in self.position}
         self.waiting.clear()
         self.expiry.clear()
@@ -246,6 +294,23 @@ class LocalPipeline:
         self.position.update(resume)
         self.committed.update(resume)  # what the group holds: the next owner starts there
         self.restarts += 1
+        self._resend_uncommitted()
+
+    def _resend_uncommitted(self) -> None:
+        for partition in range(self.partitions):
+            for send in core.resend_partition(self.context, self.users, partition):
+                self.produce(*send)
+            _, rules, _ = core.partition_time(self.users, partition, self.context)
+            for user, state in list(self.users.items(partition)):
+                if core.uncommitted_user(state, partition, self.committed):
+                    for send in core.resend_user(self.context, user, state, rules):
+                        self.produce(*send)
+            for send in core.resend_pair_partition(self.context, self.pairs, partition):
+                self.produce(*send)
+            for _, pair in list(self.pairs.items(partition)):
+                if core.uncommitted_pair(pair, partition, self.committed, self.catalog.topics(PAIR)):
+                    for send in core.resend_pair(self.context, pair):
+                        self.produce(*send)
 
     def _read(self, names: Iterable[str], partitions: list[int]) -> list[LocalRecord]:
         rng = self.rng

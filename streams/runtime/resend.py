@@ -3,12 +3,18 @@
 A state write and the records it causes are not atomic: a worker killed
 between them leaves a state that already shows an input as applied (so its
 redelivery is a duplicate) while the friend updates it caused never left.
-Every state records the offsets of the records that changed it; after a
-rebalance, states changed at or after the group's committed offset re-send
-their current estimate, score and links (receivers ignore what they already
-have) and re-write their changelog record. After a clean hand-over nothing
-qualifies, unless friend updates were still waiting (their records are read
-again too).
+Every state records the offsets of the records that changed it (also when
+the change came from the batch as a whole: a rules change, an expiry as the
+stream time passed); after a rebalance, states changed at or after the
+group's committed offset re-send their current estimate, score, links and
+erasure notices (receivers ignore what they already have) and re-write their
+changelog record, and every partition re-sends its stream time (ticks only
+move clocks forward). After a clean hand-over no state qualifies, unless
+friend updates were still waiting (their records are read again too). What
+each state or partition sends is decided in the core (``streams.batch``:
+``resend_user``, ``resend_pair``, ``resend_partition``,
+``resend_pair_partition``), where ``streams.local`` exercises it with random
+kills between the states and their outputs.
 
 Not to be confused with *recovery* (Faust rebuilding the tables from their
 changelogs, ``streams.runtime.recovery``): the re-send runs once recovery is
@@ -22,7 +28,6 @@ import logging
 from typing import TYPE_CHECKING
 
 from streams import batch as core
-from streams.batch import EstimateOut, LinkOut
 from streams.events import PAIR
 from streams.runtime.output import Outgoing
 
@@ -42,7 +47,7 @@ async def resend_uncommitted(scorer: "Scorer") -> int:
     committed = await scorer.progress.committed_offsets()
     assigned = scorer.app.assignor.assigned_actives()
     user_topics = set(scorer.user_topic_names)
-    pair_topics = set(scorer.catalog.topics(PAIR))
+    pair_event_topics = scorer.catalog.topics(PAIR)
     user_partitions = sorted({tp.partition for tp in assigned if tp.topic in user_topics})
     pair_partitions = sorted({tp.partition for tp in assigned if tp.topic in set(scorer.pair_topic_names)})
     users, pairs, context = scorer.users, scorer.pairs, scorer.context
@@ -53,27 +58,21 @@ async def resend_uncommitted(scorer: "Scorer") -> int:
         outgoing.extend(Outgoing(*send) for send in records)
 
     for partition in user_partitions:
+        sends(core.resend_partition(context, users, partition))
         _, rules, _ = core.partition_time(users, partition, context)
         candidates = []
         for scanned, (user, state) in enumerate(users.items(partition), 1):
-            if any(offset >= committed.get((topic, partition), 0) for topic, offset in state.source_offsets.items()):
+            if core.uncommitted_user(state, partition, committed):
                 candidates.append(user)
             if scanned % SCAN_YIELD_EVERY == 0:
                 await asyncio.sleep(0)  # the agents go on meanwhile: this scan must not stall them
         for start in range(0, len(candidates), RESEND_CHUNK):
             for user in candidates[start : start + RESEND_CHUNK]:
                 state = users.get(partition, user)  # fresh: agents may have moved on
-                if state is None or state.version == 0:
+                if state is None:
                     continue
                 outgoing.append(users.put(partition, user, state))
-                estimates = [
-                    EstimateOut(friend, user, state.published, state.version, state.as_of)  # valid at its as_of
-                    for friend in state.current_friends()
-                ]
-                sends(core.friend_update_sends(context, estimates, ()))
-                sends(core.score_sends([core.score_of(user, state, rules)]))
-                for erased_ts in [state.erased_ts] if state.erased_ts >= 0 else []:
-                    sends(core.pair_notice_sends(context, user, erased_ts))  # the pair partitions may not have heard
+                sends(core.resend_user(context, user, state, rules))
                 resent += 1
             # Delivered right after the puts, with no await between, so that
             # a newer state an agent writes meanwhile follows these in the
@@ -81,21 +80,17 @@ async def resend_uncommitted(scorer: "Scorer") -> int:
             await scorer.output.deliver(outgoing)
             outgoing = []
     for partition in pair_partitions:
+        sends(core.resend_pair_partition(context, pairs, partition))
         for scanned, (key, pair) in enumerate(pairs.items(partition), 1):
             if scanned % SCAN_YIELD_EVERY == 0:
                 await asyncio.sleep(0)
-            if pair.source_offset < min(committed.get((topic, partition), 0) for topic in pair_topics):
+            if not core.uncommitted_pair(pair, partition, committed, pair_event_topics):
                 continue
             pair = pairs.get(partition, key)
             if pair is None:
                 continue
             outgoing.append(pairs.put(partition, key, pair))
-            if pair.version:
-                links = [
-                    LinkOut(pair.user_a, pair.user_b, pair.weight, pair.version, pair.weight_ts),
-                    LinkOut(pair.user_b, pair.user_a, pair.weight, pair.version, pair.weight_ts),
-                ]
-                sends(core.friend_update_sends(context, (), links))
+            sends(core.resend_pair(context, pair))
             resent += 1
     if resent:
         log.warning("after a restart: re-sent the outputs of %d states changed by uncommitted records", resent)

@@ -39,10 +39,10 @@ class RandomSlice:
         pass
 
 
-def simulate(lines, rules, *, seed, partitions=3, duplicate_p=0.02, max_batch=8, waiting=False, restart_p=0.0):
+def simulate(lines, rules, *, seed, partitions=3, duplicate_p=0.02, max_batch=8, waiting=False, restart_p=0.0, crash_p=0.0):
     rng = random.Random(seed)
     pipeline = LocalPipeline(
-        rules, partitions=partitions, rng=rng, max_batch=max_batch, duplicate_p=duplicate_p, restart_p=restart_p,
+        rules, partitions=partitions, rng=rng, max_batch=max_batch, duplicate_p=duplicate_p, restart_p=restart_p, crash_p=crash_p,
         **({"propagation": RandomSlice(rng)} if waiting else {}),
     )  # fmt: skip
     rejected = pipeline.produce_lines(lines)
@@ -99,7 +99,7 @@ def event_files(draw) -> list[str]:
 @given(lines=event_files(), seed=st.integers(0, 2**32 - 1), partitions=st.integers(1, 4), waiting=st.booleans())
 def test_incremental_scores_end_within_the_bound_of_the_fixed_point(lines, seed, partitions, waiting):
     expected = compute_reference(lines, RULES)
-    pipeline, rejected = simulate(lines, RULES, seed=seed, partitions=partitions, duplicate_p=0.1, waiting=waiting, restart_p=0.05)
+    pipeline, rejected = simulate(lines, RULES, seed=seed, partitions=partitions, duplicate_p=0.1, waiting=waiting, restart_p=0.05, crash_p=0.03)
     published = pipeline.raw_scores()
     assert set(published) == set(expected.raw), "the same users are scored"
     bound = RULES.error_bound
@@ -116,7 +116,7 @@ def test_a_larger_power_law_population_converges_within_the_bound(seed, waiting)
     config = PopulationConfig(users=60, events=600, seed=seed % 1000, mean_degree=6, duplicate_share=0.05, invalid_share=0.02)
     lines = [item if isinstance(item, str) else json.dumps(item) for item in generate_events(config, RULES)]
     expected = compute_reference(lines, RULES)
-    pipeline, _ = simulate(lines, RULES, seed=seed, partitions=3, duplicate_p=0.02, max_batch=32, waiting=waiting, restart_p=0.02)
+    pipeline, _ = simulate(lines, RULES, seed=seed, partitions=3, duplicate_p=0.02, max_batch=32, waiting=waiting, restart_p=0.02, crash_p=0.02)
     published = pipeline.raw_scores()
     assert set(published) == set(expected.raw)
     worst = max(abs(published[u] - raw) for u, raw in expected.raw.items())

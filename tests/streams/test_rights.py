@@ -88,7 +88,7 @@ def event_files(draw) -> list[str]:
 
 
 def _run(lines, rules, seed: int, partitions: int):
-    pipeline = LocalPipeline(rules, partitions=partitions, rng=random.Random(seed), max_batch=6, duplicate_p=0.1, restart_p=0.05)
+    pipeline = LocalPipeline(rules, partitions=partitions, rng=random.Random(seed), max_batch=6, duplicate_p=0.1, restart_p=0.05, crash_p=0.03)
     pipeline.produce_lines(lines)
     pipeline.run()
     return pipeline

@@ -70,7 +70,7 @@ def _assert_like_the_reference(pipeline: LocalPipeline, lines, rules, as_of=None
 
 
 def _pipeline(rules, seed, partitions):
-    return LocalPipeline(rules, partitions=partitions, rng=random.Random(seed), max_batch=6, duplicate_p=0.05, restart_p=0.03)
+    return LocalPipeline(rules, partitions=partitions, rng=random.Random(seed), max_batch=6, duplicate_p=0.05, restart_p=0.03, crash_p=0.03)
 
 
 @settings(max_examples=120, deadline=None, suppress_health_check=[HealthCheck.too_slow])
@@ -131,3 +131,20 @@ def test_an_event_older_than_the_maximum_age_when_it_arrives_counts_nothing_but_
     pipeline.run()
     assert pipeline.raw_scores() == {"ann": 1.0, "bob": 0.0}
     _assert_like_the_reference(pipeline, lines, DECAY)
+
+
+def test_an_expiry_made_stale_by_an_erasure_does_not_hide_the_next_one():
+    """The erased purchase's expiry comes due and finds nothing to expire; the post after it must still expire."""
+    max_age = 400 * DAY
+    lines = [
+        json.dumps({"type": "purchase", "event_id": "old", "ts": START, "user_id": "ann", "category": "groceries", "amount": 10.0}),
+        json.dumps({"type": "erasure", "event_id": "gone", "ts": START, "user_id": "ann"}),
+        json.dumps({"type": "post", "event_id": "later", "ts": START + max_age, "user_id": "ann", "post_id": "p", "labels": ["helpful"]}),
+        json.dumps({"type": "purchase", "event_id": "much-later", "ts": START + 2 * max_age, "user_id": "ann", "category": "groceries", "amount": 0.0}),
+    ]
+    pipeline = LocalPipeline(CHANGED, partitions=1)
+    for part in (lines[:2], lines[2:3], lines[3:]):  # the purchase erased; the post, as its expiry comes due; later
+        pipeline.produce_lines(part)
+        pipeline.run()
+    assert pipeline.raw_scores() == {"ann": 0.0}
+    _assert_like_the_reference(pipeline, lines, CHANGED)
