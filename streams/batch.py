@@ -1088,13 +1088,19 @@ def _decode_notice(record: Record, sends: list[Send], counts: Counter, now_ms: i
     try:
         return codec.decode(record.value, "pair_notice")[1]
     except codec.DecodeError as error:
-        log.error(
-            "undecodable erasure notice at %s[%d]@%d (%s); kept on the dead-letter topic. Only Standing's workers "
-            "should write this topic: look for another writer", record.topic, record.partition, record.offset, error.detail,
-        )  # fmt: skip
-        counts[REJECTED, error.reason] += 1
-        sends.append(dead_letter(record, error.reason, error.detail, now_ms))
+        _reject_internal("erasure notice", record, error, sends, counts, now_ms)
         return None
+
+
+def _reject_internal(what: str, record: Record, error: codec.DecodeError, sends: list[Send], counts: Counter, now_ms: int) -> None:
+    """An undecodable record on a topic only Standing's workers write: a bug or a foreign writer. Kept
+    (dead letter), said once in the log, and the partition goes on."""
+    log.error(
+        "undecodable %s at %s[%d]@%d (%s); kept on the dead-letter topic. Only Standing's workers "
+        "should write this topic: look for another writer", what, record.topic, record.partition, record.offset, error.detail,
+    )  # fmt: skip
+    counts[REJECTED, error.reason] += 1
+    sends.append(dead_letter(record, error.reason, error.detail, now_ms))
 
 
 def score_sends(scores: Iterable[ScoreOut]) -> list[Send]:
@@ -1293,14 +1299,7 @@ def _read_friend_updates(
     try:
         updates, control = friend_updates.decode_record(record.value)
     except codec.DecodeError as error:
-        # Only Standing writes this topic: a bad record here is a bug or a
-        # foreign writer. Keep it (dead letter) and go on.
-        log.error(
-            "undecodable friend update at %s[%d]@%d (%s); kept on the dead-letter topic. Only Standing's workers "
-            "should write this topic: look for another writer", record.topic, record.partition, record.offset, error.detail,
-        )  # fmt: skip
-        counts[REJECTED, error.reason] += 1
-        sends.append(dead_letter(record, error.reason, error.detail, now_ms))
+        _reject_internal("friend update", record, error, sends, counts, now_ms)
         return -2, None
     if control is not None:
         return -1, control

@@ -102,9 +102,11 @@ def test_bad_records_from_any_producer_are_dead_letters_with_their_reason_and_or
         ("friendships", pair_key("ann", "bob").encode(), codec.encode("friendship", {**ev.to_record(GOOD[0])[1], "event_id": "w", "weight": 0.0}), "bad_weight"),
         ("friendships", pair_key("ann", "bob").encode(), codec.encode("friendship", {**ev.to_record(GOOD[0])[1], "event_id": "z", "action": "poke"}), "unknown_action"),
         (topics.FRIEND_UPDATES, None, b"\x00\x00\x00\x00\x0anot packed updates", "not_decodable"),
+        (topics.PAIR_UPDATES, b"ann", b"\x00\x00\x00\x00\x0dnot a notice", "not_decodable"),
     ]
     pipeline = LocalPipeline(RULES, partitions=3, rng=random.Random(3))
-    records = [pipeline.produce(topic, key, value, 0 if topic == topics.FRIEND_UPDATES else None) for topic, key, value, _ in bad]
+    internal = (topics.FRIEND_UPDATES, topics.PAIR_UPDATES)
+    records = [pipeline.produce(topic, key, value, 0 if topic in internal else None) for topic, key, value, _ in bad]
     for event in GOOD:
         pipeline.produce_event(event)
     pipeline.run()
