@@ -583,7 +583,9 @@ class PairBatch:
 
         ``force``: they hear of it even if the weight stays (no add of the pair counts any more: VOIDED).
         """
-        if force or weight != state.weight or (weight > 0 and weight_ts != state.weight_ts):
+        # The time matters even for a weight of 0 once a link was sent: a receiver ignores a link no later
+        # than its erasure, so a link re-timed past an erasure (the event that set it was voided) goes again.
+        if force or weight != state.weight or (weight_ts != state.weight_ts and (weight > 0 or state.version > 0)):
             state.weight = weight
             state.weight_ts = weight_ts
             state.version += 1
@@ -596,28 +598,23 @@ class PairBatch:
     def erased(self, user: str, erased_ts: int) -> None:
         """A notice: ``user`` was erased at ``erased_ts``; void the friendship events it covers on this partition.
 
-        A notice heard before (redelivered after a restart, or re-sent by the
-        user's partition) changes nothing, but the links of the user's pairs go
-        out again: a worker killed after it wrote what the notice voided and
-        before the links left would otherwise never send them (receivers
-        ignore what they already have).
+        The user's pairs with nothing (left) to void send their links again:
+        this notice may be one read again after a kill that wrote what it
+        voided (pairs first, the marker last, or all of them) and sent none of
+        the links (receivers ignore what they already have).
         """
-        heard = erased_ts <= self._erased(user)
-        if not heard:
+        if erased_ts > self._erased(user):
             self._markers[user] = erased_ts
         candidates = dict(self._scan())
         candidates.update(self._states)  # what this batch changed, or created, is newer than what is stored
         for key, state in candidates.items():
             if user != state.user_a and user != state.user_b:
                 continue
-            if heard:
-                if state.version:
-                    self._states[key] = state
-                    self._changed.setdefault(key, erased_ts)
-                continue
             self._states[key] = state
             remaining = [(ts, weight) for ts, weight in state.events if ts > erased_ts]
             if remaining == state.events:
+                if state.version:
+                    self._changed.setdefault(key, erased_ts)
                 continue
             was_named = any(w > 0 for _, w in state.events)
             state.events = remaining
@@ -830,6 +827,7 @@ def score_users(
     expiry = expiry if expiry is not None else Expiry()
     user_batches: dict[int, UserBatch] = {}
     initial: dict[int, tuple[int, int]] = {}  # partition -> (stream time, epoch) before this batch
+    first: dict[int, tuple[int, Rules]] = {}  # partitions with no rules kept yet -> the (epoch, rules) they start with
     own_advanced: set[int] = set()  # partitions whose own events moved their stream time: the others hear of it
 
     def user_batch_of(partition: int) -> UserBatch:
@@ -841,6 +839,8 @@ def score_users(
             # -1: nothing kept yet; the partition's first batch keeps the rules it scores with, so a
             # worker started later under newer rules still knows these states were made under these.
             initial[partition] = (clock, epoch if kept is not None else -1)
+            if kept is None:
+                first[partition] = (epoch, rules)
             partition_expiry = expiry.of(partition)
             if rules.max_age_days and not partition_expiry.built:
                 partition_expiry.build(users.items(partition), rules.max_age_ms)
@@ -923,15 +923,20 @@ def score_users(
     for partition, user_batch in user_batches.items():
         user_batch.expire()
         output = user_batch.finish(now_ms)
+        clock, epoch = initial[partition]
+        if partition in first:
+            # Before the states: a kill that lands any of them lands the rules they were made under too
+            # (else a worker restarted under newer rules would take them for states of those).
+            epoch, rules = first[partition]
+            result.writes.append((partition, RULES_KEY, Raw(_MARKER.pack(epoch) + rules.text.encode("utf-8"))))
         result.writes.extend((partition, user, state) for user, state in output.states.items())
         result.changed += len(output.states)
-        clock, epoch = initial[partition]
         if user_batch.clock > clock:
             result.writes.append((partition, CLOCK_KEY, Raw(_MARKER.pack(user_batch.clock))))
             sends.append(stream_time_send(partition, user_batch.clock, user_batch._rules))
             if partition in own_advanced:
                 ticks += [(other, user_batch.clock) for other in range(context.partitions) if other != partition]
-        if user_batch.epoch > epoch:
+        if user_batch.epoch > epoch:  # a rules change: after the states it rescored (read again, it rescores)
             text = user_batch._rules.text.encode("utf-8")
             result.writes.append((partition, RULES_KEY, Raw(_MARKER.pack(user_batch.epoch) + text)))
             sends.append(stream_time_send(partition, user_batch.clock, user_batch._rules))

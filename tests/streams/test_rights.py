@@ -168,6 +168,23 @@ def test_events_after_an_erasure_start_a_new_user_whatever_the_order_they_are_pr
         assert abs(scores[user] - expected[user]) <= BLEND.error_bound
 
 
+def test_a_friendship_whose_last_event_an_erasure_voids_names_its_users_from_the_event_before():
+    """The pair's weight stays 0 but its time moves past the erasure: the erased user is named again."""
+    friendships = [
+        {"type": "friendship", "event_id": "f1", "ts": 11, "user_a": "ann", "user_b": "bob", "action": "add"},
+        {"type": "friendship", "event_id": "f2", "ts": 11, "user_a": "ann", "user_b": "bob", "action": "remove"},
+        {"type": "friendship", "event_id": "f3", "ts": 10, "user_a": "ann", "user_b": "bob", "action": "remove"},
+    ]
+    erasure = {"type": "erasure", "event_id": "x1", "ts": 10, "user_id": "ann"}
+    pipeline = LocalPipeline(BLEND, partitions=1)
+    pipeline.produce_lines(json.dumps(event) for event in friendships)
+    pipeline.run()  # the link bob and ann get is of time 10 (f3)
+    pipeline.produce_lines([json.dumps(erasure)])
+    pipeline.run()  # f3 is void: the pair's weight is still 0, now of time 11
+    lines = [json.dumps(event) for event in [*friendships, erasure]]
+    assert set(pipeline.raw_scores()) == set(compute_reference(lines, BLEND).raw) == {"ann", "bob"}
+
+
 def test_lift_only_never_scores_anyone_below_their_own_behaviour():
     events = [
         _purchase("p1", 1, "ann", 200.0),
