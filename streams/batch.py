@@ -301,12 +301,16 @@ class UserBatch:
             # An erasure of this user is later: the pair partition, told of it, sends the link that counts.
             self.counts.updates_stale += 1
             return
+        known = state.friends.get(friend)
+        previous_ts = known.link_ts if known is not None else None
         outcome = scoring.apply_link(state, friend, weight, link_version)
         if outcome is None:
             self.counts.updates_stale += 1
             return
         state.friends[friend].link_ts = origin_ts
-        if outcome == "new":
+        # A friendship re-timed (an erasure of the friend voided the event that set it, a later one
+        # counts) may have been forgotten by the friend, with our estimate: it learns it again.
+        if outcome == "new" or (weight > 0 and origin_ts != previous_ts):
             self._new_links.setdefault(user, []).append(friend)
         if weight >= 0:
             self._named(user, state)

@@ -185,6 +185,30 @@ def test_a_friendship_whose_last_event_an_erasure_voids_names_its_users_from_the
     assert set(pipeline.raw_scores()) == set(compute_reference(lines, BLEND).raw) == {"ann", "bob"}
 
 
+def test_a_friendship_an_erasure_re_times_brings_the_friends_estimate_back():
+    """The erased user forgot the friend's estimate with the link; the pair, re-timed to its later add, is
+    unchanged for the friend, who must still send its estimate again."""
+    before = [
+        _purchase("p1", 1, "ann", 300.0),
+        {"type": "friendship", "event_id": "f-cid", "ts": 1, "user_a": "ann", "user_b": "cid", "action": "add"},
+        # bob's weight is too small for his return to move ann by epsilon: she does not publish again
+        {"type": "friendship", "event_id": "f-late", "ts": 12, "user_a": "ann", "user_b": "bob", "action": "add", "weight": 0.001},
+        {"type": "friendship", "event_id": "f-early", "ts": 11, "user_a": "ann", "user_b": "bob", "action": "add", "weight": 0.001},
+    ]
+    erasure = {"type": "erasure", "event_id": "x1", "ts": 11, "user_id": "bob"}
+    pipeline = LocalPipeline(BLEND, partitions=1)
+    pipeline.produce_lines(json.dumps(event) for event in before)
+    pipeline.run()
+    pipeline.produce_lines([json.dumps(erasure)])
+    pipeline.run()
+    expected = compute_reference([json.dumps(event) for event in [*before, erasure]], BLEND).raw
+    scores = pipeline.raw_scores()
+    assert set(scores) == set(expected) == {"ann", "bob", "cid"}
+    assert expected["bob"] > 0
+    for user in expected:
+        assert abs(scores[user] - expected[user]) <= BLEND.error_bound
+
+
 def test_lift_only_never_scores_anyone_below_their_own_behaviour():
     events = [
         _purchase("p1", 1, "ann", 200.0),
