@@ -931,8 +931,8 @@ def score_users(
         if partition in first:
             # Before the states: a kill that lands any of them lands the rules they were made under too
             # (else a worker restarted under newer rules would take them for states of those).
-            epoch, rules = first[partition]
-            result.writes.append((partition, RULES_KEY, Raw(_MARKER.pack(epoch) + rules.text.encode("utf-8"))))
+            epoch, first_rules = first[partition]
+            result.writes.append((partition, RULES_KEY, Raw(_MARKER.pack(epoch) + first_rules.text.encode("utf-8"))))
         result.writes.extend((partition, user, state) for user, state in output.states.items())
         result.changed += len(output.states)
         if user_batch.clock > clock:
