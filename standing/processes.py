@@ -112,6 +112,7 @@ def start_worker_process(settings: Settings, *, log_path: Path, rules_path: Path
         "STANDING_ROCKSDB_COMPRESSION": settings.rocksdb_compression,
         "STANDING_ROCKSDB_LEVEL0_COMPACTION_TRIGGER": str(settings.rocksdb_level0_compaction_trigger),
         "STANDING_SCHEMA_REGISTRY_URL": settings.schema_registry_url,
+        "STANDING_EXPLAIN_FRIENDS": "1" if settings.explain_friends else "0",
     }
     if settings.schema_registry_user_info:
         env["STANDING_SCHEMA_REGISTRY_USER_INFO"] = settings.schema_registry_user_info

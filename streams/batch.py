@@ -615,6 +615,11 @@ class PairBatch:
             if user != state.user_a and user != state.user_b:
                 continue
             self._states[key] = state
+            # Ids of the events it voids go too (a copy read again is void by its time, the marker says so).
+            forgotten = {event_id: ts for event_id, ts in state.recent_events.items() if ts > erased_ts}
+            if len(forgotten) < len(state.recent_events):
+                state.recent_events = forgotten
+                self._written.add(key)
             remaining = [(ts, weight) for ts, weight in state.events if ts > erased_ts]
             if remaining == state.events:
                 if state.version:

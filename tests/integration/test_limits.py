@@ -43,12 +43,18 @@ def _records() -> list[tuple[str, bytes, bytes, str]]:
     purchase = ev.to_record(ev.Purchase("big-purchase", 10, "ann", "x", 4.0))[1]
     post = ev.to_record(ev.Post("big-post", 11, "bob", "p", ()))[1]
     friendship = ev.to_record(ev.Friendship("big-friendship", 12, "ann", "bob", "add", 1.0))[1]
+    retraction = ev.to_record(ev.Retraction("big-retraction", 13, "ann", "p1", ""))[1]
+    erasure = ev.to_record(ev.Erasure("big-erasure", 14, "cid"))[1]
     return [
         ("purchases", b"ann", _value_of_size(lambda pad: codec.encode("purchase", {**purchase, "category": "c" + pad}), AT_THE_LIMIT), "scored"),
         ("purchases", b"ann", _value_of_size(lambda pad: codec.encode("purchase", {**purchase, "event_id": "neg", "amount": -1.0, "category": pad}), AT_THE_LIMIT), "bad_amount"),
         ("posts", b"bob", _value_of_size(lambda pad: codec.encode("post", {**post, "labels": ["helpful", pad]}), AT_THE_LIMIT), "scored"),
         ("posts", b"bob", _value_of_size(lambda pad: b"\x00\x00\x00\x00\x02" + pad.encode(), AT_THE_LIMIT), "not_decodable"),
         ("friendships", pair_key("ann", "bob").encode(), _value_of_size(lambda pad: codec.encode("friendship", {**friendship, "action": "poke" + pad}), AT_THE_LIMIT), "unknown_action"),
+        # a long reason for a dispute upheld: ann's purchase p1 counts nothing
+        ("retractions", b"ann", _value_of_size(lambda pad: codec.encode("retraction", {**retraction, "reason": "r" + pad}), AT_THE_LIMIT), "scored"),
+        # an erasure has nothing but ids (at most 256 characters): at the limit it can only be wrong
+        ("erasures", b"cid", _value_of_size(lambda pad: codec.encode("erasure", {**erasure, "event_id": "e" + pad}), AT_THE_LIMIT), "id_too_long"),
     ]
 
 
@@ -83,6 +89,7 @@ async def _dead_letters(settings) -> list[dict]:
 def test_records_at_the_size_limit_on_every_input_topic_never_stop_a_partition(fresh_settings, tmp_path):
     settings = fresh_settings
     big = _records()
+    assert {topic for topic, *_ in big} == set(ev.CATALOG.topics()), "every input topic"
     good = [
         ev.Friendship("f1", 1, "ann", "bob", "add", 1.0),
         ev.Purchase("p1", 2, "ann", "groceries", 200.0),

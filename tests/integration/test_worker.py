@@ -4,6 +4,7 @@ stop it and are never dropped silently; the query API explains scores."""
 from __future__ import annotations
 
 import asyncio
+import time
 import json
 import random
 import urllib.error
@@ -153,7 +154,7 @@ def _get(url: str) -> tuple[int, dict]:
         return error.code, json.loads(error.read() or b"{}")
 
 
-def test_query_api_explains_scores(fresh_settings, worker):
+def test_query_api_explains_scores(fresh_settings, worker, tmp_path):
     events = [
         ev.Friendship("f1", 1, "ann", "bob", "add", 1.0),
         ev.Friendship("f2", 2, "ann", "cid", "add", 3.0),
@@ -197,6 +198,33 @@ def test_query_api_explains_scores(fresh_settings, worker):
     assert done.returncode == 0, done.stderr
     assert "ann:" in done.stdout and "friends' scores, together (2 friends)" in done.stdout and "post:helpful" in done.stdout
     assert "cid" not in done.stdout
+    for bad, said in (("", "user_id is empty"), ("a\nb", "control characters")):
+        done = subprocess.run(
+            [sys.executable, "-m", "standing", "explain", bad, "--api", base], capture_output=True, text=True, timeout=30
+        )
+        assert done.returncode == 2 and said in done.stderr and "Traceback" not in done.stderr, done.stderr
+
+    # The operator's choice (STANDING_EXPLAIN_FRIENDS=1): the same state, explained friend by friend.
+    processes.stop_process(worker)
+    detailed = fresh_settings.with_overrides(explain_friends=True)
+    again = processes.start_worker_process(detailed, log_path=tmp_path / "detailed.log")
+    try:
+        processes.wait_for_metrics(detailed.metrics_port, again, log_path=tmp_path / "detailed.log")
+        deadline = time.monotonic() + 60
+        answer: tuple[int, dict] = (0, {})
+        while answer[0] != 200 and time.monotonic() < deadline:
+            try:
+                answer = _get(f"{base}/users/ann")
+            except urllib.error.URLError:  # the web server not up yet
+                pass
+            time.sleep(0.2)  # or its partitions still recovering
+        status, ann = answer
+        assert status == 200, ann
+        friends = {r["user_id"]: r for r in ann["reasons"] if r["kind"] == "friend"}
+        assert set(friends) == {"bob", "cid"} and not [r for r in ann["reasons"] if r["kind"] == "network"]
+        assert friends["bob"]["friend_raw"] > 0 > friends["cid"]["friend_raw"]
+    finally:
+        processes.stop_process(again)
 
 
 @pytest.mark.timeout(600)

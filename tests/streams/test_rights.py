@@ -22,7 +22,9 @@ from hypothesis import strategies as st
 
 from standing.reference import compute_reference
 from streams import events as ev
+from streams import scoring
 from streams.local import LocalPipeline
+from streams.state_codec import extra_of
 from streams.rules import load_rules
 
 BLEND = load_rules()
@@ -152,6 +154,36 @@ def test_an_erased_user_is_gone_and_friends_move_as_if_the_friendship_never_was(
     assert "ann" not in scores and "ann" not in expected
     assert "cid" not in scores, "cid's only event was a friendship with ann stamped before her erasure"
     assert scores["bob"] == pytest.approx(1.0) == expected["bob"], "bob alone: his own points only"
+
+
+def test_what_is_left_of_an_erased_user_is_what_keeps_late_events_void():
+    """State, held events, retractions and history go (spec section 9). What stays: the id and the
+    erasure's time, and each former friendship as the two ids with a version and a void weight (in both
+    users' states and the pair's), so that a late or repeated event is void; no event id, no estimate."""
+    events = [
+        _purchase("ann-purchase-one", 1, "ann", 500.0),
+        {"type": "post", "event_id": "ann-post-one", "ts": 2, "user_id": "ann", "post_id": "ann-post", "labels": ["helpful"]},
+        {"type": "retraction", "event_id": "ann-dispute-one", "ts": 3, "user_id": "ann", "retracts": "ann-purchase-one", "reason": "ann-reason"},
+        {"type": "friendship", "event_id": "ann-bob-friendship", "ts": 4, "user_a": "ann", "user_b": "bob", "action": "add"},
+        _purchase("bob-purchase-one", 5, "bob", 10.0),
+        {"type": "erasure", "event_id": "ann-erased", "ts": 10, "user_id": "ann"},
+    ]
+    pipeline = LocalPipeline(BLEND, partitions=2)
+    pipeline.produce_lines(json.dumps(event) for event in events)
+    pipeline.run()
+    users = {user: state for _, user, state in pipeline.users.all()}
+    ann, bob = users["ann"], users["bob"]
+    extra = extra_of(ann)
+    assert not ann.exists and ann.erased_ts == 10
+    assert not ann.history and not ann.recent_events and not extra.held and not extra.retractions
+    for entry in (*ann.friends.values(), bob.friends["ann"]):
+        assert entry.weight == scoring.VOIDED and not entry.has_estimate and entry.estimate == 0.0
+    [pair] = [pair for _, _, pair in pipeline.pairs.all()]
+    assert not pair.events and not pair.recent_events and pair.weight == 0.0
+    stored = b"".join(raw for store in (pipeline.users, pipeline.pairs) for held in store.data.values() for raw in held.values())
+    for text in ("ann-purchase-one", "ann-post", "ann-dispute-one", "ann-reason", "ann-bob-friendship", "ann-erased"):
+        assert text.encode() not in stored, text
+    assert b"bob-purchase-one" in stored, "bob's own event stays"
 
 
 def test_events_after_an_erasure_start_a_new_user_whatever_the_order_they_are_processed_in():
