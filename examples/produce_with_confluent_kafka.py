@@ -36,7 +36,13 @@ import fastavro
 from confluent_kafka import Producer
 
 #: event "type" -> (topic, schema name); the README lists them.
-TOPICS = {"purchase": "purchases", "post": "posts", "friendship": "friendships"}
+TOPICS = {
+    "purchase": "purchases",
+    "post": "posts",
+    "friendship": "friendships",
+    "retraction": "retractions",
+    "erasure": "erasures",
+}
 #: A friendship's key: the two user ids, the smaller first, joined by this character (U+001F).
 PAIR_SEPARATOR = "\x1f"
 

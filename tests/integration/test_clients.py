@@ -16,7 +16,7 @@ import pytest
 from confluent_kafka.schema_registry import SchemaRegistryClient
 from confluent_kafka.schema_registry.error import SchemaRegistryError
 
-from examples.produce_with_confluent_kafka import RegistrySerializers, WireFormat, produce
+from examples.produce_with_confluent_kafka import TOPICS, RegistrySerializers, WireFormat, produce
 from schemas import codec
 from standing import processes
 from standing.control import wait_until_quiescent
@@ -56,8 +56,19 @@ def _wait_for_web(settings, timeout: float = 60.0) -> None:
 
 
 def _events(tmp_path: Path) -> Path:
+    """A population's events, then disputes upheld (retractions) and a few people forgotten (erasures)."""
     path = tmp_path / "events.jsonl"
     write_jsonl(path, generate_events(PopulationConfig(users=400, events=4000, seed=21), RULES))
+    lines = [json.loads(line) for line in path.read_text().splitlines()]
+    last = max(line["ts"] for line in lines)
+    owned = [line for line in lines if line["type"] in ("purchase", "post")]
+    more = [
+        {"type": "retraction", "event_id": f"r{i}", "ts": last + 1 + i, "user_id": line["user_id"], "retracts": line["event_id"], "reason": "dispute upheld"}
+        for i, line in enumerate(owned[::50])
+    ]
+    more += [{"type": "erasure", "event_id": f"x{i}", "ts": last + 1000 + i, "user_id": line["user_id"]} for i, line in enumerate(owned[7::400])]
+    with path.open("a") as out:
+        out.writelines(json.dumps(line) + "\n" for line in more)
     return path
 
 
@@ -70,6 +81,12 @@ def _scored_like_the_reference(settings, events: Path) -> None:
 
 def _registry_url(settings) -> str:
     return f"http://{settings.web_host}:{settings.web_port}"
+
+
+def test_the_example_producer_knows_every_input_topic():
+    from streams.events import CATALOG
+
+    assert TOPICS == {event_type.name: event_type.topic for event_type in CATALOG.types}
 
 
 def test_a_confluent_kafka_producer_with_default_settings_scores_like_the_reference(fresh_settings, worker, tmp_path):
@@ -186,6 +203,9 @@ def test_with_a_schema_registry_any_id_it_gave_out_is_scored_and_scores_are_read
                 idle += 1
                 continue
             idle = 0
+            if message.value() is None:  # a tombstone: the user was erased
+                latest.pop(message.key().decode(), None)
+                continue
             score = deserializer(message.value(), SerializationContext("scores", MessageField.VALUE))
             if score["version"] > latest.get(score["user_id"], {"version": -1})["version"]:
                 latest[score["user_id"]] = score
@@ -199,4 +219,4 @@ def _newest_texts() -> dict[str, str]:
     newest = {}
     for entry in sorted(registry["schemas"], key=lambda entry: entry["id"]):
         newest[entry["name"]] = (SCHEMAS / entry["file"]).read_text()
-    return {name: newest[name] for name in ("purchase", "post", "friendship")}
+    return {name: newest[name] for name in TOPICS}
