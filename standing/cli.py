@@ -211,7 +211,11 @@ def cmd_reference(args: argparse.Namespace) -> int:
     from standing.reference import reference_file, write_scores
 
     rules = _rules(args)
-    result = reference_file(args.file, rules)
+    try:
+        result = reference_file(args.file, rules, as_of=args.as_of)
+    except ValueError as error:  # an as_of before the stream time
+        print(f"standing reference: {error}; give --as-of at or after it", file=sys.stderr)
+        return 2
     write_scores(args.out, result.raw, rules)
     summary = result.summary.as_dict()
     print(json.dumps(summary))
@@ -398,6 +402,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = command("reference", "the batch fixed point of a file of events (no broker)", cmd_reference)
     rules(sub)
     sub.add_argument("file", type=Path)
+    sub.add_argument("--as-of", type=int, metavar="MS", help="valid at this event time instead of the stream time (ms, not before it)")
     sub.add_argument("--out", type=Path, required=True)
     sub.add_argument("--summary", type=Path)
 

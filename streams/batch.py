@@ -412,7 +412,8 @@ class UserBatch:
                 continue  # nothing names this user (yet): no score
             publish, value = scoring.should_publish(state, rules, epoch)
             if publish or user in self._erased or user in self._revived:
-                scoring.publish(state, value, now_ms, epoch)
+                # History in event time, like everything a score says: a replay stamps the same points.
+                scoring.publish(state, value, state.as_of, epoch)
                 receivers: Iterable[str] = state.current_friends()
                 has_friends = state.has_friends()
                 scores.append(

@@ -191,6 +191,7 @@ def should_publish(state: UserState, rules: Rules, epoch: int = 0) -> tuple[bool
 
 
 def publish(state: UserState, value: float, ts: int, epoch: int = 0) -> None:
+    """``value`` becomes the published score; the history keeps it with ``ts``, the event time it is valid at."""
     state.published = value
     state.version = max(state.version + 1, epoch << EPOCH_SHIFT)
     state.history.append((ts, value))

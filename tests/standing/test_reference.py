@@ -179,3 +179,27 @@ def test_a_broken_scores_file_names_the_line(tmp_path):
     path.write_text('{"user_id": "ann", "raw": 1.0}\n{"user": "bob"}\n')
     with pytest.raises(ValueError, match="scores.jsonl:2"):
         read_scores(path)
+
+
+def test_the_reference_command_gives_scores_at_a_later_time_and_refuses_an_earlier_one(tmp_path):
+    import subprocess
+    import sys
+
+    rules_path = tmp_path / "rules.toml"
+    rules_path.write_text("[time]\nhalf_life_days = 10\n[purchase.weights]\ngroceries = 0.1\n")
+    rules = load_rules(rules_path)
+    day = 24 * 3600 * 1000
+    events = tmp_path / "events.jsonl"
+    events.write_text(json.dumps({"type": "purchase", "event_id": "p", "ts": day, "user_id": "ann", "category": "groceries", "amount": 100.0}) + "\n")
+
+    def reference(*extra):
+        out = tmp_path / "out.jsonl"
+        done = subprocess.run([sys.executable, "-m", "standing", "reference", str(events), "--rules", str(rules_path), "--out", str(out), *extra],
+                              capture_output=True, text=True, timeout=60)  # fmt: skip
+        return done, out
+
+    done, out = reference("--as-of", str(11 * day))
+    assert done.returncode == 0, done.stderr
+    assert read_scores(out) == pytest.approx({"ann": 5.0}) == compute_reference(events.read_text().splitlines(), rules, as_of=11 * day).raw
+    done, _ = reference("--as-of", str(day - 1))
+    assert done.returncode == 2 and "before the stream time" in done.stderr and "Traceback" not in done.stderr

@@ -148,3 +148,22 @@ def test_an_expiry_made_stale_by_an_erasure_does_not_hide_the_next_one():
         pipeline.run()
     assert pipeline.raw_scores() == {"ann": 0.0}
     _assert_like_the_reference(pipeline, lines, CHANGED)
+
+
+def test_the_history_is_stamped_in_event_time_so_a_replay_stamps_the_same_points():
+    """Each point of a user's history carries the event time its score is valid at, not the wall clock."""
+    lines = [
+        json.dumps({"type": "purchase", "event_id": "a", "ts": START, "user_id": "ann", "category": "groceries", "amount": 100.0}),
+        json.dumps({"type": "purchase", "event_id": "b", "ts": START + 30 * DAY, "user_id": "ann", "category": "groceries", "amount": 50.0}),
+    ]
+    histories = []
+    for wall_clock in (1, 10**13):
+        pipeline = LocalPipeline(DECAY_ONLY, partitions=1, now_ms=lambda wall_clock=wall_clock: wall_clock)
+        for line in lines:  # one batch each: two scores
+            pipeline.produce_lines([line])
+            pipeline.run()
+        [state] = [state for _, user, state in pipeline.users.all() if user == "ann"]
+        histories.append(state.history)
+    assert histories[0] == histories[1]
+    assert [ts for ts, _ in histories[0]] == [START, START + 30 * DAY]
+    assert histories[0][0][1] == 10.0 and abs(histories[0][1][1] - (10.0 / 2 + 5.0)) < 1e-9  # a half-life later: half, plus the new
