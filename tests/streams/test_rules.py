@@ -120,3 +120,11 @@ def test_unreadable_files_are_clear_errors(tmp_path):
     binary.write_bytes(b"alpha = '\xff'\n")
     with pytest.raises(RulesError, match="not valid TOML"):
         load_rules(binary)
+
+
+def test_the_same_rules_written_differently_have_the_same_version_and_any_change_a_new_one(tmp_path):
+    one = _rules(tmp_path, '[network]\nalpha = 0.5\nepsilon = 1e-3\n[purchase.weights]\ngroceries = 1\nbooks = 0.25\n[time]\nhalf_life_days = 90\n')
+    same = _rules(tmp_path, '# the same, reordered\n[time]\nhalf_life_days = 90.0\n[purchase.weights]\nbooks = 0.25  # a comment\ngroceries = 1.0\n[network]\nepsilon = 0.001\nalpha = 0.50\n')
+    assert one.version == same.version
+    changed = _rules(tmp_path, '[network]\nalpha = 0.5\nepsilon = 1e-3\n[purchase.weights]\ngroceries = 1\nbooks = 0.26\n[time]\nhalf_life_days = 90\n')
+    assert changed.version != one.version
