@@ -7,6 +7,7 @@ import errno
 import gc
 import logging
 import os
+import socket
 import sys
 import time
 
@@ -99,28 +100,44 @@ def tune_garbage_collector(young_threshold: int) -> None:
 
 
 def serve_metrics(host: str, port: int, *, wait: float, say) -> None:
-    """Start the metrics server, waiting up to ``wait`` s while the port is still held.
+    """Start the metrics server, waiting up to ``wait`` s while the port is still held (``when_free``)."""
+    when_free(lambda: start_http_server(port, addr=host), host, port, wait=wait, say=say, what="metrics port")
+
+
+def wait_for_web_port(host: str, port: int, *, wait: float, say) -> None:
+    """Return once the API's port can be bound (Faust's web server binds it as the worker starts)."""
+
+    def probe() -> None:
+        family, kind, proto, _, address = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0]
+        with socket.socket(family, kind, proto) as held:
+            held.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as aiohttp's server does
+            held.bind(address)
+
+    when_free(probe, host, port, wait=wait, say=say, what="web port")
+
+
+def when_free(bind, host: str, port: int, *, wait: float, say, what: str) -> None:
+    """Call ``bind`` until it does not find the port in use, for up to ``wait`` s; then it raises.
 
     A process killed with SIGKILL keeps its listening sockets until its last
     thread has exited and its memory is unmapped (measured here: 50-115 ms at
-    200-270 MB, 0.6 s at 1 GB, 2.1 s at 4 GB); SO_REUSEADDR (set by
-    http.server) covers TIME_WAIT only, never a socket still listening. A
-    worker restarted at once on the same ports waits for its predecessor
-    instead of failing.
+    200-270 MB, 0.6 s at 1 GB, 2.1 s at 4 GB); SO_REUSEADDR covers TIME_WAIT
+    only, never a socket still listening. A worker restarted at once on the
+    same ports waits for its predecessor instead of failing.
     """
     deadline = time.monotonic() + wait
     told = False
     while True:
         try:
-            start_http_server(port, addr=host)
+            bind()
             if told:
-                say(f"metrics port {port} is free again; serving")
+                say(f"{what} {port} is free again")
             return
         except OSError as error:
             if error.errno != errno.EADDRINUSE or time.monotonic() >= deadline:
                 raise
             if not told:
-                say(f"metrics port {host}:{port} is in use{held_by(port)}; waiting up to {wait:.0f} s for it to be released")
+                say(f"{what} {host}:{port} is in use{held_by(port)}; waiting up to {wait:.0f} s for it to be released")
                 told = True
             time.sleep(0.1)
 
@@ -213,6 +230,14 @@ def run_worker(
                 f"{held_by(settings.metrics_port)}; stop that process or pass --metrics-port"
             )
             return 2
+    try:
+        wait_for_web_port(settings.web_host, settings.web_port, wait=settings.session_timeout, say=say)
+    except OSError as error:
+        say(
+            f"cannot serve the API on {settings.web_host}:{settings.web_port} ({error})"
+            f"{held_by(settings.web_port)}; stop that process or pass --web-port"
+        )
+        return 2
     settings.data_dir.mkdir(parents=True, exist_ok=True)
     app, scorer = build(settings, rules, epoch)
     install_reaper(app, settings, loop)
