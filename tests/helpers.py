@@ -25,3 +25,19 @@ def log_excerpt(path: Path, lines: int = 60) -> str:
         if _LEVEL.search(line) or line.startswith(("standing worker:", "Traceback")) or re.match(r"^\w*(Error|Exception)\b", line):
             kept.append(line[:400])
     return "\n".join(kept[-lines:])
+
+
+def wait_until_ready(settings, timeout: float = 60.0) -> None:
+    """Until the worker at ``settings``' web port answers /ready with 200 (partitions recovered)."""
+    import time
+    import urllib.request
+
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            with urllib.request.urlopen(f"http://{settings.web_host}:{settings.web_port}/ready", timeout=2):
+                return
+        except OSError:  # not up yet, or 503 (urllib's HTTPError is an OSError)
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.2)

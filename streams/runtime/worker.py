@@ -220,24 +220,16 @@ def run_worker(
     if resolved is None:
         return 2
     rules, epoch = resolved
+    ports = [("the API", settings.web_port, "--web-port", wait_for_web_port)]
     if settings.metrics_port:
         metrics.publish_identity(settings.group_instance_id)
+        ports.insert(0, ("metrics", settings.metrics_port, "--metrics-port", serve_metrics))
+    for what, port, flag, take in ports:
         try:
-            serve_metrics(settings.web_host, settings.metrics_port, wait=settings.session_timeout, say=say)
+            take(settings.web_host, port, wait=settings.session_timeout, say=say)
         except OSError as error:
-            say(
-                f"cannot serve metrics on {settings.web_host}:{settings.metrics_port} ({error})"
-                f"{held_by(settings.metrics_port)}; stop that process or pass --metrics-port"
-            )
+            say(f"cannot serve {what} on {settings.web_host}:{port} ({error}){held_by(port)}; stop that process or pass {flag}")
             return 2
-    try:
-        wait_for_web_port(settings.web_host, settings.web_port, wait=settings.session_timeout, say=say)
-    except OSError as error:
-        say(
-            f"cannot serve the API on {settings.web_host}:{settings.web_port} ({error})"
-            f"{held_by(settings.web_port)}; stop that process or pass --web-port"
-        )
-        return 2
     settings.data_dir.mkdir(parents=True, exist_ok=True)
     app, scorer = build(settings, rules, epoch)
     install_reaper(app, settings, loop)

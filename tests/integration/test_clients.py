@@ -23,6 +23,7 @@ from standing.control import wait_until_quiescent
 from standing.population import PopulationConfig, generate_events, write_jsonl
 from standing.reference import compare, reference_file
 from streams.rules import load_rules
+from tests.helpers import wait_until_ready
 from streams.runtime.lookups import read_scores
 
 RULES = load_rules()
@@ -35,24 +36,10 @@ def worker(fresh_settings, tmp_path):
     process = processes.start_worker_process(fresh_settings, log_path=log_path)
     try:
         processes.wait_for_metrics(fresh_settings.metrics_port, process, log_path=log_path)
-        _wait_for_web(fresh_settings)
+        wait_until_ready(fresh_settings)
         yield process
     finally:
         processes.stop_process(process)
-
-
-def _wait_for_web(settings, timeout: float = 60.0) -> None:
-    import time
-
-    deadline = time.monotonic() + timeout
-    while True:
-        try:
-            with urllib.request.urlopen(f"{_registry_url(settings)}/ready", timeout=2):
-                return
-        except OSError:
-            if time.monotonic() > deadline:
-                raise
-            time.sleep(0.2)
 
 
 def _events(tmp_path: Path) -> Path:

@@ -4,7 +4,6 @@ stop it and are never dropped silently; the query API explains scores."""
 from __future__ import annotations
 
 import asyncio
-import time
 import json
 import random
 import urllib.error
@@ -22,6 +21,7 @@ from streams import events as ev
 from streams.rules import load_rules
 from topology import topics
 from topology.routing import pair_key
+from tests.helpers import wait_until_ready
 
 RULES = load_rules()
 
@@ -210,15 +210,8 @@ def test_query_api_explains_scores(fresh_settings, worker, tmp_path):
     again = processes.start_worker_process(detailed, log_path=tmp_path / "detailed.log")
     try:
         processes.wait_for_metrics(detailed.metrics_port, again, log_path=tmp_path / "detailed.log")
-        deadline = time.monotonic() + 60
-        answer: tuple[int, dict] = (0, {})
-        while answer[0] != 200 and time.monotonic() < deadline:
-            try:
-                answer = _get(f"{base}/users/ann")
-            except urllib.error.URLError:  # the web server not up yet
-                pass
-            time.sleep(0.2)  # or its partitions still recovering
-        status, ann = answer
+        wait_until_ready(detailed)
+        status, ann = _get(f"{base}/users/ann")
         assert status == 200, ann
         friends = {r["user_id"]: r for r in ann["reasons"] if r["kind"] == "friend"}
         assert set(friends) == {"bob", "cid"} and not [r for r in ann["reasons"] if r["kind"] == "network"]

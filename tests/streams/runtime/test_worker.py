@@ -32,7 +32,7 @@ def test_a_port_still_held_is_waited_for_and_said_once(start):
     start("127.0.0.1", port, wait=10, say=said.append)
     assert time.monotonic() - began >= 0.5
     releaser.join()
-    assert len(said) == 2 and "is in use" in said[0] and f"pid" in said[0] and "free again" in said[1], said
+    assert len(said) == 2 and "is in use" in said[0] and "pid" in said[0] and "free again" in said[1], said
 
 
 def test_a_port_held_for_longer_than_the_wait_fails_with_address_in_use():
