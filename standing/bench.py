@@ -403,14 +403,19 @@ async def _quiescent_sampling_rss(worker: ScorerUnderTest, progress=sys.stderr) 
     return peak
 
 
-def histogram_buckets(samples: dict, name: str) -> list[tuple[float, float]]:
-    """(upper bound, cumulative count) of a Prometheus histogram, sorted."""
-    buckets = []
+def histogram_buckets(samples: dict, name: str, **where: str) -> list[tuple[float, float]]:
+    """(upper bound, cumulative count) of a Prometheus histogram, sorted, summed over its series
+    (those whose labels match ``where``), as ``sum by (le)`` does."""
+    buckets: dict[float, float] = {}
     for (sample_name, labels), value in samples.items():
         if sample_name == f"{name}_bucket":
-            bound = dict(labels)["le"]
-            buckets.append((float("inf") if bound == "+Inf" else float(bound), value))
-    return sorted(buckets)
+            labels = dict(labels)
+            if any(labels.get(key) != wanted for key, wanted in where.items()):
+                continue
+            bound = labels["le"]
+            bound = float("inf") if bound == "+Inf" else float(bound)
+            buckets[bound] = buckets.get(bound, 0.0) + value
+    return sorted(buckets.items())
 
 
 def histogram_quantile(q: float, before: list[tuple[float, float]], after: list[tuple[float, float]]) -> float | None:
@@ -470,17 +475,25 @@ async def _offer(settings: Settings, config: PopulationConfig, rate: float, seco
 
 def _latency_at(worker: ScorerUnderTest, config: PopulationConfig, rate: float, seconds: float) -> dict:
     """Event-to-own-score latency at an offered live rate (events stamped now), from the worker's histogram."""
-    before = histogram_buckets(worker.samples(), "standing_event_to_score_seconds")
+    name = "standing_event_to_score_seconds"
+    earlier = worker.samples()
     offered = asyncio.run(_offer(worker.settings, config, rate, seconds))
     asyncio.run(wait_until_quiescent(worker.settings, timeout=600, progress=None))
     time.sleep(0.2)
-    after = histogram_buckets(worker.samples(), "standing_event_to_score_seconds")
-    return {
+    later = worker.samples()
+    before, after = histogram_buckets(earlier, name), histogram_buckets(later, name)
+    figures = {
         "latency_offered_events_per_s": offered / seconds,
         "latency_p50_s": histogram_quantile(0.50, before, after),
         "latency_p99_s": histogram_quantile(0.99, before, after),
         "latency_max_bucket_s": histogram_max_bound(before, after),
     }
+    # Apart by lane: a friendship reaches its users through its pair's partition first (one hop more).
+    for lane in (ev.USER, ev.PAIR):
+        lane_before, lane_after = histogram_buckets(earlier, name, lane=lane), histogram_buckets(later, name, lane=lane)
+        figures[f"latency_{lane}_lane_p50_s"] = histogram_quantile(0.50, lane_before, lane_after)
+        figures[f"latency_{lane}_lane_p99_s"] = histogram_quantile(0.99, lane_before, lane_after)
+    return figures
 
 
 LIVE_P99_LIMIT_S = 0.1
@@ -714,6 +727,8 @@ def run_bench(
                 figures[f"live_{rate}_offered_events_per_s"] = step["latency_offered_events_per_s"]
                 figures[f"live_{rate}_p50_s"] = step["latency_p50_s"]
                 figures[f"live_{rate}_p99_s"] = step["latency_p99_s"]
+                for lane in (ev.USER, ev.PAIR):
+                    figures[f"live_{rate}_{lane}_lane_p99_s"] = step[f"latency_{lane}_lane_p99_s"]
             figures["live_highest_rate_p99_within_100ms"] = highest
             if highest:
                 rate = highest / 2

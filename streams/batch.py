@@ -78,6 +78,9 @@ class ScoreOut:
     #: friendship) in the batch; None when only friends' estimates moved it.
     #: Event-to-score latency is measured from this.
     direct_ts: int | None = None
+    #: the lane that event came in by: USER (purchase, post, retraction) or PAIR
+    #: (a friendship: through its pair's partition first, then a link)
+    direct_lane: str | None = None
     #: the user was erased and nothing names them any more: a tombstone (no value) on ``scores``
     tombstone: bool = False
     #: the stream time raw, own and network are valid at (spec section 7)
@@ -132,7 +135,7 @@ class UserBatch:
         self._dedup_min_ids = dedup_min_ids
         self._states: dict[str, UserState] = {}
         self._changed: dict[str, int] = {}  # user -> oldest origin_ts of what changed it
-        self._direct: dict[str, int] = {}  # user -> oldest ts of their own events that changed it
+        self._direct: dict[str, tuple[int, str]] = {}  # user -> (oldest ts of their own events that changed it, its lane)
         self._new_links: dict[str, list[str]] = {}
         #: users erased in this batch -> the erasure's time
         self._erased: dict[str, int] = {}
@@ -286,11 +289,12 @@ class UserBatch:
             state.exists = True
             self._revived.add(user)
 
-    def _mark_direct(self, user: str, ts: int) -> None:
+    def _mark_direct(self, user: str, ts: int, lane: str = ev.USER) -> None:
         if ts == UNKNOWN_ORIGIN:
             return  # a link re-sent after a crash: no event time to measure a latency from
         previous = self._direct.get(user)
-        self._direct[user] = ts if previous is None else min(previous, ts)
+        if previous is None or ts < previous[0]:
+            self._direct[user] = (ts, lane)
 
     def link(self, user: str, friend: str, weight: float, link_version: int, origin_ts: int, topic: str, offset: int) -> None:
         """A friendship's new weight from the pair's partition; ``origin_ts`` is the event time that set it."""
@@ -318,7 +322,7 @@ class UserBatch:
             self._voided.add(user)  # was that link the last thing naming the user?
         self.counts.updates_applied += 1
         self._mark(user, state, origin_ts, topic, offset)
-        self._mark_direct(user, origin_ts)  # a LINK carries the friendship event's time
+        self._mark_direct(user, origin_ts, ev.PAIR)  # a LINK carries the friendship event's time
 
     def estimate(self, user: str, sender: str, value: float, version: int, origin_ts: int, topic: str, offset: int) -> None:
         """A friend's estimate, valid at ``origin_ts`` (the sender's stream time): it decays from there."""
@@ -426,7 +430,8 @@ class UserBatch:
                         version=state.version,
                         ts=now_ms,
                         origin_ts=origin_ts,
-                        direct_ts=self._direct.get(user),
+                        direct_ts=direct[0] if (direct := self._direct.get(user)) else None,
+                        direct_lane=direct[1] if direct else None,
                         as_of=state.as_of,
                         rules_version=version,
                     )

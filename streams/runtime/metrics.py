@@ -9,7 +9,7 @@ from __future__ import annotations
 from prometheus_client import Counter, Gauge, Histogram, Info, disable_created_metrics
 
 from streams import batch
-from streams.events import CATALOG
+from streams.events import CATALOG, PAIR, USER
 from topology import topics
 
 disable_created_metrics()  # the *_created series only add noise to dashboards
@@ -60,10 +60,14 @@ BATCH_SECONDS = Histogram(
 EVENT_TO_SCORE_SECONDS = Histogram(
     "standing_event_to_score_seconds",
     "Latency from an accepted event's time to its own user's score being published, i.e. acknowledged by the broker "
-    "(purchase and post: that user; friendship: both users). Friends reached later "
-    "through propagation are not observed here: their change has many causes.",
+    "(purchase and post: that user; friendship: both users), by the lane the event came in by: user (purchases, "
+    "posts, retractions) or pair (friendships, which reach their users through the pair's partition, one hop more). "
+    "Friends reached later through propagation are not observed here: their change has many causes.",
+    ["lane"],
     buckets=(0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.15, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0),
 )
+for _lane in (USER, PAIR):
+    EVENT_TO_SCORE_SECONDS.labels(_lane)
 
 # --- gauges refreshed by streams.runtime.monitoring every few seconds ------------------
 CONSUMER_LAG = Gauge(

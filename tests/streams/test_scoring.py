@@ -175,9 +175,10 @@ def test_latency_is_measured_from_own_events_not_from_friends_estimates():
     batch.link("c", "f", 1.0, 1, origin_ts=60, topic="updates", offset=4)
     batch.points(ev.PURCHASE, ev.Purchase("e2", 70, "c", "groceries", 10.0 / 0.1), "purchases", 5)
     scores = {score.user_id: score for score in batch.finish(now_ms=100).scores}
-    assert scores["b"].origin_ts == 2 and scores["b"].direct_ts == 50
-    assert scores["c"].direct_ts == 60
-    assert scores["a"].origin_ts == 1 and scores["a"].direct_ts is None
+    assert scores["b"].origin_ts == 2 and scores["b"].direct_ts == 50 and scores["b"].direct_lane == ev.USER
+    # c's friendship (a link, from the pair lane) is older than its purchase: measured from it, by its lane
+    assert scores["c"].direct_ts == 60 and scores["c"].direct_lane == ev.PAIR
+    assert scores["a"].origin_ts == 1 and scores["a"].direct_ts is None and scores["a"].direct_lane is None
 
 
 def test_a_link_re_sent_after_a_crash_has_no_event_time_and_no_latency():
@@ -190,7 +191,7 @@ def test_a_link_re_sent_after_a_crash_has_no_event_time_and_no_latency():
     batch.points(ev.PURCHASE, ev.Purchase("e1", 50, "b", "groceries", 10.0 / 0.1), "purchases", 2)
     scores = {score.user_id: score for score in batch.finish(now_ms=100).scores}
     assert scores["a"].direct_ts is None
-    assert scores["b"].direct_ts == 50 and scores["b"].origin_ts == 50
+    assert scores["b"].direct_ts == 50 and scores["b"].origin_ts == 50 and scores["b"].direct_lane == ev.USER
     assert earliest_origin(UNKNOWN_ORIGIN, 7) == earliest_origin(7, UNKNOWN_ORIGIN) == 7
     assert earliest_origin(9, 7) == 7 and earliest_origin(UNKNOWN_ORIGIN, UNKNOWN_ORIGIN) == UNKNOWN_ORIGIN
 
