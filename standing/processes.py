@@ -109,6 +109,7 @@ def start_worker_process(settings: Settings, *, log_path: Path, rules_path: Path
         "STANDING_PROPAGATION_SLICE_MS": str(settings.propagation_slice_ms),
         "STANDING_PROPAGATION_SHARE": str(settings.propagation_share),
         "STANDING_WAITING_UPDATES_LIMIT": str(settings.waiting_updates_limit),
+        "STANDING_REQUEST_TIMEOUT_MS": str(settings.request_timeout_ms),
         "STANDING_ROCKSDB_COMPRESSION": settings.rocksdb_compression,
         "STANDING_ROCKSDB_LEVEL0_COMPACTION_TRIGGER": str(settings.rocksdb_level0_compaction_trigger),
         "STANDING_SCHEMA_REGISTRY_URL": settings.schema_registry_url,

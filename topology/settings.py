@@ -81,6 +81,10 @@ class Settings:
     commit_interval: float = 0.5
     #: Seconds without heartbeats before a worker counts as dead and its partitions move.
     session_timeout: float = 10.0
+    #: How long the worker's producer waits for the broker to acknowledge a record
+    #: before its delivery fails (aiokafka's default); a lane then rewinds and sends
+    #: the undelivered records again before anything else (streams/runtime/agents.py).
+    request_timeout_ms: int = 40_000
     #: Largest number of records processed as one batch (streams/runtime/intake.py
     #: buffers up to four). Each batch waits for two rounds of
     #: acknowledgements (states, then what they caused); bigger batches
@@ -181,6 +185,7 @@ class Settings:
             data_dir=Path(env.get("STANDING_DATA_DIR") or base.data_dir),
             broker_data_dir=Path(env.get("STANDING_BROKER_DATA_DIR") or base.broker_data_dir),
             partitions=_env_int("STANDING_PARTITIONS", base.partitions),
+            request_timeout_ms=_env_int("STANDING_REQUEST_TIMEOUT_MS", base.request_timeout_ms),
             app_id=env.get("STANDING_APP_ID") or base.app_id,
             worker_id=env.get("STANDING_WORKER_ID") or "",
             embedded_broker_workarounds=_env_bool("STANDING_EMBEDDED_BROKER_WORKAROUNDS"),

@@ -36,7 +36,7 @@ from streams.waiting import WaitingUpdates
 from streams.runtime import intake, metrics
 from streams.runtime import recovery
 from streams.runtime.commits import InputProgress
-from streams.runtime.failures import ATTEMPTS, FailureGuard
+from streams.runtime.failures import ATTEMPTS, FailureGuard, transient
 from streams.runtime.intake import InFlight, Intake
 from streams.runtime.output import Outgoing, Outputs
 from streams.runtime.resend import resend_uncommitted
@@ -122,6 +122,8 @@ class Scorer:
 
         #: batches being applied or delivered; a rebalance waits for them
         self.in_flight = InFlight()
+        #: per lane: what a batch whose delivery failed (the broker did not answer) had to send
+        self._undelivered: dict[str, list[Outgoing]] = {}
         #: no record can stop a lane: retries, then one record at a time, then dead letters
         self.user_guard = FailureGuard(
             "score_users", process=self.process_user_batch, pass_over=self._pass_over, rewind=self._rewind_users
@@ -237,6 +239,7 @@ class Scorer:
         metrics.FRIEND_UPDATES_WAITING.set(0)
         self.user_intake.clear()
         self.pair_intake.clear()
+        self._undelivered.clear()  # the re-send scan after the rebalance sends it (or the new owner's)
 
     # --- one batch: admit, decide (pure), write, send, mark done ---------------------
 
@@ -246,7 +249,7 @@ class Scorer:
         if not self.progress.current(admission):
             return  # partitions moved while the broker was asked: the new owner reads these
         result = core.route_friendships(admission.records, self.pairs, self.context, _now_ms())
-        await self._deliver(self.pairs, result)
+        await self._deliver(self.pair_guard.lane, self.pairs, result)
         await self.progress.done(admission)
         metrics.BATCHES.labels("route_friendships").inc()
         metrics.BATCH_SECONDS.labels("route_friendships").observe(time.perf_counter() - started)
@@ -260,7 +263,7 @@ class Scorer:
             admission.records, self.users, self.context, self.waiting_updates, self.propagation, _now_ms(), self.expiry
         )
         metrics.FRIEND_UPDATES_WAITING.set(self.waiting_updates.waiting)
-        await self._deliver(self.users, result)
+        await self._deliver(self.user_guard.lane, self.users, result)
         _observe_latency(result.scores)
         await self.progress.done(admission)
         self.waiting_updates.release(result.taken)
@@ -294,13 +297,21 @@ class Scorer:
         metrics.EVENTS_REJECTED.labels("processing_failed").inc()
         await self.progress.done(admission)
 
-    async def _deliver(self, store, result: core.BatchResult) -> None:
+    async def _deliver(self, lane: str, store, result: core.BatchResult) -> None:
         """Write the batch's states, then send its records and wait until the broker acknowledged every one.
 
         The writes happen here, before the first await, right after the batch
         decided: nothing else touches these states in between. A failed send
-        raises here and crashes the agent instead of being lost behind a
-        committed offset.
+        raises here, so the batch's offsets are not committed; the lane
+        rewinds (streams/runtime/failures.py) and reads the batch again.
+
+        Read again, its records are duplicates (the states already show
+        them), so they cause nothing: what the failed delivery had to send is
+        kept, and sent first by the lane's next delivery, before the offsets
+        past it can be committed. Kept only when the broker did not answer
+        (``transient``); a record the broker refuses would fail every batch
+        after it. A restart or a rebalance drops it: the re-send scan
+        (streams/runtime/resend.py) sends it then.
         """
         writing = time.perf_counter()
         outgoing = [store.put(partition, key, state) for partition, key, state in result.writes]
@@ -308,7 +319,21 @@ class Scorer:
             self.propagation.observe_finish(result.finish_seconds + time.perf_counter() - writing, result.changed)
         outgoing.extend(Outgoing(*send) for send in result.sends)
         metrics.add_counts(result.counts)
-        await self.output.deliver(outgoing)
+        undelivered = self._undelivered.pop(lane, None)
+        if undelivered:
+            outgoing = undelivered + outgoing  # states before states, in the order they were written
+        try:
+            await self.output.deliver(outgoing)
+        except Exception as error:
+            if transient(error):
+                self._undelivered[lane] = outgoing
+            elif undelivered:
+                log.error(
+                    "%s: %d records of a batch whose delivery had failed were not sent again (%s: %s); "
+                    "restart the worker to re-send them",
+                    lane, len(undelivered), type(error).__name__, error,
+                )  # fmt: skip
+            raise
 
 
 def _observe_latency(scores: list[core.ScoreOut]) -> None:

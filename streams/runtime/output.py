@@ -65,6 +65,7 @@ class Outputs:
                         client_id=f"standing-outputs-{self._settings.metrics_port}",
                         acks="all",
                         linger_ms=1,
+                        request_timeout_ms=self._settings.request_timeout_ms,
                         max_request_size=MAX_RECORD_BYTES,
                         max_batch_size=512 * 1024,
                         **self._settings.kafka_client_options(),
