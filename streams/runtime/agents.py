@@ -122,8 +122,8 @@ class Scorer:
 
         #: batches being applied or delivered; a rebalance waits for them
         self.in_flight = InFlight()
-        #: per lane: what a batch whose delivery failed (the broker did not answer) had to send
-        self._undelivered: dict[str, list[Outgoing]] = {}
+        #: per lane: (assignment generation, what a batch whose delivery failed because the broker did not answer had to send)
+        self._undelivered: dict[str, tuple[int, list[Outgoing]]] = {}
         #: no record can stop a lane: retries, then one record at a time, then dead letters
         self.user_guard = FailureGuard(
             "score_users", process=self.process_user_batch, pass_over=self._pass_over, rewind=self._rewind_users
@@ -310,8 +310,9 @@ class Scorer:
         kept, and sent first by the lane's next delivery, before the offsets
         past it can be committed. Kept only when the broker did not answer
         (``transient``); a record the broker refuses would fail every batch
-        after it. A restart or a rebalance drops it: the re-send scan
-        (streams/runtime/resend.py) sends it then.
+        after it. A restart or a rebalance drops it (also a delivery still
+        failing after its partitions moved: it belongs to the old assignment),
+        and the re-send scan (streams/runtime/resend.py) sends it then.
         """
         writing = time.perf_counter()
         outgoing = [store.put(partition, key, state) for partition, key, state in result.writes]
@@ -319,14 +320,18 @@ class Scorer:
             self.propagation.observe_finish(result.finish_seconds + time.perf_counter() - writing, result.changed)
         outgoing.extend(Outgoing(*send) for send in result.sends)
         metrics.add_counts(result.counts)
-        undelivered = self._undelivered.pop(lane, None)
+        generation = self.progress.generation
+        kept = self._undelivered.pop(lane, None)
+        undelivered = kept[1] if kept is not None and kept[0] == generation else []
         if undelivered:
             outgoing = undelivered + outgoing  # states before states, in the order they were written
         try:
             await self.output.deliver(outgoing)
-        except Exception as error:
-            if transient(error):
-                self._undelivered[lane] = outgoing
+        except BaseException as error:
+            if self.progress.generation != generation:
+                pass  # partitions moved meanwhile: the re-send scan of the rebalance (or the new owner's) sends it
+            elif isinstance(error, asyncio.CancelledError) or transient(error):
+                self._undelivered[lane] = (generation, outgoing)
             elif undelivered:
                 log.error(
                     "%s: %d records of a batch whose delivery had failed were not sent again (%s: %s); "

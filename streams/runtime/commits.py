@@ -83,6 +83,8 @@ class InputProgress:
         self._reader: AIOKafkaConsumer | None = None
         self._lookup_lock = asyncio.Lock()
         self._held_from = None
+        #: while a re-send scan runs (streams/runtime/resend.py): token -> {(topic, partition): offset}
+        self._scan_holds: dict[object, dict[tuple[str, int], int]] = {}
         app.standing_progress = self  # what the commit guard reads (the commit guard, PATCHES)
 
     # --- bookkeeping --------------------------------------------------------
@@ -122,13 +124,34 @@ class InputProgress:
         """
         self._held_from = held_from
 
+    def hold_at(self, offsets: dict[tuple[str, int], int]) -> object:
+        """Commit none of these (topic, partition)s past these offsets until ``release`` of the token returned.
+
+        For the re-send scan: it looks for states changed by records past the
+        committed offsets. The lanes read those records again meanwhile, as
+        duplicates that cause nothing; committed past them before the scan
+        re-sent what they caused, a crash would leave nothing that finds it.
+        """
+        token = object()
+        self._scan_holds[token] = dict(offsets)
+        return token
+
+    def release(self, token: object) -> None:
+        self._scan_holds.pop(token, None)
+
     def committable(self, tp) -> int | None:
         """The offset to commit for ``tp``, or None if it is not tracked here."""
         offset = self._next.get(tp)
-        if offset is not None and self._held_from is not None:
+        if offset is None:
+            return None
+        if self._held_from is not None:
             held = self._held_from(tp)
             if held is not None and held < offset:
-                return held
+                offset = held
+        for holds in self._scan_holds.values():
+            held = holds.get((tp.topic, tp.partition))
+            if held is not None and held < offset:
+                offset = held
         return offset
 
     def needs_commit(self, tp, offset: int) -> bool:

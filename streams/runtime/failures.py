@@ -25,7 +25,7 @@ import asyncio
 import logging
 from typing import Awaitable, Callable, Sequence
 
-from aiokafka.errors import KafkaError
+from aiokafka.errors import KafkaError, KafkaTimeoutError
 
 from streams.runtime import metrics
 
@@ -39,6 +39,10 @@ BACKOFF_MAX_S = 5.0
 
 def transient(error: BaseException) -> bool:
     """An error no record is to blame for: the broker or the network, to be waited out."""
+    if isinstance(error, KafkaTimeoutError):
+        # Not "retriable" in aiokafka's terms (it gave up waiting), but the broker's doing, never a record's:
+        # a batch for a partition whose earlier batch did not leave in time fails with it.
+        return True
     if isinstance(error, KafkaError):
         return bool(getattr(error, "retriable", False)) or "Connection" in type(error).__name__
     return isinstance(error, (asyncio.TimeoutError, ConnectionError, OSError))

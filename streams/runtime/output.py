@@ -91,8 +91,9 @@ class Outputs:
         with no await in between has its records after every state put before
         them (a restore replays the changelog in order; the last record wins).
 
-        A failed send raises here (and stops the agent) instead of letting the
-        batch's input offsets be committed past an output that never left.
+        A failed send raises here instead of letting the batch's input offsets
+        be committed past an output that never left (the agent keeps what was
+        to be sent and sends it first next time: ``Scorer._deliver``).
         """
         if not records:
             return

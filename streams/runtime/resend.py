@@ -29,6 +29,7 @@ from typing import TYPE_CHECKING
 
 from streams import batch as core
 from streams.events import PAIR
+from streams.runtime.failures import BACKOFF_MAX_S, transient
 from streams.runtime.output import Outgoing
 
 if TYPE_CHECKING:
@@ -42,9 +43,37 @@ SCAN_YIELD_EVERY = 2000
 RESEND_CHUNK = 500
 
 
-async def resend_uncommitted(scorer: "Scorer") -> int:
-    """Re-send the outputs of the states changed by records not yet committed; returns how many."""
-    committed = await scorer.progress.committed_offsets()
+async def resend_uncommitted(scorer: "Scorer", sleep=asyncio.sleep) -> int:
+    """Re-send the outputs of the states changed by records not yet committed; returns how many.
+
+    No commit passes the offsets it started from until it is done, and while
+    the broker does not answer it scans again from the same offsets (a broker
+    restart is what often caused the rebalance). It gives up when partitions
+    move again: the next rebalance's scan takes over.
+    """
+    progress = scorer.progress
+    generation = progress.generation
+    committed = await progress.committed_offsets()
+    hold = progress.hold_at(committed)
+    delay = 0.5
+    try:
+        while True:
+            try:
+                return await _resend(scorer, committed)
+            except Exception as error:
+                if not transient(error) or progress.generation != generation:
+                    raise
+                log.warning(
+                    "re-sending the outputs of uncommitted records after a rebalance: the broker did not answer "
+                    "(%r); scanning again in %.1f s", error, delay,
+                )  # fmt: skip
+                await sleep(delay)
+                delay = min(BACKOFF_MAX_S, delay * 2)
+    finally:
+        progress.release(hold)
+
+
+async def _resend(scorer: "Scorer", committed: dict[tuple[str, int], int]) -> int:
     assigned = scorer.app.assignor.assigned_actives()
     user_topics = set(scorer.user_topic_names)
     pair_event_topics = scorer.catalog.topics(PAIR)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 from typing import NamedTuple
 
-from aiokafka.errors import KafkaConnectionError, MessageSizeTooLargeError
+from aiokafka.errors import KafkaConnectionError, KafkaTimeoutError, MessageSizeTooLargeError, RequestTimedOutError
 
 from streams.runtime.failures import ATTEMPTS, FailureGuard, transient
 
@@ -84,6 +84,8 @@ def test_a_broker_that_does_not_answer_dead_letters_nothing_and_is_waited_out():
 
 def test_which_errors_are_the_brokers():
     assert transient(KafkaConnectionError()) and transient(asyncio.TimeoutError()) and transient(ConnectionResetError())
+    # aiokafka gave up waiting for the broker (a batch queued behind one that did not leave in time): not a record's fault
+    assert transient(KafkaTimeoutError()) and transient(RequestTimedOutError())
     assert not transient(MessageSizeTooLargeError()) and not transient(ValueError("a bug"))
 
 
