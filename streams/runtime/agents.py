@@ -54,8 +54,8 @@ def _report_resend(task: asyncio.Future) -> None:
     error = task.exception()
     if error is not None:
         log.error(
-            "re-sending the outputs of uncommitted records after a rebalance failed (%s: %s); "
-            "restart the worker to re-send them, and check the broker if this repeats.",
+            "re-sending the outputs of uncommitted records after a rebalance failed (%s: %s); nothing past them "
+            "is committed until it succeeds: restart the worker to scan again, and check the broker if this repeats.",
             type(error).__name__,
             error,
         )
@@ -169,24 +169,26 @@ class Scorer:
         @app.on_rebalance_complete.connect
         async def on_rebalance_complete(sender, **kwargs) -> None:
             self.ready = True
+            # Taken now, before the lanes can commit anything of this assignment; the scan releases it.
+            hold = self.progress.hold()
             # Not awaited here: recovery must not wait for the scan.
-            self._resend = asyncio.ensure_future(resend_uncommitted(self))
+            self._resend = asyncio.ensure_future(resend_uncommitted(self, hold))
             self._resend.add_done_callback(_report_resend)
 
         @app.on_before_shutdown.connect
         async def stop_outputs(sender, **kwargs) -> None:
             # A scan still re-sending is stopped here, before the producer closes under it
             # (which ended it anyway, with "Task exception was never retrieved" in the log).
-            resend, self._resend = self._resend, None
-            if resend is not None and not resend.done():
-                resend.cancel()
-                await asyncio.gather(resend, return_exceptions=True)
+            await self._stop_resend()
             await self.output.stop()
             await self.progress.stop()
 
         @app.on_partitions_revoked.connect
         async def on_partitions_revoked(sender, revoked, **kwargs) -> None:
             self.ready = False
+            # A scan still re-sending would write and send states of partitions about to move
+            # (after their new owner's newer ones): the next rebalance's scan takes over.
+            await self._stop_resend()
             # Faust waits for the events its streams are processing before the
             # group moves on; it does not see the intake's batches. A batch's
             # changelog records must be in Kafka before a new owner recovers.
@@ -200,6 +202,12 @@ class Scorer:
             self.progress.forget()
             self.user_guard.reset()
             self.pair_guard.reset()
+
+    async def _stop_resend(self) -> None:
+        resend, self._resend = self._resend, None
+        if resend is not None and not resend.done():
+            resend.cancel()
+            await asyncio.gather(resend, return_exceptions=True)
 
     @property
     def ready(self) -> bool:

@@ -83,8 +83,10 @@ class InputProgress:
         self._reader: AIOKafkaConsumer | None = None
         self._lookup_lock = asyncio.Lock()
         self._held_from = None
-        #: while a re-send scan runs (streams/runtime/resend.py): token -> {(topic, partition): offset}
-        self._scan_holds: dict[object, dict[tuple[str, int], int]] = {}
+        #: Faust TP -> the offset this assignment started reading it from (the committed offset then)
+        self._started_at: dict = {}
+        #: while a re-send scan runs (streams/runtime/resend.py): token -> the generation it holds in
+        self._scan_holds: dict[object, int] = {}
         app.standing_progress = self  # what the commit guard reads (the commit guard, PATCHES)
 
     # --- bookkeeping --------------------------------------------------------
@@ -93,6 +95,7 @@ class InputProgress:
         """Partitions moved: start again from the group's committed offsets."""
         self._next.clear()
         self._confirmed.clear()
+        self._started_at.clear()
         self._generation += 1
 
     async def rewind(self, topic_names) -> None:
@@ -124,20 +127,27 @@ class InputProgress:
         """
         self._held_from = held_from
 
-    def hold_at(self, offsets: dict[tuple[str, int], int]) -> object:
-        """Commit none of these (topic, partition)s past these offsets until ``release`` of the token returned.
+    def hold(self) -> object:
+        """Commit no partition of this assignment past where it started until ``release`` of the token returned.
 
         For the re-send scan: it looks for states changed by records past the
         committed offsets. The lanes read those records again meanwhile, as
         duplicates that cause nothing; committed past them before the scan
         re-sent what they caused, a crash would leave nothing that finds it.
+        Taken synchronously when the rebalance completes, before any commit
+        of the new assignment; a hold of an older assignment holds nothing.
         """
+        self._scan_holds = {token: generation for token, generation in self._scan_holds.items() if generation == self._generation}
         token = object()
-        self._scan_holds[token] = dict(offsets)
+        self._scan_holds[token] = self._generation
         return token
 
     def release(self, token: object) -> None:
         self._scan_holds.pop(token, None)
+
+    def started_at(self) -> dict[tuple[str, int], int]:
+        """(topic, partition) -> the offset this assignment started reading it from, where known."""
+        return {(tp.topic, tp.partition): offset for tp, offset in self._started_at.items()}
 
     def committable(self, tp) -> int | None:
         """The offset to commit for ``tp``, or None if it is not tracked here."""
@@ -148,8 +158,8 @@ class InputProgress:
             held = self._held_from(tp)
             if held is not None and held < offset:
                 offset = held
-        for holds in self._scan_holds.values():
-            held = holds.get((tp.topic, tp.partition))
+        if self._generation in self._scan_holds.values():
+            held = self._started_at.get(tp)
             if held is not None and held < offset:
                 offset = held
         return offset
@@ -188,6 +198,8 @@ class InputProgress:
         admission = Admission([], generation)
         for tp, messages in by_tp.items():
             expected = self._next.get(tp, starts.get(tp))
+            if tp not in self._started_at and expected is not None and generation == self._generation:
+                self._started_at[tp] = expected
             # By offset, each once: after a seek, records fetched before it
             # can arrive mixed with the same records fetched again.
             by_offset: dict[int, Message] = {}

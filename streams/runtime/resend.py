@@ -43,25 +43,40 @@ SCAN_YIELD_EVERY = 2000
 RESEND_CHUNK = 500
 
 
-async def resend_uncommitted(scorer: "Scorer", sleep=asyncio.sleep) -> int:
+class PartitionsMoved(Exception):
+    """The assignment changed under the scan: the next rebalance's scan takes over."""
+
+
+async def resend_uncommitted(scorer: "Scorer", hold: object, sleep=asyncio.sleep) -> int:
     """Re-send the outputs of the states changed by records not yet committed; returns how many.
 
-    No commit passes the offsets it started from until it is done, and while
-    the broker does not answer it scans again from the same offsets (a broker
-    restart is what often caused the rebalance). It gives up when partitions
-    move again: the next rebalance's scan takes over.
+    ``hold`` (``InputProgress.hold``, taken when the rebalance completed)
+    keeps every commit at the offsets the assignment started from until the
+    scan is done. While the broker does not answer it scans again (a broker
+    restart is what often caused the rebalance). It stops when partitions
+    move again: the next rebalance's scan takes over. Another failure keeps
+    the hold: nothing past those records is committed, and a restart scans
+    again from there.
     """
     progress = scorer.progress
     generation = progress.generation
-    committed = await progress.committed_offsets()
-    hold = progress.hold_at(committed)
     delay = 0.5
+    done = False
     try:
         while True:
             try:
-                return await _resend(scorer, committed)
+                committed = await progress.committed_offsets()
+                # Where this assignment started reading, if lower (commits made before the hold was taken).
+                for key, offset in progress.started_at().items():
+                    committed[key] = min(offset, committed.get(key, offset))
+                resent = await _resend(scorer, committed, lambda: progress.generation == generation)
+                done = True
+                return resent
+            except PartitionsMoved:
+                done = True
+                return 0
             except Exception as error:
-                if not transient(error) or progress.generation != generation:
+                if not transient(error):
                     raise
                 log.warning(
                     "re-sending the outputs of uncommitted records after a rebalance: the broker did not answer "
@@ -69,11 +84,19 @@ async def resend_uncommitted(scorer: "Scorer", sleep=asyncio.sleep) -> int:
                 )  # fmt: skip
                 await sleep(delay)
                 delay = min(BACKOFF_MAX_S, delay * 2)
+                if progress.generation != generation:
+                    done = True
+                    return 0
     finally:
-        progress.release(hold)
+        if done or progress.generation != generation:
+            progress.release(hold)
 
 
-async def _resend(scorer: "Scorer", committed: dict[tuple[str, int], int]) -> int:
+async def _resend(scorer: "Scorer", committed: dict[tuple[str, int], int], current) -> int:
+    def still_current() -> None:
+        if not current():
+            raise PartitionsMoved()
+
     assigned = scorer.app.assignor.assigned_actives()
     user_topics = set(scorer.user_topic_names)
     pair_event_topics = scorer.catalog.topics(PAIR)
@@ -87,6 +110,7 @@ async def _resend(scorer: "Scorer", committed: dict[tuple[str, int], int]) -> in
         outgoing.extend(Outgoing(*send) for send in records)
 
     for partition in user_partitions:
+        still_current()
         sends(core.resend_partition(context, users, partition))
         _, rules, _ = core.partition_time(users, partition, context)
         candidates = []
@@ -95,7 +119,9 @@ async def _resend(scorer: "Scorer", committed: dict[tuple[str, int], int]) -> in
                 candidates.append(user)
             if scanned % SCAN_YIELD_EVERY == 0:
                 await asyncio.sleep(0)  # the agents go on meanwhile: this scan must not stall them
+                still_current()
         for start in range(0, len(candidates), RESEND_CHUNK):
+            still_current()
             for user in candidates[start : start + RESEND_CHUNK]:
                 state = users.get(partition, user)  # fresh: agents may have moved on
                 if state is None:
@@ -109,18 +135,27 @@ async def _resend(scorer: "Scorer", committed: dict[tuple[str, int], int]) -> in
             await scorer.output.deliver(outgoing)
             outgoing = []
     for partition in pair_partitions:
+        still_current()
         sends(core.resend_pair_partition(context, pairs, partition))
+        candidates = []
         for scanned, (key, pair) in enumerate(pairs.items(partition), 1):
+            if core.uncommitted_pair(pair, partition, committed, pair_event_topics):
+                candidates.append(key)
             if scanned % SCAN_YIELD_EVERY == 0:
                 await asyncio.sleep(0)
-            if not core.uncommitted_pair(pair, partition, committed, pair_event_topics):
-                continue
-            pair = pairs.get(partition, key)
-            if pair is None:
-                continue
-            outgoing.append(pairs.put(partition, key, pair))
-            sends(core.resend_pair(context, pair))
-            resent += 1
+                still_current()
+        for start in range(0, len(candidates), RESEND_CHUNK):
+            still_current()
+            for key in candidates[start : start + RESEND_CHUNK]:
+                pair = pairs.get(partition, key)  # fresh: the pair lane may have moved on
+                if pair is None:
+                    continue
+                outgoing.append(pairs.put(partition, key, pair))
+                sends(core.resend_pair(context, pair))
+                resent += 1
+            # As for users: delivered right after the puts, so that a newer pair state follows these.
+            await scorer.output.deliver(outgoing)
+            outgoing = []
     if resent:
         log.warning("after a restart: re-sent the outputs of %d states changed by uncommitted records", resent)
     await scorer.output.deliver(outgoing)

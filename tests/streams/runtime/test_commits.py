@@ -225,23 +225,23 @@ def test_a_batch_admitted_before_partitions_moved_is_not_current():
     assert not progress.current(admission)
 
 
-def test_a_re_send_scan_holds_commits_at_the_offsets_it_started_from_until_it_is_done():
+def test_a_re_send_scan_holds_commits_where_the_assignment_started_until_it_is_done():
     """While the re-send scan looks for states changed by uncommitted records, the lanes read those
     records again as duplicates; committed past them before the scan re-sent what they caused, a
     crash would leave nothing that finds it again (streams/runtime/resend.py)."""
     progress = _Progress({POSTS_0: 10, POSTS_1: 0})
+    hold = progress.hold()  # taken when the rebalance completes, before anything is read
     asyncio.run(progress.done(asyncio.run(progress.admit([_event(POSTS_0, o) for o in range(10, 20)] + [_event(POSTS_1, 0)]))))
-    assert progress.committable(POSTS_0) == 20
-    first = progress.hold_at({("posts", 0): 10})
-    second = progress.hold_at({("posts", 0): 15, ("posts", 1): 0})
-    assert progress.committable(POSTS_0) == 10  # the lowest hold
-    assert progress.committable(POSTS_1) == 0
-    progress.release(first)
-    assert progress.committable(POSTS_0) == 15
-    progress.release(second)
-    progress.release(second)  # released twice: nothing more happens
+    assert progress.started_at() == {("posts", 0): 10, ("posts", 1): 0}
+    assert progress.committable(POSTS_0) == 10 and progress.committable(POSTS_1) == 0
+    progress.release(hold)
+    progress.release(hold)  # released twice: nothing more happens
     assert progress.committable(POSTS_0) == 20 and progress.committable(POSTS_1) == 1
     progress.hold_back(lambda tp: 12 if tp == POSTS_0 else None)  # friend updates still waiting hold too
-    held = progress.hold_at({("posts", 0): 14})
     assert progress.committable(POSTS_0) == 12
-    progress.release(held)
+    kept = progress.hold()
+    assert progress.committable(POSTS_0) == 10
+    progress.forget()  # partitions moved: a hold of the old assignment holds nothing
+    asyncio.run(progress.done(asyncio.run(progress.admit([_event(POSTS_0, 10)]))))
+    assert progress.started_at() == {("posts", 0): 10} and progress.committable(POSTS_0) == 11
+    progress.release(kept)
