@@ -353,6 +353,7 @@ def _observe_latency(scores: list[core.ScoreOut]) -> None:
     """The batch's scores are published (acknowledged by the broker): how long after their users' own events."""
     metrics.SCORES_PUBLISHED.inc(len(scores))
     now_ms = _now_ms()
+    by_lane = metrics.EVENT_TO_SCORE_BY_LANE
     for score in scores:
         if score.direct_ts is not None:
-            metrics.EVENT_TO_SCORE_SECONDS.labels(score.direct_lane).observe(max(0.0, (now_ms - score.direct_ts) / 1000.0))
+            by_lane[score.direct_lane].observe(max(0.0, (now_ms - score.direct_ts) / 1000.0))

@@ -61,35 +61,29 @@ async def resend_uncommitted(scorer: "Scorer", hold: object, sleep=asyncio.sleep
     progress = scorer.progress
     generation = progress.generation
     delay = 0.5
-    done = False
-    try:
-        while True:
-            try:
-                committed = await progress.committed_offsets()
-                # Where this assignment started reading, if lower (commits made before the hold was taken).
-                for key, offset in progress.started_at().items():
-                    committed[key] = min(offset, committed.get(key, offset))
-                resent = await _resend(scorer, committed, lambda: progress.generation == generation)
-                done = True
-                return resent
-            except PartitionsMoved:
-                done = True
-                return 0
-            except Exception as error:
-                if not transient(error):
-                    raise
-                log.warning(
-                    "re-sending the outputs of uncommitted records after a rebalance: the broker did not answer "
-                    "(%r); scanning again in %.1f s", error, delay,
-                )  # fmt: skip
-                await sleep(delay)
-                delay = min(BACKOFF_MAX_S, delay * 2)
-                if progress.generation != generation:
-                    done = True
-                    return 0
-    finally:
-        if done or progress.generation != generation:
-            progress.release(hold)
+    while True:
+        try:
+            committed = await progress.committed_offsets()
+            # Where this assignment started reading, if lower (commits made before the hold was taken).
+            for key, offset in progress.started_at().items():
+                committed[key] = min(offset, committed.get(key, offset))
+            resent = await _resend(scorer, committed, lambda: progress.generation == generation)
+        except PartitionsMoved:
+            resent = 0
+        except Exception as error:
+            if not transient(error):
+                raise  # the hold stays (a hold of an older assignment holds nothing)
+            log.warning(
+                "re-sending the outputs of uncommitted records after a rebalance: the broker did not answer "
+                "(%r); scanning again in %.1f s", error, delay,
+            )  # fmt: skip
+            await sleep(delay)
+            delay = min(BACKOFF_MAX_S, delay * 2)
+            if progress.generation == generation:
+                continue
+            resent = 0
+        progress.release(hold)
+        return resent
 
 
 async def _resend(scorer: "Scorer", committed: dict[tuple[str, int], int], current) -> int:
