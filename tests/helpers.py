@@ -7,7 +7,7 @@ from pathlib import Path
 
 from standing.processes import free_port
 
-__all__ = ["free_port", "log_excerpt"]
+__all__ = ["free_port", "log_excerpt", "read_dead_letters"]
 
 _LEVEL = re.compile(r"\[(WARNING|ERROR|CRITICAL)\]")
 #: Faust's livelock notice for changelog partitions no stream reads (a
@@ -41,3 +41,28 @@ def wait_until_ready(settings, timeout: float = 60.0) -> None:
             if time.monotonic() > deadline:
                 raise
             time.sleep(0.2)
+
+
+async def read_dead_letters(settings) -> list[dict]:
+    """Every record on ``dead-letters``, decoded (fetch sizes for dead letters of records at the size limit)."""
+    from aiokafka import AIOKafkaConsumer, TopicPartition
+
+    from schemas import codec
+    from topology import topics
+
+    consumer = AIOKafkaConsumer(
+        bootstrap_servers=settings.broker, enable_auto_commit=False, fetch_max_bytes=64 * 2**20, max_partition_fetch_bytes=32 * 2**20
+    )
+    await consumer.start()
+    try:
+        partitions = [TopicPartition(topics.DEAD_LETTERS, p) for p in range(settings.partitions)]
+        consumer.assign(partitions)
+        await consumer.seek_to_beginning(*partitions)
+        ends = await consumer.end_offsets(partitions)
+        letters: list[dict] = []
+        while len(letters) < sum(ends.values()):
+            for records in (await consumer.getmany(timeout_ms=2000)).values():
+                letters += [codec.decode(record.value, "dead_letter")[1] for record in records]
+        return letters
+    finally:
+        await consumer.stop()

@@ -24,6 +24,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from typing import NamedTuple
 
 import faust
 from faust.types import Message
@@ -122,8 +123,8 @@ class Scorer:
 
         #: batches being applied or delivered; a rebalance waits for them
         self.in_flight = InFlight()
-        #: per lane: (assignment generation, what a batch whose delivery failed because the broker did not answer had to send)
-        self._undelivered: dict[str, tuple[int, list[Outgoing]]] = {}
+        #: per lane: what its last delivery, which failed, left to send first (and to put back if the next one fails too)
+        self._undelivered: dict[str, _Kept] = {}
         #: no record can stop a lane: retries, then one record at a time, then dead letters
         self.user_guard = FailureGuard(
             "score_users", process=self.process_user_batch, pass_over=self._pass_over, rewind=self._rewind_users
@@ -267,8 +268,11 @@ class Scorer:
         admission = await self.progress.admit(batch)
         if not self.progress.current(admission):
             return  # partitions moved while the broker was asked: the new owner reads these
+        # One by one, a record's batch applies what it brings and nothing left waiting by others (ApplyAll):
+        # a fault of theirs must not be blamed on it.
+        propagation = core.ApplyAll() if self.user_guard.one_by_one else self.propagation
         result = core.score_users(
-            admission.records, self.users, self.context, self.waiting_updates, self.propagation, _now_ms(), self.expiry
+            admission.records, self.users, self.context, self.waiting_updates, propagation, _now_ms(), self.expiry
         )
         metrics.FRIEND_UPDATES_WAITING.set(self.waiting_updates.waiting)
         await self._deliver(self.user_guard.lane, self.users, result)
@@ -304,6 +308,7 @@ class Scorer:
         await self.output.deliver([Outgoing(*core.dead_letter(record, "processing_failed", detail[:2000], _now_ms()))])
         metrics.EVENTS_REJECTED.labels("processing_failed").inc()
         await self.progress.done(admission)
+        self.progress.passed_over(admission)
 
     async def _deliver(self, lane: str, store, result: core.BatchResult) -> None:
         """Write the batch's states, then send its records and wait until the broker acknowledged every one.
@@ -313,40 +318,60 @@ class Scorer:
         raises here, so the batch's offsets are not committed; the lane
         rewinds (streams/runtime/failures.py) and reads the batch again.
 
-        Read again, its records are duplicates (the states already show
-        them), so they cause nothing: what the failed delivery had to send is
-        kept, and sent first by the lane's next delivery, before the offsets
-        past it can be committed. Kept only when the broker did not answer
-        (``transient``); a record the broker refuses would fail every batch
-        after it. A restart or a rebalance drops it (also a delivery still
-        failing after its partitions moved: it belongs to the old assignment),
-        and the re-send scan (streams/runtime/resend.py) sends it then.
+        Read again, its records would be duplicates (the states already show
+        them) and cause nothing, so a failure is never left at that:
+
+        * the broker did not answer (``transient``): what the delivery had to
+          send is kept, and sent first by the lane's next delivery, before
+          the offsets past it can be committed;
+        * anything else (the broker refused a record, a state did not encode,
+          a bug): the states go back to what they were before the batch (and
+          before a kept delivery, whose records are read again too), so its
+          records count anew, and the one to blame is found and dead-lettered.
+          The changelog records of the states put back go first next time.
+
+        A rebalance drops what is kept (also from a delivery still failing
+        after its partitions moved: it belongs to the old assignment), and the
+        re-send scan (streams/runtime/resend.py) sends it then.
         """
-        writing = time.perf_counter()
-        outgoing = [store.put(partition, key, state) for partition, key, state in result.writes]
-        if store is self.users:
-            self.propagation.observe_finish(result.finish_seconds + time.perf_counter() - writing, result.changed)
-        outgoing.extend(Outgoing(*send) for send in result.sends)
-        metrics.add_counts(result.counts)
         generation = self.progress.generation
         kept = self._undelivered.pop(lane, None)
-        undelivered = kept[1] if kept is not None and kept[0] == generation else []
-        if undelivered:
-            outgoing = undelivered + outgoing  # states before states, in the order they were written
+        if kept is not None and kept.generation != generation:
+            kept = None
+        before = store.before(result.writes)
+        # what is kept goes first: states before states, in the order they were written
+        outgoing, counts = [], [result.counts]
+        if kept is not None:
+            outgoing, before, counts = list(kept.outgoing), kept.before + before, kept.counts + counts
         try:
+            writing = time.perf_counter()
+            outgoing.extend([store.put(partition, key, state) for partition, key, state in result.writes])
+            if store is self.users:
+                self.propagation.observe_finish(result.finish_seconds + time.perf_counter() - writing, result.changed)
+            outgoing.extend(Outgoing(*send) for send in result.sends)
             await self.output.deliver(outgoing)
         except BaseException as error:
             if self.progress.generation != generation:
                 pass  # partitions moved meanwhile: the re-send scan of the rebalance (or the new owner's) sends it
             elif isinstance(error, asyncio.CancelledError) or transient(error):
-                self._undelivered[lane] = (generation, outgoing)
-            elif undelivered:
-                log.error(
-                    "%s: %d records of a batch whose delivery had failed were not sent again (%s: %s); "
-                    "restart the worker to re-send them",
-                    lane, len(undelivered), type(error).__name__, error,
-                )  # fmt: skip
+                self._undelivered[lane] = _Kept(generation, outgoing, before, counts)
+            else:  # counted when read again
+                self._undelivered[lane] = _Kept(generation, store.restore(before), [], [])
             raise
+        for delivered in counts:
+            metrics.add_counts(delivered)
+
+
+class _Kept(NamedTuple):
+    """What a lane's failed delivery leaves for its next one (``Scorer._deliver``)."""
+
+    generation: int
+    #: records to send first
+    outgoing: list[Outgoing]
+    #: (partition, key, bytes or None) before the kept states were written
+    before: list[tuple[int, str, bytes | None]]
+    #: the counts of the batches they came from, added once delivered
+    counts: list
 
 
 def _observe_latency(scores: list[core.ScoreOut]) -> None:

@@ -87,6 +87,11 @@ class InputProgress:
         self._started_at: dict = {}
         #: while a re-send scan runs (streams/runtime/resend.py): token -> the generation it holds in
         self._scan_holds: dict[object, int] = {}
+        #: Faust TP -> offsets passed over (dead-lettered) this assignment: read again after a rewind, left out
+        self._passed: dict = {}
+        #: Faust TP -> (next offset, offset beyond it): the broker said records lie between, and the partition
+        #: was sought back to the first; records from that one on, until it comes, were fetched before the seek
+        self._jumped: dict = {}
         app.standing_progress = self  # what the commit guard reads (the commit guard, PATCHES)
 
     # --- bookkeeping --------------------------------------------------------
@@ -96,6 +101,8 @@ class InputProgress:
         self._next.clear()
         self._confirmed.clear()
         self._started_at.clear()
+        self._passed.clear()
+        self._jumped.clear()
         self._generation += 1
 
     async def rewind(self, topic_names) -> None:
@@ -205,27 +212,42 @@ class InputProgress:
             by_offset: dict[int, Message] = {}
             for message in messages:
                 by_offset.setdefault(message.offset, message)
+            passed = self._passed.get(tp, ())
             for offset in sorted(by_offset):
                 if offset < expected:
                     continue  # read again after a seek: processed and delivered already
                 if offset == expected:
-                    admission.records.append(by_offset[offset])
+                    if offset not in passed:
+                        admission.records.append(by_offset[offset])
                     expected += 1
                     continue
+                jumped = self._jumped.get(tp)
+                if jumped is not None and jumped[0] == expected and offset >= jumped[1]:
+                    # Fetched before the seek back to ``expected`` (records one at a time, after a failed
+                    # batch, bring them one by one): asked and sought already, not again for each.
+                    break
                 if not await self._asking(self._records_between, tp, expected, offset):
                     admission.records.append(by_offset[offset])  # a real gap: nothing to process there
                     expected = offset + 1
                     continue
                 metrics.INPUT_RECORDS_SKIPPED.labels(tp.topic).inc(offset - expected)
                 log.warning(
-                    "%s[%d]: the consumer skipped offsets %d..%d (a Faust race around rebalances); "
+                    "%s[%d]: the consumer skipped offsets %d..%d (fetched before a seek, or a Faust race around rebalances); "
                     "reading them again from %d",
                     tp.topic, tp.partition, expected, offset - 1, expected,
                 )  # fmt: skip
                 admission.seek_back[tp] = expected
+                self._jumped[tp] = (expected, offset)
                 break
             admission.advance[tp] = expected
         return admission
+
+    def passed_over(self, admission: Admission) -> None:
+        """``admission``'s records are dead-lettered: read again after a rewind (streams/runtime/failures.py), they
+        are left out, as if committed."""
+        if admission.generation == self._generation:
+            for record in admission.records:
+                self._passed.setdefault(record.tp, set()).add(record.offset)
 
     def current(self, admission: Admission) -> bool:
         """False once partitions moved after ``admission``: its batch must not be applied."""
@@ -394,6 +416,30 @@ def _filter_tps_with_pending_acks(self, topics=None):
             yield tp
 
 
+#: Longest wait for the consumer's thread to carry out a seek (it is stopping, or busy for that long).
+SEEK_TIMEOUT_S = 10.0
+
+
+def _seek_now(thread, partition, offset) -> None:
+    thread.seek(partition, offset)
+
+
+async def _seek(self, partition, offset) -> None:
+    # Upstream calls the consumer thread's seek from the caller's thread. aiokafka's fetcher is not
+    # thread-safe: the seek drops the partition from the dict of fetched records that the consumer
+    # thread may be iterating (Fetcher.fetched_records), and the fetcher crashed with a KeyError
+    # (the worker stopped fetching for good) when a lane rewound several times in a second.
+    thread = self._thread
+    try:
+        running = asyncio.get_running_loop()
+    except RuntimeError:
+        running = None
+    if running is thread.thread_loop:
+        thread.seek(partition, offset)
+        return
+    await asyncio.wait_for(thread.call_thread(_seek_now, thread, partition, offset), SEEK_TIMEOUT_S)
+
+
 _GUARD_TEST = "tests/streams/runtime/test_commits.py"
 NEW_OFFSET = Patch(
     target="faust.transport.consumer:Consumer._new_offset",
@@ -430,4 +476,13 @@ PENDING_ACKS = Patch(
     replacement=_filter_tps_with_pending_acks,
     where="streams/runtime/commits.py",
 )
-PATCHES = [NEW_OFFSET, SHOULD_COMMIT, COMMIT_OFFSETS, PENDING_ACKS]
+SEEK = Patch(
+    target="faust.transport.consumer:ThreadDelegateConsumer._seek",
+    sha256="4f95c631420410a5fe6ecb1eff2f9010d7cfff6861fe00d41889bb31bd7df8b1",
+    why="it seeks from the caller's thread while the consumer's thread reads aiokafka's fetched records, which "
+    "are not thread-safe (the fetcher crashed with a KeyError after rewinds); the seek runs on the consumer's thread",
+    shown_by="tests/integration/test_progress.py::test_a_seek_runs_on_the_consumer_thread",
+    replacement=_seek,
+    where="streams/runtime/commits.py",
+)
+PATCHES = [NEW_OFFSET, SHOULD_COMMIT, COMMIT_OFFSETS, PENDING_ACKS, SEEK]

@@ -14,9 +14,10 @@ topic (reason ``processing_failed``, with the error) and is passed over, with
 one ERROR naming it. While batches keep failing the lane counts as failing:
 ``/ready`` answers 503 and ``StandingBatchesFailing`` fires.
 
-After any failure the lane is rewound (``rewind``): what it held in memory
-is dropped and its partitions are read again from their committed offsets,
-so nothing half-applied is kept and nothing unprocessed is committed.
+After any failure, and after a record is passed over, the lane is rewound
+(``rewind``): what it held in memory is dropped and its partitions are read
+again from their committed offsets (the record passed over is left out), so
+nothing half-applied is kept and nothing unprocessed is committed.
 """
 
 from __future__ import annotations
@@ -71,9 +72,8 @@ class FailureGuard:
         self._sleep = sleep
         #: failures in a row (transient or not): the lane counts as failing from ATTEMPTS on
         self.failures = 0
-        #: failures in a row of batches that began at the same records
-        self._same_start = 0
-        self._last_start: tuple | None = None
+        #: failures in a row that were not the broker's (a rewind reads the same records again each time)
+        self._in_a_row = 0
         #: while set: (topic, partition) -> last offset of the batch that kept failing; read one by one up to there
         self._isolating: dict[tuple[str, int], int] = {}
         #: (topic, partition, offset) -> failures of that record alone
@@ -83,11 +83,16 @@ class FailureGuard:
     def failing(self) -> bool:
         return self.failures >= ATTEMPTS
 
+    @property
+    def one_by_one(self) -> bool:
+        """While records are read one at a time: a record must then bring nothing else into its batch
+        (friend updates left waiting by others), or a fault of theirs would be blamed on it."""
+        return bool(self._isolating)
+
     def reset(self) -> None:
         """Partitions moved: what was suspected belongs to the old assignment."""
         self.failures = 0
-        self._same_start = 0
-        self._last_start = None
+        self._in_a_row = 0
         self._isolating.clear()
         self._alone.clear()
 
@@ -106,15 +111,11 @@ class FailureGuard:
 
     def _succeeded(self) -> None:
         self.failures = 0
-        self._same_start = 0
-        self._last_start = None
+        self._in_a_row = 0
 
     async def _failed(self, batch: Sequence, error: BaseException) -> None:
         self.failures += 1
         metrics.BATCH_FAILURES.labels(self.lane).inc()
-        start = tuple(sorted({(r.topic, r.partition): r.offset for r in reversed(batch)}.items()))
-        self._same_start = self._same_start + 1 if start == self._last_start else 1
-        self._last_start = start
         if transient(error):
             delay = min(BACKOFF_MAX_S, 0.5 * 2 ** min(self.failures - 1, 4))
             log.warning(
@@ -124,14 +125,18 @@ class FailureGuard:
             await self._rewind()
             await self._sleep(delay)
             return
+        # Every retry starts again at the committed offsets, so failures in a row are failures of the
+        # same records. (Not judged by the batches' first offsets: after a seek, records fetched
+        # before it still arrive, and each retry's batch began somewhere else.)
+        self._in_a_row += 1
         log.error(
             "%s: a batch of %d records failed (%s: %s), attempt %d of %d before its records are read one by one; "
             "its partitions are read again from their committed offsets",
-            self.lane, len(batch), type(error).__name__, error, self._same_start, ATTEMPTS,
-            exc_info=self._same_start == 1,
+            self.lane, len(batch), type(error).__name__, error, self._in_a_row, ATTEMPTS,
+            exc_info=self._in_a_row == 1,
         )  # fmt: skip
         await self._rewind()
-        if self._same_start >= ATTEMPTS:
+        if self._in_a_row >= ATTEMPTS:
             ends: dict[tuple[str, int], int] = {}
             for record in batch:
                 slot = (record.topic, record.partition)
@@ -139,18 +144,10 @@ class FailureGuard:
             self._isolating = ends
 
     async def _one_by_one(self, batch: Sequence) -> None:
+        # Every record of the batch on its own, also past the records that failed together (a partition
+        # the failed batch did not hold, records fetched after it): a failure now is a failure alone.
         for record in batch:
             slot = (record.topic, record.partition)
-            if record.offset > self._isolating.get(slot, -1):
-                # Past the records that failed together: whole batches again from here.
-                try:
-                    await self._process([record])
-                except asyncio.CancelledError:
-                    raise
-                except Exception as error:
-                    await self._failed([record], error)
-                    return
-                continue
             try:
                 await self._process([record])
             except asyncio.CancelledError:
@@ -181,6 +178,11 @@ class FailureGuard:
                     await self._rewind()
                     return
                 del self._alone[where]
+                self._done_with(slot, record.offset)
+                # What the failed attempt took with it (friend updates waiting, states it put
+                # back) is read again from the committed offsets; the record passed over is not.
+                await self._rewind()
+                return
             self._done_with(slot, record.offset)
         if not self._isolating:
             self._succeeded()

@@ -35,7 +35,8 @@ class ChangelogOwner(Protocol):
 class Outgoing(NamedTuple):
     topic: str
     key: bytes | None
-    value: bytes
+    #: None: a tombstone (a state restored to none: ``PartitionedStore.restore``)
+    value: bytes | None
     partition: int | None
     #: the table whose changelog this is (its persisted offset moves on delivery)
     changelog_of: ChangelogOwner | None = None

@@ -205,6 +205,33 @@ class PartitionedStore(Generic[T]):
         self._db(partition).put(key_bytes, value_bytes)
         return Outgoing(self._changelog, key_bytes, value_bytes, partition, self)
 
+    def before(self, writes) -> list[tuple[int, str, bytes | None]]:
+        """What RocksDB holds now under the keys of ``writes`` (partition, key, ...): for ``restore``."""
+        return [(partition, key, self._db(partition).get(key.encode())) for partition, key, *_ in writes]
+
+    def restore(self, before: list[tuple[int, str, bytes | None]]) -> list[Outgoing]:
+        """Put back what ``before`` read (a key's first entry wins); returns the changelog records that say so.
+
+        For a batch whose delivery failed for a reason that is not the
+        broker's (``Scorer._deliver``): its states go back to what they were,
+        so its records, read again, count anew (and the one to blame can be
+        found) instead of being taken for duplicates whose outputs never left.
+        Key without a state before: deleted, and a tombstone for the changelog.
+        """
+        first: dict[tuple[int, str], bytes | None] = {}
+        for partition, key, raw in before:
+            first.setdefault((partition, key), raw)
+        records = []
+        for (partition, key), raw in first.items():
+            db, key_bytes = self._db(partition), key.encode()
+            if raw is None:
+                db.delete(key_bytes)
+            else:
+                db.put(key_bytes, raw)
+            self._cache.pop((partition, key), None)
+            records.append(Outgoing(self._changelog, key_bytes, raw, partition, self))
+        return records
+
     def load_raw(self, partition: int, key: str) -> bytes | None:
         """The bytes under a key that holds no state (``streams.batch.ERASED_PREFIX``)."""
         return self._db(partition).get(key.encode())

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pytest
 from aiokafka.admin import AIOKafkaAdminClient
+from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
 from aiokafka import AIOKafkaConsumer
 
 from standing import processes
@@ -21,10 +22,12 @@ from standing.control import wait_until_quiescent
 from streams.runtime.lookups import backlog, read_scores
 from standing.population import PopulationConfig, generate_events, write_jsonl
 from standing.produce import produce_file
-from standing.reference import reference_file
+from schemas import codec
+from standing.reference import compute_reference, reference_file
 from streams.rules import load_rules
 from streams.runtime.store import closed_partition_entries
-from tests.helpers import free_port
+from topology import topics
+from tests.helpers import free_port, read_dead_letters
 
 RULES = load_rules()
 
@@ -292,3 +295,50 @@ def test_a_broker_that_stops_answering_mid_replay_loses_nothing(fresh_broker, fr
     _assert_exact(fresh_settings, events_file)
     failures = processes.sum_samples(processes.scrape_metrics(worker.metrics_port), "standing_batch_failures_total")
     assert failures > 0, "no delivery failed: the broker was not stopped long enough to test anything"
+
+
+async def _set_max_message_bytes(settings, topic: str, limit: int) -> None:
+    admin = AIOKafkaAdminClient(bootstrap_servers=settings.bootstrap_servers)
+    await admin.start()
+    try:
+        await admin.alter_configs([ConfigResource(ConfigResourceType.TOPIC, topic, configs={"max.message.bytes": str(limit)})])
+    finally:
+        await admin.close()
+
+
+def test_records_the_broker_refuses_are_dead_lettered_and_nothing_else_is_lost(fresh_settings, workers, tmp_path):
+    """For three seconds the broker refuses every pair state: the pairs changelog's max.message.bytes
+    is set below them (an operator's slip), and a refusal is no timeout, so no waiting helps. Each
+    friendship read meanwhile must fail alone and go to the dead-letter topic (processing_failed),
+    and everything else must end exact: the reference of the events less those friendships.
+
+    A refused delivery leaves its states written; read again, its records were duplicates that
+    caused nothing, so the batch went through with nothing sent and its friendships were lost with
+    no dead letter (Scorer._deliver now puts the states back). No duplicates in the events: a
+    dead-lettered friendship's twin could count while it does not."""
+    config = PopulationConfig(users=600, events=6000, seed=29)
+    events = tmp_path / "events.jsonl"
+    write_jsonl(events, generate_events(config, RULES))
+    worker = workers.start(tmp_path / "data-1")
+    asyncio.run(produce_file(fresh_settings, events, progress=False))
+    friendships = asyncio.run(_remaining(fresh_settings))["friendships"]
+    _pause_when(fresh_settings, worker, lambda s: 0 < s["friendships"] < friendships * 0.8)
+    pairs_changelog = topics.changelog_topic(fresh_settings.app_id, topics.PAIRS_TABLE)
+    asyncio.run(_set_max_message_bytes(fresh_settings, pairs_changelog, 16))
+    try:
+        worker.send_signal(signal.SIGCONT)
+        time.sleep(3)
+    finally:
+        asyncio.run(_set_max_message_bytes(fresh_settings, pairs_changelog, topics.MAX_RECORD_BYTES))
+    asyncio.run(wait_until_quiescent(fresh_settings, timeout=300, progress=None))
+    assert worker.poll() is None, "the worker exited"
+    letters = [letter for letter in asyncio.run(read_dead_letters(fresh_settings)) if letter["reason"] == "processing_failed"]
+    assert letters, "no friendship was dead-lettered: the refusals were taken for duplicates and lost"
+    assert {letter["topic"] for letter in letters} == {"friendships"}
+    refused = {codec.decode(letter["original"], "friendship")[1]["event_id"] for letter in letters}
+    kept = [line for line in events.read_bytes().splitlines(keepends=True) if json.loads(line)["event_id"] not in refused]
+    expected = compute_reference(kept, RULES)
+    scores = asyncio.run(read_scores(fresh_settings))
+    assert set(scores) == set(expected.raw)
+    worst = max(abs(scores[user]["raw"] - raw) for user, raw in expected.raw.items())
+    assert worst <= RULES.error_bound, (worst, len(refused))

@@ -6,11 +6,12 @@ from __future__ import annotations
 import asyncio
 
 import pytest
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+from aiokafka import AIOKafkaProducer
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
 
 from schemas import codec
+from tests.helpers import read_dead_letters
 from standing import processes
 from standing.control import wait_until_quiescent
 from standing.reference import compute_reference
@@ -68,23 +69,6 @@ async def _produce(settings, records) -> None:
         await producer.stop()
 
 
-async def _dead_letters(settings) -> list[dict]:
-    consumer = AIOKafkaConsumer(bootstrap_servers=settings.broker, enable_auto_commit=False, fetch_max_bytes=64 * 2**20, max_partition_fetch_bytes=32 * 2**20)
-    await consumer.start()
-    try:
-        partitions = [TopicPartition(topics.DEAD_LETTERS, p) for p in range(settings.partitions)]
-        consumer.assign(partitions)
-        await consumer.seek_to_beginning(*partitions)
-        ends = await consumer.end_offsets(partitions)
-        letters: list[dict] = []
-        while len(letters) < sum(ends.values()):
-            for records in (await consumer.getmany(timeout_ms=2000)).values():
-                letters += [codec.decode(record.value, "dead_letter")[1] for record in records]
-        return letters
-    finally:
-        await consumer.stop()
-
-
 @pytest.mark.timeout(600)
 def test_records_at_the_size_limit_on_every_input_topic_never_stop_a_partition(fresh_settings, tmp_path):
     settings = fresh_settings
@@ -111,7 +95,7 @@ def test_records_at_the_size_limit_on_every_input_topic_never_stop_a_partition(f
     finally:
         processes.stop_process(worker)
 
-    letters = asyncio.run(_dead_letters(settings))
+    letters = asyncio.run(read_dead_letters(settings))
     rejected = [(topic, value, outcome) for topic, _, value, outcome in big if outcome != "scored"]
     assert sorted((letter["topic"], letter["reason"]) for letter in letters) == sorted((t, o) for t, _, o in rejected)
     assert {letter["original"] for letter in letters} == {value for _, value, _ in rejected}, "whole originals"

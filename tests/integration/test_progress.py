@@ -10,7 +10,6 @@ from aiokafka.structs import OffsetAndMetadata
 from faust.types import TP
 
 from streams.runtime.commits import InputProgress
-from topology import topics
 
 
 def test_start_offsets_are_the_groups_commits_or_the_partitions_beginning(fresh_settings):
@@ -66,3 +65,48 @@ def test_a_transaction_marker_is_a_real_gap(fresh_settings):
     after, between = asyncio.run(scenario())
     assert after >= 2  # the record, its marker, then this one
     assert between is False
+
+
+def test_a_seek_runs_on_the_consumer_thread(settings, tmp_path):
+    """A rewind seeks from the app's thread; aiokafka's fetcher, which the seek changes, lives on the
+    consumer's thread and is not thread-safe. Upstream (the patch removed) the seek ran on the
+    caller's thread, and rewinds in quick succession crashed the fetcher with a KeyError."""
+    import threading
+    from dataclasses import replace
+
+    from streams.runtime.app import create_app
+    from streams.runtime.commits import SEEK
+
+    async def seek_threads() -> list[str]:
+        app = create_app(replace(settings, data_dir=tmp_path))
+        app.topic("posts")
+        consumer = app.consumer
+        await consumer.start()
+        try:
+            seen: list[str] = []
+            thread, upstream_seek = consumer._thread, consumer._thread.seek
+
+            def seek(tp, offset):  # what ran where; then aiokafka's own seek
+                seen.append(threading.current_thread().name)
+                consumer._thread.seek = upstream_seek
+                upstream_seek(TP("posts", 0), 0)
+
+            thread.seek = seek
+            try:
+                await consumer.seek(TP("posts", 0), 0)
+            except AssertionError:
+                pass  # aiokafka: the partition is not assigned (no group here); the seek was tried where it ran
+            return seen
+        finally:
+            await consumer.stop()
+
+    here = threading.current_thread().name
+    SEEK.apply()  # as streams.runtime.install does in a worker
+    [ran_on] = asyncio.run(seek_threads())
+    assert ran_on != here
+    SEEK.remove()
+    try:
+        [ran_on] = asyncio.run(seek_threads())
+        assert ran_on == here, "upstream seeks from the caller's thread"
+    finally:
+        SEEK.apply()

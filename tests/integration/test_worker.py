@@ -10,7 +10,7 @@ import urllib.error
 import urllib.request
 
 import pytest
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+from aiokafka import AIOKafkaProducer
 
 from schemas import codec
 from standing import processes
@@ -19,9 +19,8 @@ from streams.runtime.lookups import read_scores
 from standing.reference import compute_reference
 from streams import events as ev
 from streams.rules import load_rules
-from topology import topics
 from topology.routing import pair_key
-from tests.helpers import wait_until_ready
+from tests.helpers import read_dead_letters, wait_until_ready
 
 RULES = load_rules()
 
@@ -83,23 +82,6 @@ async def _send(settings, records) -> None:
         await producer.stop()
 
 
-async def _dead_letters(settings) -> list[dict]:
-    consumer = AIOKafkaConsumer(bootstrap_servers=settings.broker, enable_auto_commit=False)
-    await consumer.start()
-    try:
-        partitions = [TopicPartition(topics.DEAD_LETTERS, p) for p in range(settings.partitions)]
-        consumer.assign(partitions)
-        await consumer.seek_to_beginning(*partitions)
-        ends = await consumer.end_offsets(partitions)
-        letters = []
-        while len(letters) < sum(ends.values()):
-            for records in (await consumer.getmany(timeout_ms=2000)).values():
-                letters += [codec.decode(record.value, "dead_letter")[1] for record in records]
-        return letters
-    finally:
-        await consumer.stop()
-
-
 def test_bad_records_from_any_producer_go_to_dead_letters_and_the_worker_goes_on(fresh_settings, worker):
     rng = random.Random(42)
     bad = _bad_records(rng)
@@ -111,7 +93,7 @@ def test_bad_records_from_any_producer_go_to_dead_letters_and_the_worker_goes_on
     assert worker.poll() is None, "the worker is still running"
 
     # Every record either scored or was dead-lettered with where it came from.
-    letters = asyncio.run(_dead_letters(fresh_settings))
+    letters = asyncio.run(read_dead_letters(fresh_settings))
     samples = processes.scrape_metrics(fresh_settings.metrics_port)
     accepted = processes.sum_samples(samples, "standing_events_accepted_total")
     duplicates = processes.sum_samples(samples, "standing_events_duplicate_total")

@@ -95,3 +95,36 @@ def test_partitions_moving_forget_the_suspects():
     assert lane.guard.failing
     lane.guard.reset()
     assert not lane.guard.failing
+
+
+def test_failures_in_a_row_isolate_the_records_whatever_offset_each_retry_began_at():
+    """After a rewind, records fetched before the seek still arrive: each retry's batch can begin
+    somewhere else, and still fails on the same record. Judged by the batches' first offsets,
+    the lane never read one by one and never found the record to blame."""
+    lane = Lane(poison={3})
+
+    async def go() -> None:
+        for retry in range(40):
+            if lane.committed >= 10:
+                return
+            begin = lane.committed + (retry % 3 if not lane.guard.one_by_one else 0)  # 0, 1, 2: all hold offset 3
+            await lane.guard.run([Rec("posts", 0, o) for o in range(begin, min(10, begin + 5))])
+
+    asyncio.run(go())
+    assert lane.passed_over == [3]
+
+
+def test_read_one_by_one_until_past_the_failed_batch_and_rewound_after_a_pass_over():
+    """What the failed attempt of the record passed over took with it (friend updates waiting) is
+    read again: the lane is rewound after the pass-over too, not only after each failure."""
+    lane = Lane(poison={2})
+    lane.run(end=10, rounds=ATTEMPTS)
+    rewinds = lane.rewinds
+    asyncio.run(lane.guard.run([Rec("posts", 0, o) for o in range(0, 5)]))
+    assert lane.guard.one_by_one and lane.processed == [0, 1] and lane.rewinds == rewinds + 1
+    for _ in range(ATTEMPTS - 1):
+        asyncio.run(lane.guard.run([Rec("posts", 0, o) for o in range(lane.committed, 5)]))
+    assert lane.passed_over == [2] and lane.rewinds == rewinds + ATTEMPTS, "rewound after the pass-over"
+    assert lane.guard.one_by_one, "offsets 3 and 4 failed with it: still read one by one"
+    lane.run(end=10)
+    assert lane.processed == [0, 1, 3, 4, 5, 6, 7, 8, 9] and not lane.guard.one_by_one and not lane.guard.failing

@@ -73,6 +73,9 @@ def _options_file(db_path) -> dict[str, str]:
 
 
 def test_table_files_are_compressed_as_configured(tmp_path):
+    from streams import runtime
+
+    runtime.install(Settings())  # the options patch (store.PATCHES), as a worker has it; alone, this test ran without
     for compression, expected in (("zstd", "kZSTD"), ("lz4", "kLZ4Compression"), ("none", "kNoCompression")):
         settings = replace(Settings(), data_dir=tmp_path / compression, rocksdb_compression=compression,
                            rocksdb_level0_compaction_trigger=3, metrics_port=0)  # fmt: skip
@@ -90,3 +93,28 @@ def test_table_files_are_compressed_as_configured(tmp_path):
             assert written["bottommost_compression"] == "kZSTD"
             assert "max_dict_bytes=16384" in written["bottommost_compression_opts"]
             assert "max_dict_bytes=0" in written["compression_opts"]
+
+
+def test_a_batch_s_writes_are_put_back_with_the_changelog_records_that_say_so(tmp_path):
+    from streams import state_codec
+    from streams.state import UserState
+    from streams.runtime.store import user_store
+
+    settings = replace(Settings(), data_dir=tmp_path, metrics_port=0)
+    users_table, _ = create_tables(create_app(settings), settings)
+    store = user_store(users_table, cache_entries=8)
+    store.put(0, "ann", UserState(own=1.0))
+    was = store.load_raw(0, "ann")
+    writes = [(0, "ann", UserState(own=2.0)), (1, "bob", UserState(own=3.0)), (0, "ann", UserState(own=4.0))]
+    before = store.before(writes)
+    for partition, key, state in writes:
+        store.put(partition, key, state)
+    assert store.load(0, "ann").own == 4.0 and store.load(1, "bob").own == 3.0
+    records = store.restore(before)
+    assert store.load_raw(0, "ann") == was and store.load(0, "ann").own == 1.0  # the first entry wins
+    assert store.load_raw(1, "bob") is None  # no state before: none now
+    changelog = users_table.changelog_topic.get_topic_name()
+    assert [(r.topic, r.partition, r.key, r.value) for r in records] == [
+        (changelog, 0, b"ann", state_codec.encode_user(UserState(own=1.0))),
+        (changelog, 1, b"bob", None),  # a tombstone: a restore from the changelog deletes it too
+    ]
