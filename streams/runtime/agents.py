@@ -37,7 +37,7 @@ from streams.waiting import WaitingUpdates
 from streams.runtime import intake, metrics
 from streams.runtime import recovery
 from streams.runtime.commits import InputProgress
-from streams.runtime.failures import ATTEMPTS, FailureGuard, transient
+from streams.runtime.failures import ATTEMPTS, FailureGuard, Held, transient
 from streams.runtime.intake import InFlight, Intake
 from streams.runtime.output import Outgoing, Outputs
 from streams.runtime.resend import resend_uncommitted
@@ -252,25 +252,29 @@ class Scorer:
 
     # --- one batch: admit, decide (pure), write, send, mark done ---------------------
 
-    async def process_pair_batch(self, batch: list[Message]) -> None:
+    async def process_pair_batch(self, batch: list[Message]) -> int:
+        """Returns how many of its records were processed (the rest were fetched before a seek, or done)."""
         started = time.perf_counter()
         admission = await self.progress.admit(batch)
         if not self.progress.current(admission):
-            return  # partitions moved while the broker was asked: the new owner reads these
+            return 0  # partitions moved while the broker was asked: the new owner reads these
+        self.pairs.begin()
         result = core.route_friendships(admission.records, self.pairs, self.context, _now_ms())
         await self._deliver(self.pair_guard.lane, self.pairs, result)
         await self.progress.done(admission)
         metrics.BATCHES.labels("route_friendships").inc()
         metrics.BATCH_SECONDS.labels("route_friendships").observe(time.perf_counter() - started)
+        return len(admission.records)
 
-    async def process_user_batch(self, batch: list[Message]) -> None:
+    async def process_user_batch(self, batch: list[Message]) -> int:
         started = time.perf_counter()
         admission = await self.progress.admit(batch)
         if not self.progress.current(admission):
-            return  # partitions moved while the broker was asked: the new owner reads these
+            return 0  # partitions moved while the broker was asked: the new owner reads these
         # One by one, a record's batch applies what it brings and nothing left waiting by others (ApplyAll):
         # a fault of theirs must not be blamed on it.
         propagation = core.ApplyAll() if self.user_guard.one_by_one else self.propagation
+        self.users.begin()
         result = core.score_users(
             admission.records, self.users, self.context, self.waiting_updates, propagation, _now_ms(), self.expiry
         )
@@ -281,6 +285,7 @@ class Scorer:
         self.waiting_updates.release(result.taken)
         metrics.BATCHES.labels("score_users").inc()
         metrics.BATCH_SECONDS.labels("score_users").observe(time.perf_counter() - started)
+        return len(admission.records)
 
     # --- after a failed batch (streams/runtime/failures.py) -------------------------------
 
@@ -324,42 +329,69 @@ class Scorer:
         * the broker did not answer (``transient``): what the delivery had to
           send is kept, and sent first by the lane's next delivery, before
           the offsets past it can be committed;
-        * anything else (the broker refused a record, a state did not encode,
-          a bug): the states go back to what they were before the batch (and
-          before a kept delivery, whose records are read again too), so its
-          records count anew, and the one to blame is found and dead-lettered.
-          The changelog records of the states put back go first next time.
+        * a failure before anything the states caused was sent (a state that
+          did not encode, a bug, the broker refusing a state): the states go
+          back to what they were (``PartitionedStore.restore``; also those of
+          a kept delivery, read again too), so the records count anew and the
+          one to blame is found and dead-lettered. The changelog records of
+          the states put back go first next time;
+        * the broker refusing what the states caused, some of which may have
+          left: putting the states back would publish their versions again
+          with other values, which receivers ignore. It is kept and sent
+          again until the broker takes it (``Held``: an operator fixes the
+          topic; the lane counts as failing meanwhile).
 
         A rebalance drops what is kept (also from a delivery still failing
-        after its partitions moved: it belongs to the old assignment), and the
-        re-send scan (streams/runtime/resend.py) sends it then.
+        after its partitions moved: it belongs to the old assignment); the
+        re-send scan (streams/runtime/resend.py) sends what the states show,
+        and the states put back show nothing to send.
         """
         generation = self.progress.generation
         kept = self._undelivered.pop(lane, None)
         if kept is not None and kept.generation != generation:
             kept = None
-        before = store.before(result.writes)
-        # what is kept goes first: states before states, in the order they were written
-        outgoing, counts = [], [result.counts]
-        if kept is not None:
-            outgoing, before, counts = list(kept.outgoing), kept.before + before, kept.counts + counts
+        # What is kept goes first: states before states, in the order they were written.
+        outgoing, before, counts = (list(kept.outgoing), list(kept.before), kept.counts) if kept else ([], [], [])
+        effects_out = kept is not None and kept.effects_out
+        counts = counts + [result.counts]
+        stage = "writing"
         try:
+            before.extend(store.before(result.writes))
             writing = time.perf_counter()
             outgoing.extend([store.put(partition, key, state) for partition, key, state in result.writes])
             if store is self.users:
                 self.propagation.observe_finish(result.finish_seconds + time.perf_counter() - writing, result.changed)
             outgoing.extend(Outgoing(*send) for send in result.sends)
-            await self.output.deliver(outgoing)
+            stage = "states"
+            await self.output.deliver([record for record in outgoing if record.changelog_of is not None])
+            stage = "effects"
+            await self.output.deliver([record for record in outgoing if record.changelog_of is None])
         except BaseException as error:
             if self.progress.generation != generation:
-                pass  # partitions moved meanwhile: the re-send scan of the rebalance (or the new owner's) sends it
-            elif isinstance(error, asyncio.CancelledError) or transient(error):
-                self._undelivered[lane] = _Kept(generation, outgoing, before, counts)
-            else:  # counted when read again
-                self._undelivered[lane] = _Kept(generation, store.restore(before), [], [])
-            raise
+                raise  # partitions moved meanwhile: the re-send scan of the rebalance (or the new owner's) sends it
+            effects_out = effects_out or stage == "effects"
+            if isinstance(error, asyncio.CancelledError) or transient(error):
+                self._undelivered[lane] = _Kept(generation, outgoing, before, counts, effects_out)
+                raise
+            if not effects_out and not self._resending():
+                restored = store.restore(before)
+                self._undelivered[lane] = _Kept(generation, restored, [(r.partition, r.key.decode(), r.value) for r in restored], [], False)
+                raise  # counted when read again
+            self._undelivered[lane] = _Kept(generation, outgoing, before, counts, True)
+            if kept is None or not kept.effects_out:
+                log.error(
+                    "%s: the broker refuses records of a batch whose states it has (%s: %s); they are kept and sent "
+                    "again until it takes them, and nothing past them is committed. Fix the topic's configuration "
+                    "(max.message.bytes, ACLs); /ready answers 503 meanwhile",
+                    lane, type(error).__name__, error,
+                )  # fmt: skip
+            raise Held(f"the broker refuses records already decided: {type(error).__name__}: {error}") from error
         for delivered in counts:
             metrics.add_counts(delivered)
+
+    def _resending(self) -> bool:
+        """While the re-send scan runs it may send what states just written caused: they must not be put back."""
+        return self._resend is not None and not self._resend.done()
 
 
 class _Kept(NamedTuple):
@@ -368,10 +400,12 @@ class _Kept(NamedTuple):
     generation: int
     #: records to send first
     outgoing: list[Outgoing]
-    #: (partition, key, bytes or None) before the kept states were written
+    #: (partition, key, bytes or None) before the kept states were written: what a put-back restores
     before: list[tuple[int, str, bytes | None]]
     #: the counts of the batches they came from, added once delivered
     counts: list
+    #: some of what the states caused may have reached the broker: they can no longer be put back
+    effects_out: bool
 
 
 def _observe_latency(scores: list[core.ScoreOut]) -> None:

@@ -20,7 +20,10 @@ So the agents do not trust Faust's acknowledgements for the input topics:
   of the batch, and after the batch the partition is sought back to the
   first missing offset, so it is read again in order.
 * ``done`` moves the next offsets once the batch's outputs are acknowledged.
-* the commit guard (``PATCHES``) makes Faust commit exactly those offsets for the
+* ``passed_over`` remembers records dead-lettered in this assignment: read
+  again after a rewind (which goes back to the committed offsets), they are
+  left out.
+* the commit guard (``PATCHES``, with ``SEEK``) makes Faust commit exactly those offsets for the
   partitions tracked here (its own bookkeeping still serves every other
   partition), so a commit never passes a record that was not processed.
   Whether an offset still needs committing is judged against the offsets the
@@ -31,6 +34,9 @@ So the agents do not trust Faust's acknowledgements for the input topics:
   committed while the broker held no commit. Its records were processed again
   by the next owner and never committed (seen in CI: 295 purchases left
   "waiting" for 300 s).
+* ``SEEK`` runs every seek on the consumer's thread: aiokafka's fetcher,
+  which a seek changes, is not thread-safe, and rewinds in quick succession
+  crashed it (a KeyError, and the worker stopped fetching).
 """
 
 from __future__ import annotations
@@ -89,9 +95,6 @@ class InputProgress:
         self._scan_holds: dict[object, int] = {}
         #: Faust TP -> offsets passed over (dead-lettered) this assignment: read again after a rewind, left out
         self._passed: dict = {}
-        #: Faust TP -> (next offset, offset beyond it): the broker said records lie between, and the partition
-        #: was sought back to the first; records from that one on, until it comes, were fetched before the seek
-        self._jumped: dict = {}
         app.standing_progress = self  # what the commit guard reads (the commit guard, PATCHES)
 
     # --- bookkeeping --------------------------------------------------------
@@ -102,7 +105,6 @@ class InputProgress:
         self._confirmed.clear()
         self._started_at.clear()
         self._passed.clear()
-        self._jumped.clear()
         self._generation += 1
 
     async def rewind(self, topic_names) -> None:
@@ -221,13 +223,9 @@ class InputProgress:
                         admission.records.append(by_offset[offset])
                     expected += 1
                     continue
-                jumped = self._jumped.get(tp)
-                if jumped is not None and jumped[0] == expected and offset >= jumped[1]:
-                    # Fetched before the seek back to ``expected`` (records one at a time, after a failed
-                    # batch, bring them one by one): asked and sought already, not again for each.
-                    break
                 if not await self._asking(self._records_between, tp, expected, offset):
-                    admission.records.append(by_offset[offset])  # a real gap: nothing to process there
+                    if offset not in passed:
+                        admission.records.append(by_offset[offset])  # a real gap: nothing to process there
                     expected = offset + 1
                     continue
                 metrics.INPUT_RECORDS_SKIPPED.labels(tp.topic).inc(offset - expected)
@@ -237,7 +235,6 @@ class InputProgress:
                     tp.topic, tp.partition, expected, offset - 1, expected,
                 )  # fmt: skip
                 admission.seek_back[tp] = expected
-                self._jumped[tp] = (expected, offset)
                 break
             admission.advance[tp] = expected
         return admission
@@ -417,7 +414,7 @@ def _filter_tps_with_pending_acks(self, topics=None):
 
 
 #: Longest wait for the consumer's thread to carry out a seek (it is stopping, or busy for that long).
-SEEK_TIMEOUT_S = 10.0
+SEEK_TIMEOUT_S = 2.0
 
 
 def _seek_now(thread, partition, offset) -> None:

@@ -3,16 +3,18 @@ record that fails alone is dead-lettered and passed over.
 
 A batch can fail for two kinds of reasons. The broker (a restart, a network
 split): every retry fails the same way until it is back, and no record is to
-blame; such errors (aiokafka's retriable ones, timeouts, connections) are
-waited out with a back-off, and never dead-letter anything. Or one record
-(a bug meeting a record nobody foresaw, a state or a dead letter the broker
-refuses): the same batch fails every time, the partition stops, the agent
-crash-loops. ``FailureGuard`` handles the second: after ``ATTEMPTS`` failures
-in a row without progress it processes the failed batch's records one by
-one; a record that fails alone ``ATTEMPTS`` times goes to the dead-letter
-topic (reason ``processing_failed``, with the error) and is passed over, with
-one ERROR naming it. While batches keep failing the lane counts as failing:
-``/ready`` answers 503 and ``StandingBatchesFailing`` fires.
+blame; such errors (aiokafka's retriable ones, timeouts, connections, and
+``Held``: records already decided that the broker refuses) are waited out
+with a back-off, and never dead-letter anything. Or one record (a bug meeting
+a record nobody foresaw, a state or a dead letter the broker refuses): the
+same batch fails every time, the partition stops, the agent crash-loops.
+``FailureGuard`` handles the second: after ``ATTEMPTS`` such failures in a
+row (a batch that processed none of its records, fetched before a seek, does
+not break the row) it processes records one by one; a record that fails
+alone ``ATTEMPTS`` times goes to the dead-letter topic (reason
+``processing_failed``, with the error) and is passed over, with one ERROR
+naming it. While batches keep failing the lane counts as failing: ``/ready``
+answers 503 and ``StandingBatchesFailing`` fires.
 
 After any failure, and after a record is passed over, the lane is rewound
 (``rewind``): what it held in memory is dropped and its partitions are read
@@ -38,9 +40,15 @@ ATTEMPTS = 3
 BACKOFF_MAX_S = 5.0
 
 
+class Held(Exception):
+    """The broker refuses what a lane already decided and may have partly sent: kept, and sent again
+    until it is taken (an operator fixes the topic); waited out like the broker's silence, since
+    no record read again could be blamed for it (``Scorer._deliver``)."""
+
+
 def transient(error: BaseException) -> bool:
     """An error no record is to blame for: the broker or the network, to be waited out."""
-    if isinstance(error, KafkaTimeoutError):
+    if isinstance(error, (KafkaTimeoutError, Held)):
         # Not "retriable" in aiokafka's terms (it gave up waiting), but the broker's doing, never a record's:
         # a batch for a partition whose earlier batch did not leave in time fails with it.
         return True
@@ -60,7 +68,7 @@ class FailureGuard:
         self,
         lane: str,
         *,
-        process: Callable[[Sequence], Awaitable[None]],
+        process: Callable[[Sequence], Awaitable[int | None]],
         pass_over: Callable[[object, BaseException], Awaitable[None]],
         rewind: Callable[[], Awaitable[None]],
         sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
@@ -101,13 +109,16 @@ class FailureGuard:
             await self._one_by_one(batch)
             return
         try:
-            await self._process(batch)
+            processed = await self._process(batch)
         except asyncio.CancelledError:
             raise
         except Exception as error:
             await self._failed(batch, error)
         else:
-            self._succeeded()
+            if processed != 0:
+                self._succeeded()
+            # else: nothing of it was processed (records fetched before a seek back, left out): no progress,
+            # and failures in a row still count (after a rewind such a batch came between every two failures)
 
     def _succeeded(self) -> None:
         self.failures = 0
@@ -119,7 +130,7 @@ class FailureGuard:
         if transient(error):
             delay = min(BACKOFF_MAX_S, 0.5 * 2 ** min(self.failures - 1, 4))
             log.warning(
-                "%s: a batch of %d records could not be completed (%r): the broker did not answer; "
+                "%s: a batch of %d records could not be completed (%r), which no record is to blame for; "
                 "reading it again in %.1f s", self.lane, len(batch), error, delay,
             )  # fmt: skip
             await self._rewind()
@@ -149,7 +160,7 @@ class FailureGuard:
         for record in batch:
             slot = (record.topic, record.partition)
             try:
-                await self._process([record])
+                processed = await self._process([record])
             except asyncio.CancelledError:
                 raise
             except Exception as error:
@@ -183,7 +194,8 @@ class FailureGuard:
                 # back) is read again from the committed offsets; the record passed over is not.
                 await self._rewind()
                 return
-            self._done_with(slot, record.offset)
+            if processed != 0:  # (0: left out, fetched before a seek: it says nothing of the range read alone)
+                self._done_with(slot, record.offset)
         if not self._isolating:
             self._succeeded()
 

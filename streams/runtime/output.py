@@ -93,8 +93,8 @@ class Outputs:
         them (a restore replays the changelog in order; the last record wins).
 
         A failed send raises here instead of letting the batch's input offsets
-        be committed past an output that never left (the agent keeps what was
-        to be sent and sends it first next time: ``Scorer._deliver``).
+        be committed past an output that never left (``Scorer._deliver`` then
+        keeps what was to be sent, or puts the states back: it says when).
         """
         if not records:
             return

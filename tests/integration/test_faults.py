@@ -306,39 +306,63 @@ async def _set_max_message_bytes(settings, topic: str, limit: int) -> None:
         await admin.close()
 
 
-def test_records_the_broker_refuses_are_dead_lettered_and_nothing_else_is_lost(fresh_settings, workers, tmp_path):
-    """For three seconds the broker refuses every pair state: the pairs changelog's max.message.bytes
-    is set below them (an operator's slip), and a refusal is no timeout, so no waiting helps. Each
-    friendship read meanwhile must fail alone and go to the dead-letter topic (processing_failed),
-    and everything else must end exact: the reference of the events less those friendships.
-
-    A refused delivery leaves its states written; read again, its records were duplicates that
-    caused nothing, so the batch went through with nothing sent and its friendships were lost with
-    no dead letter (Scorer._deliver now puts the states back). No duplicates in the events: a
-    dead-lettered friendship's twin could count while it does not."""
+def _refused_for_three_seconds(settings, workers, tmp_path, topic: str) -> tuple:
+    """A worker replaying a file (no duplicates: a dead-lettered event's twin could count while it
+    does not), stopped mid-replay; ``topic``'s max.message.bytes set below every record for three
+    seconds of its run (an operator's slip: a refusal is no timeout, so no waiting helps), then
+    put back. Returns the worker and the events file, once the worker is quiet."""
     config = PopulationConfig(users=600, events=6000, seed=29)
     events = tmp_path / "events.jsonl"
     write_jsonl(events, generate_events(config, RULES))
     worker = workers.start(tmp_path / "data-1")
-    asyncio.run(produce_file(fresh_settings, events, progress=False))
-    friendships = asyncio.run(_remaining(fresh_settings))["friendships"]
-    _pause_when(fresh_settings, worker, lambda s: 0 < s["friendships"] < friendships * 0.8)
-    pairs_changelog = topics.changelog_topic(fresh_settings.app_id, topics.PAIRS_TABLE)
-    asyncio.run(_set_max_message_bytes(fresh_settings, pairs_changelog, 16))
+    asyncio.run(produce_file(settings, events, progress=False))
+    friendships = asyncio.run(_remaining(settings))["friendships"]
+    _pause_when(settings, worker, lambda s: 0 < s["friendships"] < friendships * 0.8)
+    asyncio.run(_set_max_message_bytes(settings, topic, 16))
     try:
         worker.send_signal(signal.SIGCONT)
         time.sleep(3)
     finally:
-        asyncio.run(_set_max_message_bytes(fresh_settings, pairs_changelog, topics.MAX_RECORD_BYTES))
-    asyncio.run(wait_until_quiescent(fresh_settings, timeout=300, progress=None))
+        asyncio.run(_set_max_message_bytes(settings, topic, topics.MAX_RECORD_BYTES))
+    asyncio.run(wait_until_quiescent(settings, timeout=300, progress=None))
     assert worker.poll() is None, "the worker exited"
+    return worker, events
+
+
+def _assert_exact_without(settings, events: Path, left_out: set[str]) -> None:
+    kept = [line for line in events.read_bytes().splitlines(keepends=True) if json.loads(line)["event_id"] not in left_out]
+    expected = compute_reference(kept, RULES)
+    scores = asyncio.run(read_scores(settings))
+    assert set(scores) == set(expected.raw)
+    worst = max(abs(scores[user]["raw"] - raw) for user, raw in expected.raw.items())
+    assert worst <= RULES.error_bound, (worst, len(left_out))
+
+
+def test_records_whose_states_the_broker_refuses_are_dead_lettered_and_nothing_else_is_lost(fresh_settings, workers, tmp_path):
+    """The pairs changelog refuses every pair state for three seconds. Each friendship read meanwhile
+    must fail alone and go to the dead-letter topic (processing_failed), once, and everything else
+    must end exact: the reference of the events less those friendships.
+
+    A refused delivery leaves its states written; read again, its records were duplicates that
+    caused nothing, so the batch went through with nothing sent and its friendships were lost with
+    no dead letter (2 runs of 2 before Scorer._deliver put the states back)."""
+    pairs_changelog = topics.changelog_topic(fresh_settings.app_id, topics.PAIRS_TABLE)
+    _, events = _refused_for_three_seconds(fresh_settings, workers, tmp_path, pairs_changelog)
     letters = [letter for letter in asyncio.run(read_dead_letters(fresh_settings)) if letter["reason"] == "processing_failed"]
     assert letters, "no friendship was dead-lettered: the refusals were taken for duplicates and lost"
     assert {letter["topic"] for letter in letters} == {"friendships"}
     refused = {codec.decode(letter["original"], "friendship")[1]["event_id"] for letter in letters}
-    kept = [line for line in events.read_bytes().splitlines(keepends=True) if json.loads(line)["event_id"] not in refused]
-    expected = compute_reference(kept, RULES)
-    scores = asyncio.run(read_scores(fresh_settings))
-    assert set(scores) == set(expected.raw)
-    worst = max(abs(scores[user]["raw"] - raw) for user, raw in expected.raw.items())
-    assert worst <= RULES.error_bound, (worst, len(refused))
+    assert len(refused) == len(letters), "a friendship dead-lettered twice"
+    _assert_exact_without(fresh_settings, events, refused)
+
+
+def test_what_states_caused_that_the_broker_refuses_is_sent_once_it_takes_it(fresh_settings, workers, tmp_path):
+    """friend-updates refuses every record for three seconds: links and estimates whose states are
+    already in the changelog, some of them maybe sent. Putting those states back would publish their
+    versions again with other values, which receivers ignore; so they are kept and sent again until
+    the topic takes them. Nothing may be dead-lettered, and every score must end exact."""
+    worker, events = _refused_for_three_seconds(fresh_settings, workers, tmp_path, topics.FRIEND_UPDATES)
+    assert not [letter for letter in asyncio.run(read_dead_letters(fresh_settings)) if letter["reason"] == "processing_failed"]
+    _assert_exact_without(fresh_settings, events, set())
+    failures = processes.sum_samples(processes.scrape_metrics(worker.metrics_port), "standing_batch_failures_total")
+    assert failures > 0, "nothing was refused: the test tested nothing"

@@ -106,7 +106,12 @@ def test_a_batch_s_writes_are_put_back_with_the_changelog_records_that_say_so(tm
     store.put(0, "ann", UserState(own=1.0))
     was = store.load_raw(0, "ann")
     writes = [(0, "ann", UserState(own=2.0)), (1, "bob", UserState(own=3.0)), (0, "ann", UserState(own=4.0))]
+    store.begin()
+    assert store.load(0, "ann").own == 1.0 and store.load(1, "bob") is None  # the batch loads them
+    store._db(0).put(b"ann", b"not what the batch loaded")  # (nothing writes between a load and before(): shows what is used)
     before = store.before(writes)
+    assert before[0] == (0, "ann", was) and before[1] == (1, "bob", None)
+    assert store.before(writes)[0] == (0, "ann", b"not what the batch loaded"), "once a batch is over, RocksDB is read"
     for partition, key, state in writes:
         store.put(partition, key, state)
     assert store.load(0, "ann").own == 4.0 and store.load(1, "bob").own == 3.0
