@@ -24,7 +24,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from typing import NamedTuple
+from dataclasses import dataclass
 
 import faust
 from faust.types import Message
@@ -43,6 +43,7 @@ from streams.runtime.output import Outgoing, Outputs
 from streams.runtime.resend import resend_uncommitted
 from streams.runtime.store import create_tables, pair_store, user_store
 from topology import topics
+from topology.topics import MAX_RECORD_BYTES
 from topology.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -123,7 +124,7 @@ class Scorer:
 
         #: batches being applied or delivered; a rebalance waits for them
         self.in_flight = InFlight()
-        #: per lane: what its last delivery, which failed, left to send first (and to put back if the next one fails too)
+        #: per lane: what its last delivery, which failed, left to send before it decides anything new
         self._undelivered: dict[str, _Kept] = {}
         #: no record can stop a lane: retries, then one record at a time, then dead letters
         self.user_guard = FailureGuard(
@@ -255,6 +256,7 @@ class Scorer:
     async def process_pair_batch(self, batch: list[Message]) -> int:
         """Returns how many of its records were processed (the rest were fetched before a seek, or done)."""
         started = time.perf_counter()
+        await self._send_kept(self.pair_guard.lane)
         admission = await self.progress.admit(batch)
         if not self.progress.current(admission):
             return 0  # partitions moved while the broker was asked: the new owner reads these
@@ -268,6 +270,7 @@ class Scorer:
 
     async def process_user_batch(self, batch: list[Message]) -> int:
         started = time.perf_counter()
+        await self._send_kept(self.user_guard.lane)
         admission = await self.progress.admit(batch)
         if not self.progress.current(admission):
             return 0  # partitions moved while the broker was asked: the new owner reads these
@@ -315,6 +318,28 @@ class Scorer:
         await self.progress.done(admission)
         self.progress.passed_over(admission)
 
+    async def _send_kept(self, lane: str) -> None:
+        """Before a lane decides anything new, it sends what its last delivery left (``_deliver``).
+
+        Nothing of the new batch is applied while that fails: the lane
+        waits (the broker's silence), or is held (``Held``: the broker
+        refuses what was decided already; no record read now is to blame).
+        """
+        kept = self._undelivered.pop(lane, None)
+        if kept is None or kept.generation != self.progress.generation:
+            return
+        try:
+            await self.output.deliver([record for record in kept.outgoing if record.changelog_of is not None])
+            await self.output.deliver([record for record in kept.outgoing if record.changelog_of is None])
+        except BaseException as error:
+            if self.progress.generation == kept.generation:
+                self._undelivered[lane] = kept
+                if not (isinstance(error, asyncio.CancelledError) or transient(error)):
+                    raise self._held(lane, kept, error) from error
+            raise
+        for counts in kept.counts:
+            metrics.add_counts(counts)
+
     async def _deliver(self, lane: str, store, result: core.BatchResult) -> None:
         """Write the batch's states, then send its records and wait until the broker acknowledged every one.
 
@@ -326,39 +351,30 @@ class Scorer:
         Read again, its records would be duplicates (the states already show
         them) and cause nothing, so a failure is never left at that:
 
-        * the broker did not answer (``transient``): what the delivery had to
-          send is kept, and sent first by the lane's next delivery, before
-          the offsets past it can be committed;
-        * a failure before anything the states caused was sent (a state that
-          did not encode, a bug, the broker refusing a state): the states go
-          back to what they were (``PartitionedStore.restore``; also those of
-          a kept delivery, read again too), so the records count anew and the
+        * a record's fault (a state that does not encode, a bug, a state
+          larger than any topic of Standing's takes), met before anything the
+          states caused was sent: the states go back to what they were
+          (``PartitionedStore.restore``), so the records count anew and the
           one to blame is found and dead-lettered. The changelog records of
-          the states put back go first next time;
-        * the broker refusing what the states caused, some of which may have
-          left: putting the states back would publish their versions again
-          with other values, which receivers ignore. It is kept and sent
-          again until the broker takes it (``Held``: an operator fixes the
-          topic; the lane counts as failing meanwhile).
+          the states put back are sent before the lane's next batch;
+        * anything else (the broker did not answer, or refuses what Standing
+          keeps within its bounds: a topic's configuration or ACLs): what the
+          delivery had to send is kept and sent before the lane decides
+          anything new (``_send_kept``), so no offset past it is committed.
+          Putting the states back could publish versions that may have left
+          again with other values, which receivers ignore.
 
         A rebalance drops what is kept (also from a delivery still failing
         after its partitions moved: it belongs to the old assignment); the
-        re-send scan (streams/runtime/resend.py) sends what the states show,
-        and the states put back show nothing to send.
+        re-send scan (streams/runtime/resend.py) sends what the states show.
         """
         generation = self.progress.generation
-        kept = self._undelivered.pop(lane, None)
-        if kept is not None and kept.generation != generation:
-            kept = None
-        # What is kept goes first: states before states, in the order they were written.
-        outgoing, before, counts = (list(kept.outgoing), list(kept.before), kept.counts) if kept else ([], [], [])
-        effects_out = kept is not None and kept.effects_out
-        counts = counts + [result.counts]
-        stage = "writing"
+        scanned = self._resending()  # the scan may send what the states it reads caused
+        stage, before, outgoing = "writing", [], []
         try:
-            before.extend(store.before(result.writes))
+            before = store.before(result.writes)
             writing = time.perf_counter()
-            outgoing.extend([store.put(partition, key, state) for partition, key, state in result.writes])
+            outgoing = [store.put(partition, key, state) for partition, key, state in result.writes]
             if store is self.users:
                 self.propagation.observe_finish(result.finish_seconds + time.perf_counter() - writing, result.changed)
             outgoing.extend(Outgoing(*send) for send in result.sends)
@@ -369,43 +385,57 @@ class Scorer:
         except BaseException as error:
             if self.progress.generation != generation:
                 raise  # partitions moved meanwhile: the re-send scan of the rebalance (or the new owner's) sends it
-            effects_out = effects_out or stage == "effects"
             if isinstance(error, asyncio.CancelledError) or transient(error):
-                self._undelivered[lane] = _Kept(generation, outgoing, before, counts, effects_out)
+                self._undelivered[lane] = _Kept(generation, outgoing, [result.counts])
                 raise
-            if not effects_out and not self._resending():
-                restored = store.restore(before)
-                self._undelivered[lane] = _Kept(generation, restored, [(r.partition, r.key.decode(), r.value) for r in restored], [], False)
+            # Writing has no await: nothing was sent, and the re-send scan read none of it. While the states were
+            # sent, the scan may have read them and sent what they caused.
+            if stage == "writing" or (stage == "states" and _too_large(outgoing) and not (scanned or self._resending())):
+                self._undelivered[lane] = _Kept(generation, store.restore(before), [])
                 raise  # counted when read again
-            self._undelivered[lane] = _Kept(generation, outgoing, before, counts, True)
-            if kept is None or not kept.effects_out:
-                log.error(
-                    "%s: the broker refuses records of a batch whose states it has (%s: %s); they are kept and sent "
-                    "again until it takes them, and nothing past them is committed. Fix the topic's configuration "
-                    "(max.message.bytes, ACLs); /ready answers 503 meanwhile",
-                    lane, type(error).__name__, error,
-                )  # fmt: skip
-            raise Held(f"the broker refuses records already decided: {type(error).__name__}: {error}") from error
-        for delivered in counts:
-            metrics.add_counts(delivered)
+            kept = self._undelivered[lane] = _Kept(generation, outgoing, [result.counts])
+            raise self._held(lane, kept, error) from error
+        metrics.add_counts(result.counts)
+
+    def _held(self, lane: str, kept: "_Kept", error: BaseException) -> Held:
+        """The lane waits until the broker takes what it refuses: said once, with what to do."""
+        if not kept.said:
+            kept.said = True
+            log.error(
+                "%s: the broker refuses records Standing decided and keeps within its own bounds (%s: %s; topics %s). "
+                "The lane keeps them, sends them again every few seconds and commits nothing past them; a restart "
+                "does not help. Fix the topics' configuration (max.message.bytes at least %d, ACLs); /ready answers "
+                "503 meanwhile",
+                lane, type(error).__name__, error, ", ".join(sorted({r.topic for r in kept.outgoing})), MAX_RECORD_BYTES,
+            )  # fmt: skip
+        return Held(f"the broker refuses records Standing decided: {type(error).__name__}: {error}")
 
     def _resending(self) -> bool:
-        """While the re-send scan runs it may send what states just written caused: they must not be put back."""
         return self._resend is not None and not self._resend.done()
 
 
-class _Kept(NamedTuple):
-    """What a lane's failed delivery leaves for its next one (``Scorer._deliver``)."""
+def _too_large(outgoing: list[Outgoing]) -> bool:
+    """A state no topic of Standing's takes: its own fault (it grew too big), not the topic's configuration."""
+    return any(
+        record.changelog_of is not None and record.value is not None and len(record.value) > STATE_MAX_BYTES
+        for record in outgoing
+    )
+
+
+#: Largest state a changelog of Standing's takes (its max.message.bytes less a record batch's framing and key)
+STATE_MAX_BYTES = MAX_RECORD_BYTES - 64 * 1024
+
+
+@dataclass
+class _Kept:
+    """What a lane's failed delivery leaves, to be sent before it decides anything new (``Scorer._send_kept``)."""
 
     generation: int
-    #: records to send first
     outgoing: list[Outgoing]
-    #: (partition, key, bytes or None) before the kept states were written: what a put-back restores
-    before: list[tuple[int, str, bytes | None]]
-    #: the counts of the batches they came from, added once delivered
+    #: the counts of the batch they came from, added once delivered
     counts: list
-    #: some of what the states caused may have reached the broker: they can no longer be put back
-    effects_out: bool
+    #: the ERROR that the lane is held was logged
+    said: bool = False
 
 
 def _observe_latency(scores: list[core.ScoreOut]) -> None:

@@ -125,6 +125,11 @@ class InputProgress:
         for tp, offset in starts.items():
             try:
                 await self._app.consumer.seek(tp, offset)
+            except asyncio.TimeoutError:  # the consumer's thread did not get to it (SEEK)
+                log.warning(
+                    "could not seek %s[%d] back to %d within %.0f s; the stall watch seeks it back if it stops moving",
+                    tp.topic, tp.partition, offset, SEEK_TIMEOUT_S,
+                )  # fmt: skip
             except Exception as error:  # a rebalance meanwhile positions it from the commit
                 log.debug("could not seek %s[%d] back to %d: %r", tp.topic, tp.partition, offset, error)
 

@@ -4,10 +4,11 @@ record that fails alone is dead-lettered and passed over.
 A batch can fail for two kinds of reasons. The broker (a restart, a network
 split): every retry fails the same way until it is back, and no record is to
 blame; such errors (aiokafka's retriable ones, timeouts, connections, and
-``Held``: records already decided that the broker refuses) are waited out
-with a back-off, and never dead-letter anything. Or one record (a bug meeting
-a record nobody foresaw, a state or a dead letter the broker refuses): the
-same batch fails every time, the partition stops, the agent crash-loops.
+``Held``: the broker refuses what Standing decided within its own bounds, a
+topic's configuration or ACLs) are waited out with a back-off, and never
+dead-letter anything. Or one record (a bug meeting a record nobody foresaw, a
+state grown larger than any topic of Standing's takes): the same batch fails
+every time, the partition stops, the agent crash-loops.
 ``FailureGuard`` handles the second: after ``ATTEMPTS`` such failures in a
 row (a batch that processed none of its records, fetched before a seek, does
 not break the row) it processes records one by one; a record that fails
@@ -41,9 +42,9 @@ BACKOFF_MAX_S = 5.0
 
 
 class Held(Exception):
-    """The broker refuses what a lane already decided and may have partly sent: kept, and sent again
-    until it is taken (an operator fixes the topic); waited out like the broker's silence, since
-    no record read again could be blamed for it (``Scorer._deliver``)."""
+    """The broker refuses what a lane decided and keeps within Standing's bounds: kept, and sent
+    again until it is taken (an operator fixes the topic); waited out like the broker's silence,
+    since no record is to blame (``Scorer._deliver``)."""
 
 
 def transient(error: BaseException) -> bool:
