@@ -323,7 +323,7 @@ class Scorer:
 
         Nothing of the new batch is applied while that fails: the lane
         waits (the broker's silence), or is held (``Held``: the broker
-        refuses what was decided already; no record read now is to blame).
+        refuses what Standing decided; no record read now is to blame).
         """
         kept = self._undelivered.pop(lane, None)
         if kept is None or kept.generation != self.progress.generation:
@@ -337,8 +337,8 @@ class Scorer:
                 if not (isinstance(error, asyncio.CancelledError) or transient(error)):
                     raise self._held(lane, kept, error) from error
             raise
-        for counts in kept.counts:
-            metrics.add_counts(counts)
+        metrics.add_counts(kept.counts)
+        _observe_latency(kept.scores)
 
     async def _deliver(self, lane: str, store, result: core.BatchResult) -> None:
         """Write the batch's states, then send its records and wait until the broker acknowledged every one.
@@ -351,49 +351,43 @@ class Scorer:
         Read again, its records would be duplicates (the states already show
         them) and cause nothing, so a failure is never left at that:
 
-        * a record's fault (a state that does not encode, a bug, a state
-          larger than any topic of Standing's takes), met before anything the
-          states caused was sent: the states go back to what they were
-          (``PartitionedStore.restore``), so the records count anew and the
-          one to blame is found and dead-lettered. The changelog records of
-          the states put back are sent before the lane's next batch;
-        * anything else (the broker did not answer, or refuses what Standing
-          keeps within its bounds: a topic's configuration or ACLs): what the
-          delivery had to send is kept and sent before the lane decides
-          anything new (``_send_kept``), so no offset past it is committed.
-          Putting the states back could publish versions that may have left
-          again with other values, which receivers ignore.
+        * while writing (a state that does not encode or is too large,
+          ``StateTooLarge``; a bug), nothing has been sent: the states go back
+          to what they were (``PartitionedStore.restore``), so the records
+          count anew and the one to blame is found;
+        * once sending (the broker did not answer, or refuses what Standing
+          decided: a topic's configuration, ACLs): what the delivery had to
+          send is kept and sent before the lane decides anything new
+          (``_send_kept``), so no offset past it is committed. Putting the
+          states back could publish versions that may have left again with
+          other values, which receivers ignore.
 
-        A rebalance drops what is kept (also from a delivery still failing
-        after its partitions moved: it belongs to the old assignment); the
-        re-send scan (streams/runtime/resend.py) sends what the states show.
+        A rebalance or a stop drops what is kept (also from a delivery still
+        failing after its partitions moved: it belongs to the old assignment);
+        the states show it, and the re-send scan (streams/runtime/resend.py)
+        of the next assignment sends it.
         """
         generation = self.progress.generation
-        scanned = self._resending()  # the scan may send what the states it reads caused
-        stage, before, outgoing = "writing", [], []
+        writing, before, outgoing = True, [], []
         try:
             before = store.before(result.writes)
-            writing = time.perf_counter()
+            started = time.perf_counter()
             outgoing = [store.put(partition, key, state) for partition, key, state in result.writes]
             if store is self.users:
-                self.propagation.observe_finish(result.finish_seconds + time.perf_counter() - writing, result.changed)
+                self.propagation.observe_finish(result.finish_seconds + time.perf_counter() - started, result.changed)
             outgoing.extend(Outgoing(*send) for send in result.sends)
-            stage = "states"
+            writing = False
             await self.output.deliver([record for record in outgoing if record.changelog_of is not None])
-            stage = "effects"
             await self.output.deliver([record for record in outgoing if record.changelog_of is None])
         except BaseException as error:
+            if writing:
+                store.restore(before)  # no await since the batch decided: nothing of it was sent or read
+                raise
             if self.progress.generation != generation:
                 raise  # partitions moved meanwhile: the re-send scan of the rebalance (or the new owner's) sends it
+            kept = self._undelivered[lane] = _Kept(generation, outgoing, result.counts, result.scores)
             if isinstance(error, asyncio.CancelledError) or transient(error):
-                self._undelivered[lane] = _Kept(generation, outgoing, [result.counts])
                 raise
-            # Writing has no await: nothing was sent, and the re-send scan read none of it. While the states were
-            # sent, the scan may have read them and sent what they caused.
-            if stage == "writing" or (stage == "states" and _too_large(outgoing) and not (scanned or self._resending())):
-                self._undelivered[lane] = _Kept(generation, store.restore(before), [])
-                raise  # counted when read again
-            kept = self._undelivered[lane] = _Kept(generation, outgoing, [result.counts])
             raise self._held(lane, kept, error) from error
         metrics.add_counts(result.counts)
 
@@ -402,28 +396,12 @@ class Scorer:
         if not kept.said:
             kept.said = True
             log.error(
-                "%s: the broker refuses records Standing decided and keeps within its own bounds (%s: %s; topics %s). "
-                "The lane keeps them, sends them again every few seconds and commits nothing past them; a restart "
-                "does not help. Fix the topics' configuration (max.message.bytes at least %d, ACLs); /ready answers "
-                "503 meanwhile",
+                "%s: the broker refuses records Standing decided (%s: %s; topics %s). The lane keeps them, sends "
+                "them again every few seconds and commits nothing past them; a restart does not help. Fix the "
+                "topics' configuration (max.message.bytes at least %d, ACLs); /ready answers 503 meanwhile",
                 lane, type(error).__name__, error, ", ".join(sorted({r.topic for r in kept.outgoing})), MAX_RECORD_BYTES,
             )  # fmt: skip
         return Held(f"the broker refuses records Standing decided: {type(error).__name__}: {error}")
-
-    def _resending(self) -> bool:
-        return self._resend is not None and not self._resend.done()
-
-
-def _too_large(outgoing: list[Outgoing]) -> bool:
-    """A state no topic of Standing's takes: its own fault (it grew too big), not the topic's configuration."""
-    return any(
-        record.changelog_of is not None and record.value is not None and len(record.value) > STATE_MAX_BYTES
-        for record in outgoing
-    )
-
-
-#: Largest state a changelog of Standing's takes (its max.message.bytes less a record batch's framing and key)
-STATE_MAX_BYTES = MAX_RECORD_BYTES - 64 * 1024
 
 
 @dataclass
@@ -433,7 +411,9 @@ class _Kept:
     generation: int
     outgoing: list[Outgoing]
     #: the counts of the batch they came from, added once delivered
-    counts: list
+    counts: object
+    #: its scores, observed once delivered
+    scores: list
     #: the ERROR that the lane is held was logged
     said: bool = False
 

@@ -4,11 +4,11 @@ record that fails alone is dead-lettered and passed over.
 A batch can fail for two kinds of reasons. The broker (a restart, a network
 split): every retry fails the same way until it is back, and no record is to
 blame; such errors (aiokafka's retriable ones, timeouts, connections, and
-``Held``: the broker refuses what Standing decided within its own bounds, a
-topic's configuration or ACLs) are waited out with a back-off, and never
-dead-letter anything. Or one record (a bug meeting a record nobody foresaw, a
-state grown larger than any topic of Standing's takes): the same batch fails
-every time, the partition stops, the agent crash-loops.
+``Held``: the broker refuses what Standing decided, a topic's configuration
+or ACLs) are waited out with a back-off, and never dead-letter anything. Or
+one record (a bug meeting a record nobody foresaw, a state grown larger than
+a changelog takes): the same batch fails every time, the partition stops,
+the agent crash-loops.
 ``FailureGuard`` handles the second: after ``ATTEMPTS`` such failures in a
 row (a batch that processed none of its records, fetched before a seek, does
 not break the row) it processes records one by one; a record that fails
@@ -20,7 +20,8 @@ answers 503 and ``StandingBatchesFailing`` fires.
 After any failure, and after a record is passed over, the lane is rewound
 (``rewind``): what it held in memory is dropped and its partitions are read
 again from their committed offsets (the record passed over is left out), so
-nothing half-applied is kept and nothing unprocessed is committed.
+nothing unprocessed is committed (``Scorer._deliver`` says what becomes of a
+failed batch's states).
 """
 
 from __future__ import annotations
@@ -42,9 +43,9 @@ BACKOFF_MAX_S = 5.0
 
 
 class Held(Exception):
-    """The broker refuses what a lane decided and keeps within Standing's bounds: kept, and sent
-    again until it is taken (an operator fixes the topic); waited out like the broker's silence,
-    since no record is to blame (``Scorer._deliver``)."""
+    """The broker refuses what a lane decided: kept, and sent again until it is taken (an operator
+    fixes the topic); waited out like the broker's silence, since no record is to blame
+    (``Scorer._deliver``)."""
 
 
 def transient(error: BaseException) -> bool:

@@ -35,7 +35,7 @@ class ChangelogOwner(Protocol):
 class Outgoing(NamedTuple):
     topic: str
     key: bytes | None
-    #: None: a tombstone (a state restored to none: ``PartitionedStore.restore``)
+    #: None: a tombstone
     value: bytes | None
     partition: int | None
     #: the table whose changelog this is (its persisted offset moves on delivery)

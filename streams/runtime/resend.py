@@ -41,6 +41,8 @@ log = logging.getLogger(__name__)
 SCAN_YIELD_EVERY = 2000
 #: Users whose records are delivered together (right after their puts).
 RESEND_CHUNK = 500
+#: Longest wait between two scans while the scan fails for a reason that is not the broker's silence.
+RESCAN_MAX_S = 30.0
 
 
 class PartitionsMoved(Exception):
@@ -52,15 +54,17 @@ async def resend_uncommitted(scorer: "Scorer", hold: object, sleep=asyncio.sleep
 
     ``hold`` (``InputProgress.hold``, taken when the rebalance completed)
     keeps every commit at the offsets the assignment started from until the
-    scan is done. While the broker does not answer it scans again (a broker
-    restart is what often caused the rebalance). It stops when partitions
-    move again: the next rebalance's scan takes over. Another failure keeps
-    the hold: nothing past those records is committed, and a restart scans
-    again from there.
+    scan is done. While it fails it scans again, holding: the broker does
+    not answer (a broker restart is what often caused the rebalance), or
+    refuses what the scan sends (a topic's configuration, ACLs: said once at
+    ERROR, scanned again every ``RESCAN_MAX_S`` at most, so that fixing the
+    topic is enough). It stops when partitions move again: the next
+    rebalance's scan takes over.
     """
     progress = scorer.progress
     generation = progress.generation
     delay = 0.5
+    said = False
     while True:
         try:
             committed = await progress.committed_offsets()
@@ -71,14 +75,25 @@ async def resend_uncommitted(scorer: "Scorer", hold: object, sleep=asyncio.sleep
         except PartitionsMoved:
             resent = 0
         except Exception as error:
-            if not transient(error):
-                raise  # the hold stays (a hold of an older assignment holds nothing)
-            log.warning(
-                "re-sending the outputs of uncommitted records after a rebalance: the broker did not answer "
-                "(%r); scanning again in %.1f s", error, delay,
-            )  # fmt: skip
+            if transient(error):
+                log.warning(
+                    "re-sending the outputs of uncommitted records after a rebalance: the broker did not answer "
+                    "(%r); scanning again in %.1f s", error, delay,
+                )  # fmt: skip
+                limit = BACKOFF_MAX_S
+            else:
+                if not said:
+                    log.error(
+                        "re-sending the outputs of uncommitted records after a rebalance failed (%s: %s); scanning "
+                        "again every %.0f s at most, and nothing past those records is committed until it succeeds. "
+                        "If the broker refuses records, fix the topics' configuration (max.message.bytes, ACLs); "
+                        "a restart does not help",
+                        type(error).__name__, error, RESCAN_MAX_S, exc_info=True,
+                    )  # fmt: skip
+                    said = True
+                limit = RESCAN_MAX_S
             await sleep(delay)
-            delay = min(BACKOFF_MAX_S, delay * 2)
+            delay = min(limit, delay * 2)
             if progress.generation == generation:
                 continue
             resent = 0

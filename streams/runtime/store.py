@@ -26,7 +26,7 @@ from streams.batch import Raw
 from streams.runtime.output import Outgoing
 from streams.runtime.patches import Patch
 from streams.state import PairState, UserState
-from topology.topics import PAIRS_TABLE, USERS_TABLE, changelog_topic
+from topology.topics import MAX_RECORD_BYTES, PAIRS_TABLE, USERS_TABLE, changelog_topic
 
 T = TypeVar("T")
 
@@ -131,6 +131,12 @@ def create_tables(app: faust.App, settings: Settings) -> tuple[faust.Table, faus
 
 
 _MISSING = object()
+#: Largest state a changelog of Standing's takes (its max.message.bytes less a record batch's framing and key)
+STATE_MAX_BYTES = MAX_RECORD_BYTES - 64 * 1024
+
+
+class StateTooLarge(ValueError):
+    """A state grew larger than any changelog of Standing's takes: the fault of the record that grew it."""
 
 
 class PartitionedStore(Generic[T]):
@@ -213,6 +219,13 @@ class PartitionedStore(Generic[T]):
             value_bytes = value.value
         else:
             value_bytes = self._encode(value)
+            if len(value_bytes) > STATE_MAX_BYTES:
+                # Refused here, before anything is written or sent, rather than by the broker after
+                # some of the batch's states have landed: the batch is put back and its record found.
+                raise StateTooLarge(
+                    f"the state of {key!r} would take {len(value_bytes):,} bytes, more than the {STATE_MAX_BYTES:,} "
+                    f"a changelog of Standing's takes"
+                )
             if self._cache_entries:
                 self._remember((partition, key), value_bytes, value)
         self._db(partition).put(key_bytes, value_bytes)
@@ -235,19 +248,17 @@ class PartitionedStore(Generic[T]):
             found.append((partition, key, raw))
         return found
 
-    def restore(self, before: list[tuple[int, str, bytes | None]]) -> list[Outgoing]:
-        """Put back what ``before`` read (a key's first entry wins); returns the changelog records that say so.
+    def restore(self, before: list[tuple[int, str, bytes | None]]) -> None:
+        """Put back what ``before`` read (a key's first entry wins; no state before: deleted).
 
-        For a batch whose delivery failed for a reason that is not the
-        broker's (``Scorer._deliver``): its states go back to what they were,
-        so its records, read again, count anew (and the one to blame can be
-        found) instead of being taken for duplicates whose outputs never left.
-        Key without a state before: deleted, and a tombstone for the changelog.
+        For a batch that failed while writing (``Scorer._deliver``), before
+        anything of it was sent: its states go back to what they were, so its
+        records, read again, count anew (and the one to blame can be found)
+        instead of being taken for duplicates. The changelog never had them.
         """
         first: dict[tuple[int, str], bytes | None] = {}
         for partition, key, raw in before:
             first.setdefault((partition, key), raw)
-        records = []
         for (partition, key), raw in first.items():
             db, key_bytes = self._db(partition), key.encode()
             if raw is None:
@@ -255,8 +266,6 @@ class PartitionedStore(Generic[T]):
             else:
                 db.put(key_bytes, raw)
             self._cache.pop((partition, key), None)
-            records.append(Outgoing(self._changelog, key_bytes, raw, partition, self))
-        return records
 
     def load_raw(self, partition: int, key: str) -> bytes | None:
         """The bytes under a key that holds no state (``streams.batch.ERASED_PREFIX``)."""

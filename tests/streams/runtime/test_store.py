@@ -5,6 +5,8 @@ from __future__ import annotations
 
 from dataclasses import replace
 
+import pytest
+
 from topology.settings import Settings
 from streams.runtime.app import create_app
 from streams.runtime.store import create_tables
@@ -95,8 +97,7 @@ def test_table_files_are_compressed_as_configured(tmp_path):
             assert "max_dict_bytes=0" in written["compression_opts"]
 
 
-def test_a_batch_s_writes_are_put_back_with_the_changelog_records_that_say_so(tmp_path):
-    from streams import state_codec
+def test_a_batch_s_writes_are_put_back_as_it_loaded_them(tmp_path):
     from streams.state import UserState
     from streams.runtime.store import user_store
 
@@ -115,11 +116,20 @@ def test_a_batch_s_writes_are_put_back_with_the_changelog_records_that_say_so(tm
     for partition, key, state in writes:
         store.put(partition, key, state)
     assert store.load(0, "ann").own == 4.0 and store.load(1, "bob").own == 3.0
-    records = store.restore(before)
+    store.restore(before)
     assert store.load_raw(0, "ann") == was and store.load(0, "ann").own == 1.0  # the first entry wins
     assert store.load_raw(1, "bob") is None  # no state before: none now
-    changelog = users_table.changelog_topic.get_topic_name()
-    assert [(r.topic, r.partition, r.key, r.value) for r in records] == [
-        (changelog, 0, b"ann", state_codec.encode_user(UserState(own=1.0))),
-        (changelog, 1, b"bob", None),  # a tombstone: a restore from the changelog deletes it too
-    ]
+
+
+def test_a_state_larger_than_a_changelog_takes_is_refused_before_it_is_written(tmp_path, monkeypatch):
+    from streams.runtime import store as store_module
+    from streams.state import FriendEntry, UserState
+
+    settings = replace(Settings(), data_dir=tmp_path, metrics_port=0)
+    users_table, _ = create_tables(create_app(settings), settings)
+    store = store_module.user_store(users_table)
+    monkeypatch.setattr(store_module, "STATE_MAX_BYTES", 200)  # 16 MiB less framing in production
+    hub = UserState(own=1.0, friends={f"friend-{n}": FriendEntry(weight=1.0) for n in range(50)})
+    with pytest.raises(store_module.StateTooLarge, match="'hub'"):
+        store.put(0, "hub", hub)
+    assert store.load_raw(0, "hub") is None
