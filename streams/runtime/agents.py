@@ -24,9 +24,11 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections import Counter
 from dataclasses import dataclass
 
 import faust
+from aiokafka.errors import KafkaError
 from faust.types import Message
 
 from schemas import codec
@@ -56,8 +58,9 @@ def _report_resend(task: asyncio.Future) -> None:
     error = task.exception()
     if error is not None:
         log.error(
-            "re-sending the outputs of uncommitted records after a rebalance failed (%s: %s); nothing past them "
-            "is committed until it succeeds: restart the worker to scan again, and check the broker if this repeats.",
+            "re-sending the outputs of uncommitted records after a rebalance failed (%s: %s), a failure that is not "
+            "the broker's; nothing past them is committed until a scan succeeds. A restart scans again; if it fails "
+            "the same way, it is a bug: report it with this log.",
             type(error).__name__,
             error,
         )
@@ -393,15 +396,24 @@ class Scorer:
 
     def _held(self, lane: str, kept: "_Kept", error: BaseException) -> Held:
         """The lane waits until the broker takes what it refuses: said once, with what to do."""
+        topic_names = ", ".join(sorted({r.topic for r in kept.outgoing}))
         if not kept.said:
             kept.said = True
-            log.error(
-                "%s: the broker refuses records Standing decided (%s: %s; topics %s). The lane keeps them, sends "
-                "them again every few seconds and commits nothing past them; a restart does not help. Fix the "
-                "topics' configuration (max.message.bytes at least %d, ACLs); /ready answers 503 meanwhile",
-                lane, type(error).__name__, error, ", ".join(sorted({r.topic for r in kept.outgoing})), MAX_RECORD_BYTES,
-            )  # fmt: skip
-        return Held(f"the broker refuses records Standing decided: {type(error).__name__}: {error}")
+            if isinstance(error, KafkaError):
+                log.error(
+                    "%s: the broker refuses records Standing decided (%s: %s; topics %s). The lane keeps them, sends "
+                    "them again every few seconds and commits nothing past them; a restart does not help. Fix the "
+                    "topics' configuration (max.message.bytes at least %d, ACLs); /ready answers 503 meanwhile",
+                    lane, type(error).__name__, error, topic_names, MAX_RECORD_BYTES,
+                )  # fmt: skip
+            else:
+                log.error(
+                    "%s: records Standing decided could not be sent (%s: %s; topics %s), a failure that is not the "
+                    "broker's (a bug). The lane keeps them, tries again every few seconds and commits nothing past "
+                    "them; /ready answers 503 meanwhile. Report it with this log",
+                    lane, type(error).__name__, error, topic_names, exc_info=error,
+                )  # fmt: skip
+        return Held(f"records Standing decided could not be sent: {type(error).__name__}: {error}")
 
 
 @dataclass
@@ -411,7 +423,7 @@ class _Kept:
     generation: int
     outgoing: list[Outgoing]
     #: the counts of the batch they came from, added once delivered
-    counts: object
+    counts: Counter
     #: its scores, observed once delivered
     scores: list
     #: the ERROR that the lane is held was logged

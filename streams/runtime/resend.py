@@ -29,6 +29,8 @@ from typing import TYPE_CHECKING
 
 from streams import batch as core
 from streams.events import PAIR
+from aiokafka.errors import KafkaError
+
 from streams.runtime.failures import BACKOFF_MAX_S, transient
 from streams.runtime.output import Outgoing
 
@@ -54,12 +56,13 @@ async def resend_uncommitted(scorer: "Scorer", hold: object, sleep=asyncio.sleep
 
     ``hold`` (``InputProgress.hold``, taken when the rebalance completed)
     keeps every commit at the offsets the assignment started from until the
-    scan is done. While it fails it scans again, holding: the broker does
-    not answer (a broker restart is what often caused the rebalance), or
-    refuses what the scan sends (a topic's configuration, ACLs: said once at
-    ERROR, scanned again every ``RESCAN_MAX_S`` at most, so that fixing the
-    topic is enough). It stops when partitions move again: the next
-    rebalance's scan takes over.
+    scan is done. While the broker fails it, it scans again, holding: the
+    broker does not answer (a broker restart is what often caused the
+    rebalance), or refuses what the scan sends (a topic's configuration,
+    ACLs: said once at ERROR, scanned again every ``RESCAN_MAX_S`` at most,
+    so that fixing the topic is enough). It stops when partitions move
+    again: the next rebalance's scan takes over. Any other failure (a bug)
+    keeps the hold, and a restart scans again.
     """
     progress = scorer.progress
     generation = progress.generation
@@ -75,6 +78,8 @@ async def resend_uncommitted(scorer: "Scorer", hold: object, sleep=asyncio.sleep
         except PartitionsMoved:
             resent = 0
         except Exception as error:
+            if not isinstance(error, KafkaError):
+                raise  # a bug: the hold stays (a hold of an older assignment holds nothing), said by the agents
             if transient(error):
                 log.warning(
                     "re-sending the outputs of uncommitted records after a rebalance: the broker did not answer "
@@ -84,10 +89,10 @@ async def resend_uncommitted(scorer: "Scorer", hold: object, sleep=asyncio.sleep
             else:
                 if not said:
                     log.error(
-                        "re-sending the outputs of uncommitted records after a rebalance failed (%s: %s); scanning "
-                        "again every %.0f s at most, and nothing past those records is committed until it succeeds. "
-                        "If the broker refuses records, fix the topics' configuration (max.message.bytes, ACLs); "
-                        "a restart does not help",
+                        "re-sending the outputs of uncommitted records after a rebalance: the broker refuses what "
+                        "it sends (%s: %s); scanning again every %.0f s at most, and nothing past those records is "
+                        "committed until it succeeds. Fix the topics' configuration (max.message.bytes, ACLs); a "
+                        "restart does not help",
                         type(error).__name__, error, RESCAN_MAX_S, exc_info=True,
                     )  # fmt: skip
                     said = True
@@ -135,7 +140,7 @@ async def _resend(scorer: "Scorer", committed: dict[tuple[str, int], int], curre
                 state = users.get(partition, user)  # fresh: agents may have moved on
                 if state is None:
                     continue
-                outgoing.append(users.put(partition, user, state))
+                outgoing.append(users.put(partition, user, state, checked=False))
                 sends(core.resend_user(context, user, state, rules))
                 resent += 1
             # Delivered right after the puts, with no await between, so that
@@ -159,7 +164,7 @@ async def _resend(scorer: "Scorer", committed: dict[tuple[str, int], int], curre
                 pair = pairs.get(partition, key)  # fresh: the pair lane may have moved on
                 if pair is None:
                     continue
-                outgoing.append(pairs.put(partition, key, pair))
+                outgoing.append(pairs.put(partition, key, pair, checked=False))
                 sends(core.resend_pair(context, pair))
                 resent += 1
             # As for users: delivered right after the puts, so that a newer pair state follows these.

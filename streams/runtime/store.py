@@ -205,7 +205,7 @@ class PartitionedStore(Generic[T]):
         raw = self._db(partition).get(key.encode())
         return None if raw is None else self._decode(raw)
 
-    def put(self, partition: int, key: str, value: T) -> Outgoing:
+    def put(self, partition: int, key: str, value: T, *, checked: bool = True) -> Outgoing:
         """Write locally; returns the changelog record for the batch to deliver.
 
         The batch delivers it with its other outputs and waits for the broker's
@@ -213,13 +213,17 @@ class PartitionedStore(Generic[T]):
         pre-commit flush gives up after 0.1 s, ProducerBuffer.flush_atmost, so
         it is no barrier); on delivery the partition's persisted offset moves
         (``set_persisted_offset``), as Faust's own changelog callback does.
+
+        ``checked``: a state larger than a changelog takes is refused
+        (``StateTooLarge``); the re-send scan, writing again what is stored
+        already, does not check.
         """
         key_bytes = key.encode()
         if isinstance(value, Raw):  # not a state: an erased user's marker
             value_bytes = value.value
         else:
             value_bytes = self._encode(value)
-            if len(value_bytes) > STATE_MAX_BYTES:
+            if checked and len(value_bytes) > STATE_MAX_BYTES:
                 # Refused here, before anything is written or sent, rather than by the broker after
                 # some of the batch's states have landed: the batch is put back and its record found.
                 raise StateTooLarge(
