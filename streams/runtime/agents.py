@@ -253,6 +253,8 @@ class Scorer:
         self.user_intake.clear()
         self.pair_intake.clear()
         self._undelivered.clear()  # the re-send scan after the rebalance sends it (or the new owner's)
+        for lane in (self.user_guard.lane, self.pair_guard.lane):
+            metrics.LANE_HELD.labels(lane).set(0)
 
     # --- one batch: admit, decide (pure), write, send, mark done ---------------------
 
@@ -342,6 +344,7 @@ class Scorer:
             raise
         metrics.add_counts(kept.counts)
         _observe_latency(kept.scores)
+        metrics.LANE_HELD.labels(lane).set(0)
 
     async def _deliver(self, lane: str, store, result: core.BatchResult) -> None:
         """Write the batch's states, then send its records and wait until the broker acknowledged every one.
@@ -397,6 +400,7 @@ class Scorer:
     def _held(self, lane: str, kept: "_Kept", error: BaseException) -> Held:
         """The lane waits until the broker takes what it refuses: said once, with what to do."""
         topic_names = ", ".join(sorted({r.topic for r in kept.outgoing}))
+        metrics.LANE_HELD.labels(lane).set(1)
         if not kept.said:
             kept.said = True
             if isinstance(error, KafkaError):

@@ -102,6 +102,11 @@ CHANGELOG_RECORDS_RESTORED = Counter(
     "Changelog records written into this worker's tables while recovering them (streams/runtime/recovery.py).",
     ["table"],
 )
+LANE_HELD = Gauge(
+    "standing_lane_held",
+    "1 while the agent holds records the broker refuses (a topic's configuration or ACLs: fix the topic), by agent.",
+    ["agent"],
+)
 BATCH_FAILURES = Counter(
     "standing_batch_failures_total",
     "Batches (or single records) whose processing failed and was retried, by agent (streams/runtime/failures.py).",

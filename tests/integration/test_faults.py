@@ -322,10 +322,13 @@ def _refused_for_three_seconds(settings, workers, tmp_path, topic: str) -> tuple
     try:
         worker.send_signal(signal.SIGCONT)
         time.sleep(3)
+        held = processes.sum_samples(processes.scrape_metrics(worker.metrics_port), "standing_lane_held")
     finally:
         asyncio.run(_set_max_message_bytes(settings, topic, topics.MAX_RECORD_BYTES))
     asyncio.run(wait_until_quiescent(settings, timeout=300, progress=None))
     assert worker.poll() is None, "the worker exited"
+    assert held >= 1, "no lane showed as held while the topic refused"
+    assert processes.sum_samples(processes.scrape_metrics(worker.metrics_port), "standing_lane_held") == 0
     return worker, events
 
 
