@@ -1231,7 +1231,7 @@ def resend_pair(context: Context, pair: PairState) -> list[Send]:
 
 
 #: Largest dead letter written: the topic's limit, less room for the record's framing.
-DEAD_LETTER_MAX_BYTES = topics.MAX_RECORD_BYTES - 64 * 1024
+DEAD_LETTER_MAX_BYTES = topics.MAX_VALUE_BYTES
 
 
 def dead_letter(record: Record, reason: str, detail: str, now_ms: int) -> Send:

@@ -40,6 +40,8 @@ DAY_MS = 24 * 3600 * 1000
 #: their friends: ~27 bytes each, so 100,000 friends is a 2.7 MB changelog
 #: record, over Kafka's 1 MB default; 16 MiB holds about 600,000 friends.
 MAX_RECORD_BYTES = 16 * 2**20
+#: Largest value of one such record: the limit less room for a record batch's framing and the key.
+MAX_VALUE_BYTES = MAX_RECORD_BYTES - 64 * 1024
 _BIG_RECORDS = {"max.message.bytes": str(MAX_RECORD_BYTES)}
 #: Largest input record (max.message.bytes of the input topics): Kafka's
 #: default, said explicitly. ``dead-letters`` takes MAX_RECORD_BYTES, so the

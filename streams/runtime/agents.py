@@ -334,8 +334,7 @@ class Scorer:
         if kept is None or kept.generation != self.progress.generation:
             return
         try:
-            await self.output.deliver([record for record in kept.outgoing if record.changelog_of is not None])
-            await self.output.deliver([record for record in kept.outgoing if record.changelog_of is None])
+            await self.output.deliver(kept.outgoing)
         except BaseException as error:
             if self.progress.generation == kept.generation:
                 self._undelivered[lane] = kept
@@ -383,8 +382,7 @@ class Scorer:
                 self.propagation.observe_finish(result.finish_seconds + time.perf_counter() - started, result.changed)
             outgoing.extend(Outgoing(*send) for send in result.sends)
             writing = False
-            await self.output.deliver([record for record in outgoing if record.changelog_of is not None])
-            await self.output.deliver([record for record in outgoing if record.changelog_of is None])
+            await self.output.deliver(outgoing)  # states acknowledged first, then what they caused
         except BaseException as error:
             if writing:
                 store.restore(before)  # no await since the batch decided: nothing of it was sent or read
@@ -399,10 +397,10 @@ class Scorer:
 
     def _held(self, lane: str, kept: "_Kept", error: BaseException) -> Held:
         """The lane waits until the broker takes what it refuses: said once, with what to do."""
-        topic_names = ", ".join(sorted({r.topic for r in kept.outgoing}))
         metrics.LANE_HELD.labels(lane).set(1)
         if not kept.said:
             kept.said = True
+            topic_names = ", ".join(sorted({r.topic for r in kept.outgoing}))
             if isinstance(error, KafkaError):
                 log.error(
                     "%s: the broker refuses records Standing decided (%s: %s; topics %s). The lane keeps them, sends "

@@ -26,7 +26,7 @@ from streams.batch import Raw
 from streams.runtime.output import Outgoing
 from streams.runtime.patches import Patch
 from streams.state import PairState, UserState
-from topology.topics import MAX_RECORD_BYTES, PAIRS_TABLE, USERS_TABLE, changelog_topic
+from topology.topics import MAX_VALUE_BYTES, PAIRS_TABLE, USERS_TABLE, changelog_topic
 
 T = TypeVar("T")
 
@@ -131,8 +131,8 @@ def create_tables(app: faust.App, settings: Settings) -> tuple[faust.Table, faus
 
 
 _MISSING = object()
-#: Largest state a changelog of Standing's takes (its max.message.bytes less a record batch's framing and key)
-STATE_MAX_BYTES = MAX_RECORD_BYTES - 64 * 1024
+#: Largest state a changelog of Standing's takes
+STATE_MAX_BYTES = MAX_VALUE_BYTES
 
 
 class StateTooLarge(ValueError):
