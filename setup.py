@@ -14,6 +14,6 @@ from setuptools import Extension, setup
 
 extensions = []
 if sys.byteorder == "little":
-    extensions.append(Extension("streams._state_codec", ["streams/_state_codec.c"], extra_compile_args=["-O2"], optional=True))
+    extensions.append(Extension("streams._state_codec", ["streams/_state_codec.c"], extra_compile_args=["-O2", "-ffp-contract=off"], optional=True))
 
 setup(ext_modules=extensions)

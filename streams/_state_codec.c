@@ -30,6 +30,7 @@
 #include <structmember.h>
 #include <stdint.h>
 #include <string.h>
+#include <math.h>
 
 static PyObject *UserStateType = NULL;   /* streams.scoring.UserState */
 static PyObject *FriendEntryType = NULL; /* streams.scoring.FriendEntry */
@@ -519,6 +520,20 @@ static int put_int_column(Buffer *b, const int64_t *values, Py_ssize_t n) {
     return 0;
 }
 
+/* friend_columns (Avro bytes): weight, estimate, has_estimate, then the version, link_version and link_ts columns. */
+static int put_friend_columns(Buffer *b, Py_ssize_t n, const double *weights, const double *estimates,
+                              const unsigned char *flags, const int64_t *versions, const int64_t *link_versions,
+                              const int64_t *link_ts) {
+    Buffer columns = {NULL, 0, 0};
+    int failed = (n && (put_bytes(&columns, weights, 8 * (size_t)n) < 0 || put_bytes(&columns, estimates, 8 * (size_t)n) < 0 ||
+                        put_bytes(&columns, flags, (size_t)n) < 0));
+    failed = failed || put_int_column(&columns, versions, n) < 0 || put_int_column(&columns, link_versions, n) < 0 ||
+             put_int_column(&columns, link_ts, n) < 0;
+    if (!failed) failed = put_long(b, (int64_t)columns.size) < 0 || put_bytes(b, columns.data, columns.size) < 0;
+    PyMem_Free(columns.data);
+    return failed ? -1 : 0;
+}
+
 /* friend_ids then friend_columns; 1 if refused. */
 static int put_friends(Buffer *b, PyObject *friends) {
     if (!PyDict_CheckExact(friends)) return 1;
@@ -578,19 +593,7 @@ static int put_friends(Buffer *b, PyObject *friends) {
         i++;
     }
     if (put_long(b, (int64_t)ids.size) < 0 || (ids.size && put_bytes(b, ids.data, ids.size) < 0)) goto out;
-    /* friend_columns: weight, estimate, has_estimate, version, link_version, link_ts */
-    {
-        Buffer columns = {NULL, 0, 0};
-        int failed = 0;
-        for (Py_ssize_t k = 0; k < n && !failed; k++) failed = put_double(&columns, numbers[k]) < 0;
-        for (Py_ssize_t k = 0; k < n && !failed; k++) failed = put_double(&columns, numbers[n + k]) < 0;
-        failed = failed || (n && put_bytes(&columns, flags, (size_t)n) < 0);
-        failed = failed || put_int_column(&columns, ints, n) < 0 || put_int_column(&columns, ints + n, n) < 0 ||
-                 put_int_column(&columns, ints + 2 * n, n) < 0;
-        if (!failed) failed = put_long(b, (int64_t)columns.size) < 0 || put_bytes(b, columns.data, columns.size) < 0;
-        PyMem_Free(columns.data);
-        if (failed) goto out;
-    }
+    if (put_friend_columns(b, n, numbers, numbers + n, flags, ints, ints + n, ints + 2 * n) < 0) goto out;
     status = 0;
 out:
     PyMem_Free(ids.data);
@@ -674,6 +677,585 @@ out:
     Py_RETURN_NONE;
 }
 
+/* ------------------------------------------------------------------ receiver */
+/*
+ * The native path of friends' estimates (streams.batch.UserBatch.estimates).
+ *
+ * Why: a user reached only by friends' estimates in a batch was read (a
+ * FriendEntry per friend), updated, decided on and written in Python, and
+ * that was most of a replay's time. A Receiver holds the state as the parts
+ * of its bytes: the friend columns as C arrays (with a hash of the ids), the
+ * rest as spans of the bytes read, so nothing is built per friend. It does
+ * what streams.scoring and UserBatch.estimate / finish do, in the same order
+ * and with the same floating-point operations (the build turns contraction
+ * off), and writes byte for byte what decoding, the Python path and
+ * ``encode_user`` would: tests/streams/test_native_receiver.py checks both
+ * on generated states and batches. What it does not handle exactly (an
+ * older schema, bytes the strict decoder would refuse or rewrite, a value
+ * of an unexpected type) makes ``receive`` or ``estimates`` return None
+ * before anything changes, and the caller takes the Python path.
+ */
+
+/* Strict UTF-8, as Python's decoder ("strict"): no overlongs, surrogates or code points past U+10FFFF. */
+static int valid_utf8(const unsigned char *s, Py_ssize_t n) {
+    Py_ssize_t i = 0;
+    while (i < n) {
+        unsigned char c = s[i];
+        if (c < 0x80) {
+            i++;
+            continue;
+        }
+        Py_ssize_t more;
+        unsigned char low = 0x80, high = 0xBF;
+        if (c >= 0xC2 && c <= 0xDF) {
+            more = 1;
+        } else if (c >= 0xE0 && c <= 0xEF) {
+            more = 2;
+            if (c == 0xE0) low = 0xA0;
+            if (c == 0xED) high = 0x9F;
+        } else if (c >= 0xF0 && c <= 0xF4) {
+            more = 3;
+            if (c == 0xF0) low = 0x90;
+            if (c == 0xF4) high = 0x8F;
+        } else {
+            return 0;
+        }
+        if (n - i - 1 < more) return 0;
+        if (s[i + 1] < low || s[i + 1] > high) return 0;
+        for (Py_ssize_t k = 2; k <= more; k++)
+            if ((s[i + k] & 0xC0) != 0x80) return 0;
+        i += more + 1;
+    }
+    return 1;
+}
+
+typedef struct {
+    const unsigned char *key; /* into the bytes read, or a str's UTF-8 (kept alive by ``keep``) */
+    Py_ssize_t key_size;
+    double number;
+    int64_t integer;
+} MapEntry;
+
+typedef struct {
+    MapEntry *entries;
+    Py_ssize_t n, capacity;
+} Map;
+
+typedef struct {
+    PyObject_HEAD
+    PyObject *data; /* the bytes read: spans point into them */
+    PyObject *keep; /* strs whose UTF-8 the state points to (friends and keys added) */
+    double own, published;
+    int64_t version, updated_ts, erased_ts, as_of;
+    unsigned char exists;
+    Map by_rule, offsets;
+    const unsigned char *recent; /* recent_events, as written */
+    Py_ssize_t recent_size;
+    const unsigned char *extra;
+    Py_ssize_t extra_size;
+    Py_ssize_t n, capacity; /* friends */
+    const unsigned char **ids;
+    Py_ssize_t *id_sizes;
+    double *weights, *estimates;
+    unsigned char *flags;
+    int64_t *versions, *link_versions, *link_ts;
+    Py_ssize_t *table; /* open addressing: friend index + 1; 0 empty */
+    size_t table_size;
+    Py_ssize_t history_n, history_capacity;
+    int64_t *history_ts;
+    double *history_raw;
+} Receiver;
+
+static PyTypeObject ReceiverType;
+
+static uint64_t hash_bytes(const unsigned char *s, Py_ssize_t n) {
+    uint64_t h = 1469598103934665603ULL;
+    for (Py_ssize_t i = 0; i < n; i++) h = (h ^ s[i]) * 1099511628211ULL;
+    return h;
+}
+
+/* The index of friend ``id`` or -1; with ``slot``, where it would go in the table. */
+static Py_ssize_t find_friend(Receiver *self, const unsigned char *id, Py_ssize_t size, size_t *slot) {
+    size_t mask = self->table_size - 1, at = (size_t)hash_bytes(id, size) & mask;
+    for (;;) {
+        Py_ssize_t entry = self->table[at];
+        if (entry == 0) {
+            if (slot) *slot = at;
+            return -1;
+        }
+        Py_ssize_t index = entry - 1;
+        if (self->id_sizes[index] == size && memcmp(self->ids[index], id, (size_t)size) == 0) return index;
+        at = (at + 1) & mask;
+    }
+}
+
+/* Room for ``wanted`` friends, the table at most half full; -1 on a Python error (memory). */
+static int grow_friends(Receiver *self, Py_ssize_t wanted) {
+    if (wanted > self->capacity) {
+        Py_ssize_t capacity = self->capacity ? self->capacity : 8;
+        while (capacity < wanted) capacity *= 2;
+        size_t c = (size_t)capacity;
+        if (!PyMem_Resize(self->ids, const unsigned char *, c) || !PyMem_Resize(self->id_sizes, Py_ssize_t, c) ||
+            !PyMem_Resize(self->weights, double, c) || !PyMem_Resize(self->estimates, double, c) ||
+            !PyMem_Resize(self->flags, unsigned char, c) || !PyMem_Resize(self->versions, int64_t, c) ||
+            !PyMem_Resize(self->link_versions, int64_t, c) || !PyMem_Resize(self->link_ts, int64_t, c)) {
+            PyErr_NoMemory();
+            return -1;
+        }
+        self->capacity = capacity;
+    }
+    if ((size_t)wanted * 2 > self->table_size) {
+        size_t size = self->table_size ? self->table_size : 16;
+        while (size < (size_t)wanted * 2) size *= 2;
+        Py_ssize_t *table = PyMem_Calloc(size, sizeof(Py_ssize_t));
+        if (!table) {
+            PyErr_NoMemory();
+            return -1;
+        }
+        PyMem_Free(self->table);
+        self->table = table;
+        self->table_size = size;
+        for (Py_ssize_t i = 0; i < self->n; i++) {
+            size_t at = (size_t)hash_bytes(self->ids[i], self->id_sizes[i]) & (size - 1);
+            while (table[at]) at = (at + 1) & (size - 1);
+            table[at] = i + 1;
+        }
+    }
+    return 0;
+}
+
+static int map_add(Map *map, const unsigned char *key, Py_ssize_t key_size, double number, int64_t integer) {
+    if (map->n == map->capacity) {
+        Py_ssize_t capacity = map->capacity ? map->capacity * 2 : 4;
+        if (!PyMem_Resize(map->entries, MapEntry, (size_t)capacity)) {
+            PyErr_NoMemory();
+            return -1;
+        }
+        map->capacity = capacity;
+    }
+    map->entries[map->n++] = (MapEntry){key, key_size, number, integer};
+    return 0;
+}
+
+static Py_ssize_t map_find(const Map *map, const unsigned char *key, Py_ssize_t key_size) {
+    for (Py_ssize_t i = 0; i < map->n; i++)
+        if (map->entries[i].key_size == key_size && memcmp(map->entries[i].key, key, (size_t)key_size) == 0) return i;
+    return -1;
+}
+
+/* A map<double> or map<long> into ``map``: 0; 1 if not as encode_user writes it (one block, valid, no repeated key);
+ * -1 on a Python error. */
+static int read_map_entries(Reader *r, Map *map, int value_kind) {
+    int64_t count;
+    if (read_long(r, &count) < 0 || count < 0) return 1;
+    if (count == 0) return 0;
+    for (int64_t i = 0; i < count; i++) {
+        const unsigned char *key;
+        Py_ssize_t size;
+        double number = 0;
+        int64_t integer = 0;
+        if (read_span(r, &key, &size) < 0 || !valid_utf8(key, size) || map_find(map, key, size) >= 0) return 1;
+        if (value_kind == VALUE_DOUBLE ? read_double(r, &number) < 0 : read_long(r, &integer) < 0) return 1;
+        if (map_add(map, key, size, number, integer) < 0) return -1;
+    }
+    if (read_long(r, &count) < 0 || count != 0) return 1;
+    return 0;
+}
+
+/* Bytes of a long as put_long writes it. */
+static Py_ssize_t long_size(int64_t value) {
+    uint64_t zigzag = ((uint64_t)value << 1) ^ (uint64_t)(value >> 63);
+    Py_ssize_t size = 1;
+    while (zigzag >= 0x80) {
+        zigzag >>= 7;
+        size++;
+    }
+    return size;
+}
+
+/* A long as put_long would write it (the shortest form); -1 if not. */
+static int read_shortest_long(Reader *r, int64_t *out) {
+    const unsigned char *at = r->at;
+    if (read_long(r, out) < 0 || r->at - at != long_size(*out)) return -1;
+    return 0;
+}
+
+/* recent_events as a span, copied as it is: so it must be as put_map writes it (one block of valid keys and
+ * longs in their shortest form, then 0); its keys are not checked for repeats (this worker's codecs write a
+ * dict). 1 if not so. */
+static int read_recent(Reader *r, const unsigned char **start, Py_ssize_t *size) {
+    const unsigned char *at = r->at;
+    int64_t count, ts, key_size;
+    if (read_shortest_long(r, &count) < 0 || count < 0) return 1;
+    for (int64_t i = 0; i < count; i++) {
+        if (read_shortest_long(r, &key_size) < 0 || key_size < 0 || key_size > r->end - r->at ||
+            !valid_utf8(r->at, (Py_ssize_t)key_size))
+            return 1;
+        r->at += key_size;
+        if (read_shortest_long(r, &ts) < 0) return 1;
+    }
+    if (count > 0 && (read_shortest_long(r, &count) < 0 || count != 0)) return 1;
+    *start = at;
+    *size = r->at - at;
+    return 0;
+}
+
+static void Receiver_dealloc(Receiver *self) {
+    Py_XDECREF(self->data);
+    Py_XDECREF(self->keep);
+    PyMem_Free(self->by_rule.entries);
+    PyMem_Free(self->offsets.entries);
+    PyMem_Free(self->ids);
+    PyMem_Free(self->id_sizes);
+    PyMem_Free(self->weights);
+    PyMem_Free(self->estimates);
+    PyMem_Free(self->flags);
+    PyMem_Free(self->versions);
+    PyMem_Free(self->link_versions);
+    PyMem_Free(self->link_ts);
+    PyMem_Free(self->table);
+    PyMem_Free(self->history_ts);
+    PyMem_Free(self->history_raw);
+    Py_TYPE(self)->tp_free((PyObject *)self);
+}
+
+/* receive(data) -> Receiver, or None when the Python path must read these bytes. */
+static PyObject *receive(PyObject *module, PyObject *data) {
+    if (!configured || !PyBytes_CheckExact(data)) Py_RETURN_NONE;
+    const unsigned char *start = (const unsigned char *)PyBytes_AS_STRING(data);
+    Reader r = {start, start + PyBytes_GET_SIZE(data)};
+    if (r.end - r.at < 5 || r.at[0] != 0) Py_RETURN_NONE;
+    uint32_t id = ((uint32_t)r.at[1] << 24) | ((uint32_t)r.at[2] << 16) | ((uint32_t)r.at[3] << 8) | r.at[4];
+    if (id != schema_id) Py_RETURN_NONE;
+    r.at += 5;
+    Receiver *self = PyObject_New(Receiver, &ReceiverType);
+    if (!self) return NULL;
+    memset((char *)self + sizeof(PyObject), 0, sizeof(Receiver) - sizeof(PyObject));
+    Py_INCREF(data);
+    self->data = data;
+    int status = 1;
+    int64_t count;
+    const unsigned char *ids, *columns, *history;
+    Py_ssize_t ids_size, columns_size, history_size;
+    if (!(self->keep = PyList_New(0))) goto error;
+    if (read_double(&r, &self->own) < 0) goto refused;
+    if ((status = read_map_entries(&r, &self->by_rule, VALUE_DOUBLE))) goto refused;
+    status = 1;
+    if (read_double(&r, &self->published) < 0 || read_long(&r, &self->version) < 0) goto refused;
+    if (read_long(&r, &count) < 0 || count != 0) goto refused; /* version 1's friends: written empty */
+    if (read_recent(&r, &self->recent, &self->recent_size)) goto refused;
+    if (read_long(&r, &count) < 0 || count != 0) goto refused; /* version 1's history: written empty */
+    if ((status = read_map_entries(&r, &self->offsets, VALUE_LONG))) goto refused;
+    status = 1;
+    if (read_long(&r, &self->updated_ts) < 0 || read_span(&r, &ids, &ids_size) < 0 ||
+        read_span(&r, &columns, &columns_size) < 0 || read_span(&r, &history, &history_size) < 0)
+        goto refused;
+    if (r.at >= r.end || *r.at > 1) goto refused;
+    self->exists = *r.at++;
+    if (read_long(&r, &self->erased_ts) < 0 || read_long(&r, &self->as_of) < 0 ||
+        read_span(&r, &self->extra, &self->extra_size) < 0 || r.at != r.end)
+        goto refused;
+    if (!valid_utf8(ids, ids_size)) goto refused;
+    /* friends, as read_friends reads them: no ids, no friends (the columns are not read) */
+    Py_ssize_t n = 0;
+    if (ids_size) {
+        n = 1;
+        for (Py_ssize_t i = 0; i < ids_size; i++) n += ids[i] == 0;
+    }
+    if (grow_friends(self, n) < 0) goto error;
+    if (n) {
+        const unsigned char *at = columns, *end = columns + columns_size;
+        if ((size_t)(end - at) < 17 * (size_t)n) goto refused;
+        memcpy(self->weights, at, 8 * (size_t)n);
+        memcpy(self->estimates, at + 8 * n, 8 * (size_t)n);
+        for (Py_ssize_t i = 0; i < n; i++) self->flags[i] = at[16 * n + i] == 1;
+        at += 17 * n;
+        if (read_int_column(&at, end, n, self->versions) < 0 || read_int_column(&at, end, n, self->link_versions) < 0 ||
+            read_int_column(&at, end, n, self->link_ts) < 0 || at != end)
+            goto refused;
+        const unsigned char *from = ids;
+        for (Py_ssize_t i = 0; i < n; i++) {
+            const unsigned char *stop = memchr(from, 0, (size_t)(ids + ids_size - from));
+            if (!stop) stop = ids + ids_size;
+            size_t slot;
+            if (find_friend(self, from, stop - from, &slot) >= 0) goto refused; /* a repeated id: a dict keeps one */
+            self->ids[i] = from;
+            self->id_sizes[i] = stop - from;
+            self->table[slot] = i + 1;
+            self->n = i + 1;
+            from = stop + 1;
+        }
+    }
+    if (history_size % 16) goto refused;
+    self->history_n = history_size / 16;
+    self->history_capacity = self->history_n + 1;
+    self->history_ts = PyMem_New(int64_t, (size_t)self->history_capacity);
+    self->history_raw = PyMem_New(double, (size_t)self->history_capacity);
+    if (!self->history_ts || !self->history_raw) {
+        PyErr_NoMemory();
+        goto error;
+    }
+    memcpy(self->history_ts, history, 8 * (size_t)self->history_n);
+    memcpy(self->history_raw, history + 8 * self->history_n, 8 * (size_t)self->history_n);
+    return (PyObject *)self;
+refused:
+    if (status < 0) goto error;
+    Py_DECREF(self);
+    Py_RETURN_NONE;
+error:
+    Py_DECREF(self);
+    return NULL;
+}
+
+/* Rules.decay(later, earlier), with ``half_life_ms`` = half_life_days * DAY_MS (0: no decay). */
+static double decay(double half_life_ms, int64_t later, int64_t earlier) {
+    if (half_life_ms == 0.0 || later == earlier) return 1.0;
+    return pow(2.0, (double)(-(later - earlier)) / half_life_ms);
+}
+
+/* scoring.rebase */
+static void rebase(Receiver *self, int64_t stream_ms, double half_life_ms) {
+    if (stream_ms <= self->as_of) return;
+    double factor = decay(half_life_ms, stream_ms, self->as_of);
+    self->as_of = stream_ms;
+    if (factor == 1.0) return;
+    self->own *= factor;
+    self->published *= factor;
+    for (Py_ssize_t i = 0; i < self->by_rule.n; i++) self->by_rule.entries[i].number *= factor;
+    for (Py_ssize_t i = 0; i < self->n; i++) self->estimates[i] *= factor;
+}
+
+static int as_int64_exact(PyObject *value, int64_t *out) { return PyLong_CheckExact(value) ? as_int64(value, out) : 1; }
+
+/* estimates(updates, clock, half_life_ms, topic) -> (clock, applied, stale, origin | None, read offset), or None.
+ *
+ * ``updates``: sender -> (estimate, version, origin_ts, offset), in order, as
+ * WaitingUpdates hands them over. For each, as UserBatch.estimate: the batch
+ * reads the offset, its stream time reaches origin_ts, the state is rebased
+ * to it, the estimate decays from origin_ts to the state's time and is kept
+ * if newer (scoring.apply_estimate); a kept one marks the state changed
+ * (origin: the oldest known origin_ts, friend_updates.earliest_origin) and
+ * moves its offset of ``topic``. None: a value of an unexpected type, found
+ * before anything changed. */
+static PyObject *Receiver_estimates(Receiver *self, PyObject *const *args, Py_ssize_t nargs) {
+    if (nargs != 4 || !PyDict_CheckExact(args[0]) || !PyUnicode_CheckExact(args[3])) {
+        PyErr_SetString(PyExc_TypeError, "estimates(updates: dict, clock: int, half_life_ms: float, topic: str)");
+        return NULL;
+    }
+    PyObject *updates = args[0], *topic = args[3];
+    int64_t clock;
+    double half_life_ms = PyFloat_AsDouble(args[2]);
+    if (half_life_ms == -1.0 && PyErr_Occurred()) return NULL;
+    if (as_int64_exact(args[1], &clock)) Py_RETURN_NONE;
+    Py_ssize_t topic_size;
+    const char *topic_utf8 = PyUnicode_AsUTF8AndSize(topic, &topic_size);
+    if (!topic_utf8) return NULL;
+    /* First every update's types, and room for every sender not a friend yet: nothing changes before this passes. */
+    Py_ssize_t pos = 0, senders = PyDict_GET_SIZE(updates);
+    PyObject *sender, *update;
+    while (PyDict_Next(updates, &pos, &sender, &update)) {
+        int64_t number;
+        if (!PyUnicode_CheckExact(sender) || !PyTuple_CheckExact(update) || PyTuple_GET_SIZE(update) != 4 ||
+            !PyFloat_CheckExact(PyTuple_GET_ITEM(update, 0)) || as_int64_exact(PyTuple_GET_ITEM(update, 1), &number) ||
+            as_int64_exact(PyTuple_GET_ITEM(update, 2), &number) || as_int64_exact(PyTuple_GET_ITEM(update, 3), &number))
+            Py_RETURN_NONE;
+        Py_ssize_t size;
+        if (!PyUnicode_AsUTF8AndSize(sender, &size)) {
+            PyErr_Clear(); /* a surrogate: the Python path (its encoder refuses it) */
+            Py_RETURN_NONE;
+        }
+    }
+    if (grow_friends(self, self->n + senders) < 0) return NULL;
+    int64_t applied = 0, stale = 0, origin = 0, read = -1;
+    int changed = 0;
+    pos = 0;
+    while (PyDict_Next(updates, &pos, &sender, &update)) {
+        double value = PyFloat_AS_DOUBLE(PyTuple_GET_ITEM(update, 0));
+        int64_t version, origin_ts, offset;
+        as_int64(PyTuple_GET_ITEM(update, 1), &version);
+        as_int64(PyTuple_GET_ITEM(update, 2), &origin_ts);
+        as_int64(PyTuple_GET_ITEM(update, 3), &offset);
+        if (offset > read) read = offset;
+        if (origin_ts > clock) clock = origin_ts;
+        if (self->as_of < clock) rebase(self, clock, half_life_ms);
+        double factor = decay(half_life_ms, self->as_of, origin_ts);
+        if (factor != 1.0) value *= factor;
+        Py_ssize_t size;
+        const unsigned char *id = (const unsigned char *)PyUnicode_AsUTF8AndSize(sender, &size);
+        size_t slot;
+        Py_ssize_t index = find_friend(self, id, size, &slot);
+        if (index < 0) { /* not a friend (yet): kept with weight 0 */
+            if (PyList_Append(self->keep, sender) < 0) return NULL;
+            index = self->n++;
+            self->ids[index] = id;
+            self->id_sizes[index] = size;
+            self->table[slot] = index + 1;
+            self->weights[index] = 0.0;
+            self->link_versions[index] = 0;
+            self->link_ts[index] = 0;
+        } else if (self->flags[index] && version <= self->versions[index]) {
+            stale++;
+            continue;
+        }
+        self->estimates[index] = value;
+        self->flags[index] = 1;
+        self->versions[index] = version;
+        applied++;
+        origin = !changed ? origin_ts : (origin == 0 || origin_ts == 0) ? (origin ? origin : origin_ts)
+                                                                          : (origin_ts < origin ? origin_ts : origin);
+        changed = 1;
+        Py_ssize_t at = map_find(&self->offsets, (const unsigned char *)topic_utf8, topic_size);
+        if (at < 0 && offset > -1) {
+            if (PyList_Append(self->keep, topic) < 0) return NULL;
+            if (map_add(&self->offsets, (const unsigned char *)topic_utf8, topic_size, 0, offset) < 0) return NULL;
+        } else if (offset > self->offsets.entries[at].integer) {
+            self->offsets.entries[at].integer = offset;
+        }
+    }
+    if (changed) return Py_BuildValue("(LLLLL)", (long long)clock, (long long)applied, (long long)stale, (long long)origin, (long long)read);
+    return Py_BuildValue("(LLLOL)", (long long)clock, (long long)applied, (long long)stale, Py_None, (long long)read);
+}
+
+/* finish(clock, now_ms, half_life_ms, alpha, epsilon, lift_only, epoch, history_length)
+ *   -> (raw, own, has_friends, version, as_of, friends) when it publishes, else None.
+ *
+ * As UserBatch.finish for a user only estimates changed: rebased to the
+ * batch's stream time, stamped, and (if it exists) published when
+ * scoring.should_publish says so; ``friends``: those it tells (weight > 0). */
+static PyObject *Receiver_finish(Receiver *self, PyObject *args) {
+    long long clock, now_ms, epoch, history_length;
+    double half_life_ms, alpha, epsilon;
+    int lift_only;
+    if (!PyArg_ParseTuple(args, "LLdddpLL:finish", &clock, &now_ms, &half_life_ms, &alpha, &epsilon, &lift_only, &epoch,
+                          &history_length))
+        return NULL;
+    rebase(self, clock, half_life_ms);
+    self->updated_ts = now_ms;
+    if (!self->exists) Py_RETURN_NONE;
+    /* scoring.target */
+    double total_weight = 0.0, weighted = 0.0, value = self->own;
+    int has_friends = 0;
+    for (Py_ssize_t i = 0; i < self->n; i++) {
+        double weight = self->weights[i];
+        if (weight > 0) {
+            has_friends = 1;
+            if (self->flags[i] && (self->versions[i] >> 32) == epoch) {
+                total_weight += weight;
+                weighted += weight * self->estimates[i];
+            }
+        }
+    }
+    if (total_weight > 0) {
+        double blended = (1.0 - alpha) * self->own + alpha * (weighted / total_weight);
+        value = lift_only && blended < self->own ? self->own : blended;
+    }
+    /* scoring.should_publish */
+    if (!(self->version == 0 || (self->version >> 32) < epoch || fabs(value - self->published) >= epsilon))
+        Py_RETURN_NONE;
+    if (self->version == INT64_MAX) {
+        PyErr_SetString(PyExc_OverflowError, "a user state's version cannot grow past 2**63 - 1");
+        return NULL;
+    }
+    /* scoring.publish */
+    self->published = value;
+    int64_t next = self->version + 1, first = (int64_t)epoch << 32;
+    self->version = next > first ? next : first;
+    if (self->history_n == self->history_capacity) {
+        Py_ssize_t capacity = self->history_capacity * 2 + 1;
+        if (!PyMem_Resize(self->history_ts, int64_t, (size_t)capacity) ||
+            !PyMem_Resize(self->history_raw, double, (size_t)capacity)) {
+            PyErr_NoMemory();
+            return NULL;
+        }
+        self->history_capacity = capacity;
+    }
+    self->history_ts[self->history_n] = self->as_of;
+    self->history_raw[self->history_n++] = value;
+    if (self->history_n > history_length && history_length >= 0) {
+        Py_ssize_t drop = self->history_n - (Py_ssize_t)history_length;
+        memmove(self->history_ts, self->history_ts + drop, 8 * (size_t)history_length);
+        memmove(self->history_raw, self->history_raw + drop, 8 * (size_t)history_length);
+        self->history_n = (Py_ssize_t)history_length;
+    }
+    PyObject *friends = PyList_New(0);
+    if (!friends) return NULL;
+    for (Py_ssize_t i = 0; i < self->n; i++) {
+        if (!(self->weights[i] > 0)) continue;
+        PyObject *friend = PyUnicode_DecodeUTF8((const char *)self->ids[i], self->id_sizes[i], "strict");
+        if (!friend || PyList_Append(friends, friend) < 0) {
+            Py_XDECREF(friend);
+            Py_DECREF(friends);
+            return NULL;
+        }
+        Py_DECREF(friend);
+    }
+    return Py_BuildValue("(ddOLLN)", value, self->own, has_friends ? Py_True : Py_False, (long long)self->version,
+                         (long long)self->as_of, friends);
+}
+
+static int put_entries(Buffer *b, const Map *map, int value_kind) {
+    if (map->n > 0) {
+        if (put_long(b, map->n) < 0) return -1;
+        for (Py_ssize_t i = 0; i < map->n; i++) {
+            const MapEntry *e = &map->entries[i];
+            if (put_long(b, e->key_size) < 0 || put_bytes(b, e->key, (size_t)e->key_size) < 0) return -1;
+            if ((value_kind == VALUE_DOUBLE ? put_double(b, e->number) : put_long(b, e->integer)) < 0) return -1;
+        }
+    }
+    return put_long(b, 0);
+}
+
+/* encode() -> the state's bytes, as encode_user writes the state it stands for. */
+static PyObject *Receiver_encode(Receiver *self, PyObject *unused) {
+    Buffer b = {NULL, 0, 0};
+    PyObject *result = NULL;
+    unsigned char header[5] = {0, (unsigned char)(schema_id >> 24), (unsigned char)(schema_id >> 16),
+                               (unsigned char)(schema_id >> 8), (unsigned char)schema_id};
+    Py_ssize_t n = self->n, ids_size = n ? n - 1 : 0;
+    for (Py_ssize_t i = 0; i < n; i++) ids_size += self->id_sizes[i];
+    if (put_bytes(&b, header, 5) < 0 || put_double(&b, self->own) < 0 || put_entries(&b, &self->by_rule, VALUE_DOUBLE) < 0 ||
+        put_double(&b, self->published) < 0 || put_long(&b, self->version) < 0 || put_long(&b, 0) < 0 ||
+        put_bytes(&b, self->recent, (size_t)self->recent_size) < 0 || put_long(&b, 0) < 0 ||
+        put_entries(&b, &self->offsets, VALUE_LONG) < 0 || put_long(&b, self->updated_ts) < 0 ||
+        put_long(&b, ids_size) < 0 || reserve(&b, (size_t)ids_size) < 0)
+        goto out;
+    for (Py_ssize_t i = 0; i < n; i++) {
+        if (i) b.data[b.size++] = 0;
+        memcpy(b.data + b.size, self->ids[i], (size_t)self->id_sizes[i]);
+        b.size += (size_t)self->id_sizes[i];
+    }
+    if (put_friend_columns(&b, n, self->weights, self->estimates, self->flags, self->versions, self->link_versions,
+                           self->link_ts) < 0 ||
+        put_long(&b, 16 * (int64_t)self->history_n) < 0 ||
+        put_bytes(&b, self->history_ts, 8 * (size_t)self->history_n) < 0 ||
+        put_bytes(&b, self->history_raw, 8 * (size_t)self->history_n) < 0 || put_bytes(&b, &self->exists, 1) < 0 ||
+        put_long(&b, self->erased_ts) < 0 || put_long(&b, self->as_of) < 0 || put_long(&b, self->extra_size) < 0 ||
+        put_bytes(&b, self->extra, (size_t)self->extra_size) < 0)
+        goto out;
+    result = PyBytes_FromStringAndSize((const char *)b.data, (Py_ssize_t)b.size);
+out:
+    PyMem_Free(b.data);
+    return result;
+}
+
+static PyMethodDef receiver_methods[] = {
+    {"estimates", (PyCFunction)(void (*)(void))Receiver_estimates, METH_FASTCALL,
+     "estimates(updates, clock, half_life_ms, topic) -> (clock, applied, stale, origin, read offset), or None."},
+    {"finish", (PyCFunction)Receiver_finish, METH_VARARGS,
+     "finish(clock, now_ms, half_life_ms, alpha, epsilon, lift_only, epoch, history_length) -> published, or None."},
+    {"encode", (PyCFunction)Receiver_encode, METH_NOARGS, "encode() -> the state's bytes."},
+    {NULL, NULL, 0, NULL},
+};
+
+static PyTypeObject ReceiverType = {
+    PyVarObject_HEAD_INIT(NULL, 0).tp_name = "streams._state_codec.Receiver",
+    .tp_basicsize = sizeof(Receiver),
+    .tp_dealloc = (destructor)Receiver_dealloc,
+    .tp_flags = Py_TPFLAGS_DEFAULT,
+    .tp_doc = "A user state held as its bytes' parts while friends' estimates reach it (receive(data)).",
+    .tp_methods = receiver_methods,
+};
+
 /* ------------------------------------------------------------------ module */
 
 /* Fills ``offsets`` with the slot offsets of ``names`` if ``type`` is a plain
@@ -744,6 +1326,7 @@ static PyMethodDef methods[] = {
     {"builds_by_slots", builds_by_slots, METH_NOARGS, "(UserState, FriendEntry): whether each is built by filling its slots."},
     {"decode_user", decode_user, METH_O, "decode_user(data) -> UserState, or None when the Python codec must read it."},
     {"encode_user", encode_user, METH_O, "encode_user(state) -> bytes, or None when the Python codec must write it."},
+    {"receive", receive, METH_O, "receive(data) -> Receiver, or None when the Python path must read these bytes."},
     {NULL, NULL, 0, NULL},
 };
 
@@ -773,5 +1356,14 @@ PyMODINIT_FUNC PyInit__state_codec(void) {
     INTERN(s_as_of, "as_of")
     INTERN(s_extra, "extra")
 #undef INTERN
-    return PyModule_Create(&module_def);
+    if (PyType_Ready(&ReceiverType) < 0) return NULL;
+    PyObject *module = PyModule_Create(&module_def);
+    if (!module) return NULL;
+    Py_INCREF(&ReceiverType);
+    if (PyModule_AddObject(module, "Receiver", (PyObject *)&ReceiverType) < 0) {
+        Py_DECREF(&ReceiverType);
+        Py_DECREF(module);
+        return NULL;
+    }
+    return module;
 }

@@ -30,8 +30,8 @@ from streams import friend_updates, scoring
 from streams.events import Catalog, Rejected
 from streams.friend_updates import ESTIMATE, LINK, TICK, UNKNOWN_ORIGIN, earliest_origin
 from streams.rules import Rules, rules_from_text
-from streams.state import HeldEvent, PairState, UserState, pricing_json
-from streams.state_codec import extra_of
+from streams.state import HISTORY_LENGTH, HeldEvent, PairState, UserState, pricing_json
+from streams.state_codec import decode_user, extra_of, native
 from streams.waiting import Taken, WaitingUpdates
 from topology import topics
 from topology.routing import partition_for
@@ -122,9 +122,13 @@ class UserBatch:
         epoch: int = 0,
         clock: int = 0,
         expiry: "PartitionExpiry | None" = None,
+        load_raw: Callable[[str], bytes | None] | None = None,
     ) -> None:
         self._rules = rules
         self._load = load
+        #: with it, users only friends' estimates reach are held as ``native.Receiver`` (``estimates``)
+        self._load_raw = load_raw if native is not None else None
+        self._native: dict = {}
         self._catalog = catalog
         #: the rules epoch this partition scores in: versions carry it, older estimates are left out
         self.epoch = epoch
@@ -152,7 +156,11 @@ class UserBatch:
         """The user's state, its values valid at the partition's stream time (``scoring.rebase``)."""
         state = self._states.get(user)
         if state is None:
-            state = self._load(user) or UserState(as_of=self.clock)
+            receiver = self._native.pop(user, None)
+            if receiver is not None:  # estimates reached it first: from here on, the Python path
+                state = decode_user(receiver.encode())
+            else:
+                state = self._load(user) or UserState(as_of=self.clock)
             self._states[user] = state
         if state.as_of < self.clock:
             scoring.rebase(state, self.clock, self._rules)
@@ -336,6 +344,37 @@ class UserBatch:
         else:
             self.counts.updates_stale += 1
 
+    def estimates(self, user: str, updates: dict[str, tuple[float, int, int, int]], topic: str) -> None:
+        """A friend's estimate for each sender (value, version, origin_ts, offset), as ``estimate`` applies them one by one.
+
+        A user nothing else in this batch has touched goes through the C path
+        (``streams/_state_codec.c``, ``Receiver``): read, applied, decided on in
+        ``finish`` and written without building a ``FriendEntry`` per friend;
+        it gives what the Python path gives, byte for byte
+        (tests/streams/test_native_receiver.py). Whatever else touches the
+        user later in the batch takes it over (``_state``).
+        """
+        receiver = None
+        if self._load_raw is not None and user not in self._states:
+            receiver = self._native.get(user)
+            if receiver is None:
+                raw = self._load_raw(user)
+                receiver = native.receive(raw) if raw is not None else None
+                if receiver is not None:
+                    self._native[user] = receiver
+        done = receiver.estimates(updates, self.clock, self._rules.half_life_ms, topic) if receiver is not None else None
+        if done is None:
+            for sender, (value, version, origin_ts, offset) in updates.items():
+                self.estimate(user, sender, value, version, origin_ts, topic, offset)
+            return
+        self.clock, applied, stale, origin_ts, offset = done
+        self.read(topic, offset)
+        self.counts.updates_applied += applied
+        self.counts.updates_stale += stale
+        if origin_ts is not None:
+            previous = self._changed.get(user)
+            self._changed[user] = origin_ts if previous is None else earliest_origin(previous, origin_ts)
+
     def expire(self) -> None:
         """Purchases and posts whose maximum age the stream time passed leave their users' own parts."""
         if self._expiry is None or not self._rules.max_age_days:
@@ -369,6 +408,8 @@ class UserBatch:
         """
         rules = self._rules
         rescored = 0
+        for user in list(self._native):
+            self._state(user)
         stored_users = dict(users)
         everyone = {**stored_users, **self._states}  # what this batch holds is newer; some are new
         for user in everyone:
@@ -400,7 +441,33 @@ class UserBatch:
         scores: list[ScoreOut] = []
         written: dict[str, UserState] = {}
         withdrawn = set(self._erased)  # users whose score goes if nothing names them any more
+        lift_only = rules.network_mode == "lift_only"
         for user, origin_ts in self._changed.items():
+            receiver = self._native.get(user)
+            if receiver is not None:  # as below, for a user only estimates reached (``estimates``)
+                published = receiver.finish(
+                    self.clock, now_ms, rules.half_life_ms, rules.alpha, rules.epsilon, lift_only, epoch, HISTORY_LENGTH
+                )
+                written[user] = Raw(receiver.encode())
+                if published is None:
+                    continue
+                value, own, has_friends, state_version, as_of, friends = published
+                scores.append(
+                    ScoreOut(
+                        user_id=user,
+                        raw=value,
+                        score=rules.display(value),
+                        own=own,
+                        network=scoring.network_part(value, own, rules.alpha, has_friends),
+                        version=state_version,
+                        ts=now_ms,
+                        origin_ts=origin_ts,
+                        as_of=as_of,
+                        rules_version=version,
+                    )
+                )
+                estimates.extend(EstimateOut(friend, user, value, state_version, as_of) for friend in friends)
+                continue
             state = self._states[user]
             scoring.rebase(state, self.clock, rules)
             state.updated_ts = now_ms
@@ -718,6 +785,9 @@ class Context:
     #: the epoch of ``rules`` (0 for the first rules; every change adds one): partitions
     #: that never saw a rules change score with these
     epoch: int = 0
+    #: users only friends' estimates reach go through the C path (``UserBatch.estimates``) when it
+    #: is built; False: the Python path, its reference, for every user
+    native_receivers: bool = True
 
 
 @dataclass
@@ -862,6 +932,7 @@ def score_users(
             user_batch = user_batches[partition] = UserBatch(
                 rules,
                 lambda user, p=partition: users.load(p, user),
+                load_raw=(lambda user, p=partition: users.load_raw(p, user)) if context.native_receivers else None,
                 dedup_window_ms=context.dedup_window_ms,
                 dedup_min_ids=context.dedup_min_ids,
                 catalog=catalog,
@@ -928,9 +999,11 @@ def score_users(
 
     def apply(partition: int, kind: int, receiver: str, updates) -> None:
         user_batch = user_batch_of(partition)
-        apply_one = user_batch.link if kind == LINK else user_batch.estimate
+        if kind != LINK:
+            user_batch.estimates(receiver, updates, topics.FRIEND_UPDATES)
+            return
         for sender, (value, version, origin_ts, offset) in updates.items():
-            apply_one(receiver, sender, value, version, origin_ts, topics.FRIEND_UPDATES, offset)
+            user_batch.link(receiver, sender, value, version, origin_ts, topics.FRIEND_UPDATES, offset)
 
     result.taken = waiting.take(apply, out_of_time, chunk=propagation.chunk)
     finishing = time.perf_counter()
@@ -1081,7 +1154,8 @@ def pair_notice_sends(context: Context, user: str, erased_ts: int) -> list[Send]
 
 
 class Raw(NamedTuple):
-    """A value written to a table as it is (not a state): an erased user's marker."""
+    """A value written to a table as it is: a marker (an erased user's, a partition's stream time or rules), or a
+    user state the C path encoded (``UserBatch.estimates``)."""
 
     value: bytes
 

@@ -107,10 +107,16 @@ class LocalPipeline:
     propagation: object = field(default_factory=core.ApplyAll)
     waiting_limit: int = 1_000_000
     now_ms: Callable[[], int] = lambda: 0
+    #: users only friends' estimates reach go through the C path (False: the Python path for all)
+    native_receivers: bool = True
 
     def __post_init__(self) -> None:
         self.context = core.Context(
-            rules=self.rules, partitions=self.partitions, catalog=self.catalog, waiting_limit=self.waiting_limit
+            rules=self.rules,
+            partitions=self.partitions,
+            catalog=self.catalog,
+            waiting_limit=self.waiting_limit,
+            native_receivers=self.native_receivers,
         )
         self.logs: dict[tuple[str, int], list[LocalRecord]] = {}
         #: (topic, partition) -> next offset to read / offset committed

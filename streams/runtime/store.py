@@ -219,19 +219,17 @@ class PartitionedStore(Generic[T]):
         already, does not check.
         """
         key_bytes = key.encode()
-        if isinstance(value, Raw):  # not a state: an erased user's marker
-            value_bytes = value.value
-        else:
-            value_bytes = self._encode(value)
-            if checked and len(value_bytes) > STATE_MAX_BYTES:
-                # Refused here, before anything is written or sent, rather than by the broker after
-                # some of the batch's states have landed: the batch is put back and its record found.
-                raise StateTooLarge(
-                    f"the state of {key!r} would take {len(value_bytes):,} bytes, more than the {STATE_MAX_BYTES:,} "
-                    f"a changelog of Standing's takes"
-                )
-            if self._cache_entries:
-                self._remember((partition, key), value_bytes, value)
+        raw = isinstance(value, Raw)  # a marker, or a state the C path encoded
+        value_bytes = value.value if raw else self._encode(value)
+        if checked and len(value_bytes) > STATE_MAX_BYTES:
+            # Refused here, before anything is written or sent, rather than by the broker after
+            # some of the batch's states have landed: the batch is put back and its record found.
+            raise StateTooLarge(
+                f"the state of {key!r} would take {len(value_bytes):,} bytes, more than the {STATE_MAX_BYTES:,} "
+                f"a changelog of Standing's takes"
+            )
+        if self._cache_entries and not raw:
+            self._remember((partition, key), value_bytes, value)
         self._db(partition).put(key_bytes, value_bytes)
         return Outgoing(self._changelog, key_bytes, value_bytes, partition, self)
 
@@ -272,8 +270,12 @@ class PartitionedStore(Generic[T]):
             self._cache.pop((partition, key), None)
 
     def load_raw(self, partition: int, key: str) -> bytes | None:
-        """The bytes under a key that holds no state (``streams.batch.ERASED_PREFIX``)."""
-        return self._db(partition).get(key.encode())
+        """The bytes under a key: a marker (``streams.batch.ERASED_PREFIX``), or a state the C path reads itself."""
+        raw = self._db(partition).get(key.encode())
+        loaded = self._loaded
+        if loaded is not None and (partition, key) not in loaded:
+            loaded[(partition, key)] = raw
+        return raw
 
     def set_persisted_offset(self, partition: int, offset: int) -> None:
         """Where Faust resumes reading this partition's changelog on a kept data directory."""
