@@ -12,6 +12,10 @@ which writes the same bytes in C (about 45 us per read-modify-write of a
 typical state became about 6 us); whatever it does not handle exactly (older
 versions, bad bytes, unexpected types) it hands back to the Python codec here,
 ``encode_user_py`` and ``decode_user_py``, which stays the reference.
+
+The same module holds ``Receiver``, the C path of friends' estimates
+(``streams.batch.UserBatch.estimates``): a state read from its bytes into
+arrays, updated and written back without building Python objects per friend.
 """
 
 from __future__ import annotations

@@ -86,6 +86,7 @@ class Scorer:
             dedup_min_ids=settings.dedup_min_ids,
             waiting_limit=settings.waiting_updates_limit,
             epoch=epoch,
+            native_receivers=settings.native_receivers,
         )
         self.users_table, self.pairs_table = create_tables(app, settings)
         self.users = user_store(self.users_table, settings.state_cache_entries)
