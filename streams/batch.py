@@ -41,9 +41,13 @@ log = logging.getLogger(__name__)
 
 @dataclass(slots=True)
 class EstimateOut:
-    """An estimate for one receiver (becomes a FriendUpdate of kind ESTIMATE)."""
+    """One sender's estimate for each of ``receivers`` (each becomes a FriendUpdate of kind ESTIMATE).
 
-    receiver: str
+    One object per sender, not per receiver: a user who publishes tells every
+    friend, and an object per friend was the largest cost of a celebrity's wave.
+    """
+
+    receivers: list[str]
     sender: str
     estimate: float
     version: int
@@ -466,7 +470,8 @@ class UserBatch:
                         rules_version=version,
                     )
                 )
-                estimates.extend(EstimateOut(friend, user, value, state_version, as_of) for friend in friends)
+                if friends:
+                    estimates.append(EstimateOut(friends, user, value, state_version, as_of))
                 continue
             state = self._states[user]
             scoring.rebase(state, self.clock, rules)
@@ -485,7 +490,7 @@ class UserBatch:
             if publish or user in self._erased or user in self._revived:
                 # History in event time, like everything a score says: a replay stamps the same points.
                 scoring.publish(state, value, state.as_of, epoch)
-                receivers: Iterable[str] = state.current_friends()
+                receivers = list(state.current_friends())
                 has_friends = state.has_friends()
                 scores.append(
                     ScoreOut(
@@ -506,10 +511,10 @@ class UserBatch:
             else:
                 # Not moved enough to publish, but a new friend must still
                 # learn our current estimate once.
-                receivers = self._new_links.get(user, ())
-            for friend in receivers:
+                receivers = self._new_links.get(user, [])
+            if receivers:
                 # An estimate carries the time its value is valid at: the receiver makes it decay from there.
-                estimates.append(EstimateOut(friend, user, state.published, state.version, state.as_of))
+                estimates.append(EstimateOut(receivers, user, state.published, state.version, state.as_of))
         return UserBatchOutput(written, estimates, scores, self.counts, dict(self._erased))
 
 
@@ -1127,7 +1132,17 @@ def friend_update_sends(
     for partition, stream_time in ticks:
         outboxes[partition].add(TICK, "*", "*", float(stream_time), 0, stream_time)  # no receiver: the partition
     for out in estimates:
-        outboxes[partition_for(out.receiver, partitions)].add(ESTIMATE, out.receiver, out.sender, out.estimate, out.version, out.origin_ts)
+        # Each partition's receivers in the order given, whole runs at a time (Outbox.add_many).
+        receivers = out.receivers
+        if len(receivers) == 1:
+            receiver = receivers[0]
+            outboxes[partition_for(receiver, partitions)].add(ESTIMATE, receiver, out.sender, out.estimate, out.version, out.origin_ts)
+            continue
+        groups: dict[int, list[str]] = defaultdict(list)
+        for receiver in receivers:
+            groups[partition_for(receiver, partitions)].append(receiver)
+        for partition, group in groups.items():
+            outboxes[partition].add_many(ESTIMATE, group, out.sender, out.estimate, out.version, out.origin_ts)
     link_count = 0
     for out in links:
         link_count += 1
@@ -1259,7 +1274,7 @@ def resend_user(context: Context, user: str, state: UserState, rules: Rules) -> 
     """
     sent: list[Send] = []
     if state.version > 0:  # it published
-        estimates = [EstimateOut(friend, user, state.published, state.version, state.as_of) for friend in state.current_friends()]
+        estimates = [EstimateOut(list(state.current_friends()), user, state.published, state.version, state.as_of)]
         sent += friend_update_sends(context, estimates, ())
         sent += score_sends([score_of(user, state, rules)])
     if state.erased_ts >= 0:  # even one that never published: its friendships are voided by the notices

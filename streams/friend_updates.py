@@ -58,6 +58,16 @@ class Outbox:
         self.versions.append(version)
         self.origin_ts.append(origin_ts)
 
+    def add_many(self, kind: int, receivers: list[str], sender: str, value: float, version: int, origin_ts: int) -> None:
+        """``add`` for each of ``receivers``, in order: one sender's update to several receivers."""
+        n = len(receivers)
+        self.kinds.extend([kind] * n)
+        self.receivers.extend(receivers)
+        self.senders.extend([sender] * n)
+        self.values.extend([value] * n)
+        self.versions.extend([version] * n)
+        self.origin_ts.extend([origin_ts] * n)
+
     def __len__(self) -> int:
         return len(self.kinds)
 

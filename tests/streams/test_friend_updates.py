@@ -6,10 +6,15 @@ import io
 
 import pytest
 from fastavro import schemaless_writer
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from schemas import codec
+from streams import batch as core
 from streams import friend_updates
 from streams.friend_updates import ESTIMATE, LINK, Outbox
+from streams.rules import load_rules
+from topology.routing import partition_for
 
 UPDATES = [
     (ESTIMATE, "bob", "ann", 1.5, 7, 1_700_000_000_000),
@@ -67,3 +72,23 @@ def test_packed_updates_that_do_not_fit_are_not_decodable():
         with pytest.raises(codec.DecodeError) as raised:
             friend_updates.decode(codec.encode("friend_update_batch", {**record, **change}))
         assert raised.value.reason == "not_decodable"
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    estimates=st.lists(
+        st.tuples(st.lists(st.sampled_from([f"r{i}" for i in range(30)]), max_size=40), st.sampled_from(["a", "b"]), st.floats(-9, 9), st.integers(0, 9)),
+        max_size=8,
+    ),
+    partitions=st.integers(1, 5),
+)
+def test_an_estimate_for_many_receivers_is_sent_as_one_update_per_receiver_in_order(estimates, partitions):
+    # the reference: each receiver's update added alone, in the order given
+    context = core.Context(rules=load_rules(), partitions=partitions)
+    expected: dict[int, Outbox] = {}
+    for receivers, sender, value, version in estimates:
+        for receiver in receivers:
+            expected.setdefault(partition_for(receiver, partitions), Outbox()).add(ESTIMATE, receiver, sender, value, version, 5)
+    outs = [core.EstimateOut(receivers, sender, value, version, 5) for receivers, sender, value, version in estimates]
+    sent = {send.partition: send.value for send in core.friend_update_sends(context, outs, ())}
+    assert sent == {partition: outbox.encode(partition) for partition, outbox in expected.items()}

@@ -156,7 +156,7 @@ def test_user_batch_coalesces_many_inputs_into_one_publish_per_user():
     assert out.counts.accepted == 10 and out.counts.duplicates == 1
     assert list(out.states) == ["u"]
     assert len(out.scores) == 1 and out.scores[0].raw == 10.0 and out.scores[0].origin_ts == 5
-    assert sorted(e.receiver for e in out.estimates) == ["f1", "f2"]
+    assert sorted(r for e in out.estimates for r in e.receivers) == ["f1", "f2"]
     assert out.states["u"].source_offsets == {"t": 2, "purchases": 19}
 
 
@@ -204,7 +204,7 @@ def test_new_friend_learns_current_estimate_even_without_a_publish():
     batch.link("u", "v", 1.0, 1, origin_ts=5, topic="t", offset=1)
     out = batch.finish(now_ms=10)
     assert out.scores == []  # target unchanged: v's estimate has not arrived
-    assert [(e.receiver, e.estimate, e.version) for e in out.estimates] == [("v", 3.0, 1)]
+    assert [(e.receivers, e.estimate, e.version) for e in out.estimates] == [(["v"], 3.0, 1)]
 
 
 def test_pair_batch_sends_only_the_final_state_and_counts_duplicates():
