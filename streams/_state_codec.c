@@ -1108,7 +1108,7 @@ static PyObject *Receiver_estimates(Receiver *self, PyObject *const *args, Py_ss
         if (at < 0 && offset > -1) {
             if (PyList_Append(self->keep, topic) < 0) return NULL;
             if (map_add(&self->offsets, (const unsigned char *)topic_utf8, topic_size, 0, offset) < 0) return NULL;
-        } else if (offset > self->offsets.entries[at].integer) {
+        } else if (at >= 0 && offset > self->offsets.entries[at].integer) {
             self->offsets.entries[at].integer = offset;
         }
     }
@@ -1116,18 +1116,20 @@ static PyObject *Receiver_estimates(Receiver *self, PyObject *const *args, Py_ss
     return Py_BuildValue("(LLLOL)", (long long)clock, (long long)applied, (long long)stale, Py_None, (long long)read);
 }
 
-/* finish(clock, now_ms, half_life_ms, alpha, epsilon, lift_only, epoch, history_length)
- *   -> (raw, own, has_friends, version, as_of, friends) when it publishes, else None.
+/* finish(clock, now_ms, half_life_ms, alpha, epsilon, lift_only, epoch, history_length, force)
+ *   -> (published?, raw, own, has_friends, version, as_of, published, friends | None), or None if the user
+ *      does not exist.
  *
- * As UserBatch.finish for a user only estimates changed: rebased to the
- * batch's stream time, stamped, and (if it exists) published when
- * scoring.should_publish says so; ``friends``: those it tells (weight > 0). */
+ * As UserBatch.finish for a user only estimates and links changed: rebased to
+ * the batch's stream time, stamped, and (if it exists) published when
+ * scoring.should_publish says so or ``force`` (named again after an erasure
+ * left nothing); ``friends``: those it tells when it publishes (weight > 0). */
 static PyObject *Receiver_finish(Receiver *self, PyObject *args) {
     long long clock, now_ms, epoch, history_length;
     double half_life_ms, alpha, epsilon;
-    int lift_only;
-    if (!PyArg_ParseTuple(args, "LLdddpLL:finish", &clock, &now_ms, &half_life_ms, &alpha, &epsilon, &lift_only, &epoch,
-                          &history_length))
+    int lift_only, force;
+    if (!PyArg_ParseTuple(args, "LLdddpLLp:finish", &clock, &now_ms, &half_life_ms, &alpha, &epsilon, &lift_only, &epoch,
+                          &history_length, &force))
         return NULL;
     rebase(self, clock, half_life_ms);
     self->updated_ts = now_ms;
@@ -1150,8 +1152,9 @@ static PyObject *Receiver_finish(Receiver *self, PyObject *args) {
         value = lift_only && blended < self->own ? self->own : blended;
     }
     /* scoring.should_publish */
-    if (!(self->version == 0 || (self->version >> 32) < epoch || fabs(value - self->published) >= epsilon))
-        Py_RETURN_NONE;
+    if (!(force || self->version == 0 || (self->version >> 32) < epoch || fabs(value - self->published) >= epsilon))
+        return Py_BuildValue("(OddOLLdO)", Py_False, value, self->own, has_friends ? Py_True : Py_False,
+                             (long long)self->version, (long long)self->as_of, self->published, Py_None);
     if (self->version == INT64_MAX) {
         PyErr_SetString(PyExc_OverflowError, "a user state's version cannot grow past 2**63 - 1");
         return NULL;
@@ -1189,8 +1192,134 @@ static PyObject *Receiver_finish(Receiver *self, PyObject *args) {
         }
         Py_DECREF(friend);
     }
-    return Py_BuildValue("(ddOLLN)", value, self->own, has_friends ? Py_True : Py_False, (long long)self->version,
-                         (long long)self->as_of, friends);
+    return Py_BuildValue("(OddOLLdN)", Py_True, value, self->own, has_friends ? Py_True : Py_False,
+                         (long long)self->version, (long long)self->as_of, self->published, friends);
+}
+
+/* links(updates, clock, half_life_ms, topic)
+ *   -> (clock, applied, stale, origin | None, read offset, direct | None, revived, new links), or None.
+ *
+ * ``updates``: sender -> (weight, link version, origin_ts, offset), in order.
+ * For each, as UserBatch.link: the batch reads the offset, its stream time
+ * reaches origin_ts, the state is rebased to it; a link no later than the
+ * user's erasure, or not newer than the pair's last (scoring.apply_link), is
+ * stale; else the friend's weight and link time change, the user is named
+ * (``revived``: it existed no more), and the friend is listed among the new
+ * links when it must learn our estimate (a new friend, or a friendship
+ * re-timed). ``direct``: the oldest known origin_ts applied (a friendship is
+ * the user's own event). None: a value of an unexpected type, or a weight that
+ * is not >= 0 (a voided link: the Python path asks whether anything still
+ * names the user), found before anything changed. */
+static PyObject *Receiver_links(Receiver *self, PyObject *const *args, Py_ssize_t nargs) {
+    if (nargs != 4 || !PyDict_CheckExact(args[0]) || !PyUnicode_CheckExact(args[3])) {
+        PyErr_SetString(PyExc_TypeError, "links(updates: dict, clock: int, half_life_ms: float, topic: str)");
+        return NULL;
+    }
+    PyObject *updates = args[0], *topic = args[3];
+    int64_t clock;
+    double half_life_ms = PyFloat_AsDouble(args[2]);
+    if (half_life_ms == -1.0 && PyErr_Occurred()) return NULL;
+    if (as_int64_exact(args[1], &clock)) Py_RETURN_NONE;
+    Py_ssize_t topic_size;
+    const char *topic_utf8 = PyUnicode_AsUTF8AndSize(topic, &topic_size);
+    if (!topic_utf8) return NULL;
+    Py_ssize_t pos = 0, senders = PyDict_GET_SIZE(updates);
+    PyObject *sender, *update;
+    while (PyDict_Next(updates, &pos, &sender, &update)) {
+        int64_t number;
+        if (!PyUnicode_CheckExact(sender) || !PyTuple_CheckExact(update) || PyTuple_GET_SIZE(update) != 4 ||
+            !PyFloat_CheckExact(PyTuple_GET_ITEM(update, 0)) || !(PyFloat_AS_DOUBLE(PyTuple_GET_ITEM(update, 0)) >= 0) ||
+            as_int64_exact(PyTuple_GET_ITEM(update, 1), &number) || as_int64_exact(PyTuple_GET_ITEM(update, 2), &number) ||
+            as_int64_exact(PyTuple_GET_ITEM(update, 3), &number))
+            Py_RETURN_NONE;
+        Py_ssize_t size;
+        if (!PyUnicode_AsUTF8AndSize(sender, &size)) {
+            PyErr_Clear();
+            Py_RETURN_NONE;
+        }
+    }
+    if (grow_friends(self, self->n + senders) < 0) return NULL;
+    PyObject *new_links = PyList_New(0);
+    if (!new_links) return NULL;
+    int64_t applied = 0, stale = 0, origin = 0, direct = 0, read = -1;
+    int changed = 0, revived = 0;
+    pos = 0;
+    while (PyDict_Next(updates, &pos, &sender, &update)) {
+        double weight = PyFloat_AS_DOUBLE(PyTuple_GET_ITEM(update, 0));
+        int64_t link_version, origin_ts, offset;
+        as_int64(PyTuple_GET_ITEM(update, 1), &link_version);
+        as_int64(PyTuple_GET_ITEM(update, 2), &origin_ts);
+        as_int64(PyTuple_GET_ITEM(update, 3), &offset);
+        if (offset > read) read = offset;
+        if (origin_ts > clock) clock = origin_ts;
+        if (self->as_of < clock) rebase(self, clock, half_life_ms);
+        if (origin_ts <= self->erased_ts) { /* the erasure is later: the pair partition sends the link that counts */
+            stale++;
+            continue;
+        }
+        Py_ssize_t size;
+        const unsigned char *id = (const unsigned char *)PyUnicode_AsUTF8AndSize(sender, &size);
+        size_t slot;
+        Py_ssize_t index = find_friend(self, id, size, &slot);
+        double stored = weight > 0 ? weight : 0.0;
+        int is_new, retimed;
+        if (index < 0) {
+            if (PyList_Append(self->keep, sender) < 0) goto error;
+            index = self->n++;
+            self->ids[index] = id;
+            self->id_sizes[index] = size;
+            self->table[slot] = index + 1;
+            self->weights[index] = stored;
+            self->estimates[index] = 0.0;
+            self->flags[index] = 0;
+            self->versions[index] = 0;
+            self->link_versions[index] = link_version;
+            is_new = weight > 0;
+            retimed = 1; /* no link time before */
+        } else {
+            if (link_version <= self->link_versions[index]) {
+                stale++;
+                continue;
+            }
+            int was_friend = self->weights[index] > 0;
+            self->weights[index] = stored;
+            self->link_versions[index] = link_version;
+            is_new = weight > 0 && !was_friend;
+            retimed = origin_ts != self->link_ts[index];
+        }
+        self->link_ts[index] = origin_ts;
+        if ((is_new || (weight > 0 && retimed)) && PyList_Append(new_links, sender) < 0) goto error;
+        if (!self->exists) {
+            self->exists = 1;
+            revived = 1;
+        }
+        applied++;
+        origin = !changed ? origin_ts : (origin == 0 || origin_ts == 0) ? (origin ? origin : origin_ts)
+                                                                          : (origin_ts < origin ? origin_ts : origin);
+        changed = 1;
+        if (origin_ts != 0 && (direct == 0 || origin_ts < direct)) direct = origin_ts;
+        Py_ssize_t at = map_find(&self->offsets, (const unsigned char *)topic_utf8, topic_size);
+        if (at < 0 && offset > -1) {
+            if (PyList_Append(self->keep, topic) < 0) goto error;
+            if (map_add(&self->offsets, (const unsigned char *)topic_utf8, topic_size, 0, offset) < 0) goto error;
+        } else if (at >= 0 && offset > self->offsets.entries[at].integer) {
+            self->offsets.entries[at].integer = offset;
+        }
+    }
+    {
+        PyObject *origin_value = changed ? PyLong_FromLongLong(origin) : Py_NewRef(Py_None);
+        PyObject *direct_value = direct ? PyLong_FromLongLong(direct) : Py_NewRef(Py_None);
+        if (!origin_value || !direct_value) {
+            Py_XDECREF(origin_value);
+            Py_XDECREF(direct_value);
+            goto error;
+        }
+        return Py_BuildValue("(LLLNLNON)", (long long)clock, (long long)applied, (long long)stale, origin_value,
+                             (long long)read, direct_value, revived ? Py_True : Py_False, new_links);
+    }
+error:
+    Py_DECREF(new_links);
+    return NULL;
 }
 
 static int put_entries(Buffer *b, const Map *map, int value_kind) {
@@ -1241,8 +1370,12 @@ out:
 static PyMethodDef receiver_methods[] = {
     {"estimates", (PyCFunction)(void (*)(void))Receiver_estimates, METH_FASTCALL,
      "estimates(updates, clock, half_life_ms, topic) -> (clock, applied, stale, origin, read offset), or None."},
+    {"links", (PyCFunction)(void (*)(void))Receiver_links, METH_FASTCALL,
+     "links(updates, clock, half_life_ms, topic) -> (clock, applied, stale, origin, read offset, direct, revived, "
+     "new links), or None."},
     {"finish", (PyCFunction)Receiver_finish, METH_VARARGS,
-     "finish(clock, now_ms, half_life_ms, alpha, epsilon, lift_only, epoch, history_length) -> published, or None."},
+     "finish(clock, now_ms, half_life_ms, alpha, epsilon, lift_only, epoch, history_length, force) -> what it decided, "
+     "or None."},
     {"encode", (PyCFunction)Receiver_encode, METH_NOARGS, "encode() -> the state's bytes."},
     {NULL, NULL, 0, NULL},
 };

@@ -31,7 +31,7 @@ from streams.events import Catalog, Rejected
 from streams.friend_updates import ESTIMATE, LINK, TICK, UNKNOWN_ORIGIN, earliest_origin
 from streams.rules import Rules, rules_from_text
 from streams.state import HISTORY_LENGTH, HeldEvent, PairState, UserState, pricing_json
-from streams.state_codec import decode_user, extra_of, native
+from streams.state_codec import decode_user, encode_user, extra_of, native
 from streams.waiting import Taken, WaitingUpdates
 from topology import topics
 from topology.routing import partition_for
@@ -348,8 +348,33 @@ class UserBatch:
         else:
             self.counts.updates_stale += 1
 
+    def _receiver(self, user: str, updates: dict):
+        """The user as a ``native.Receiver`` if the C path can take them (nothing else in this batch touched them)."""
+        if self._load_raw is None or user in self._states:
+            return None
+        receiver = self._native.get(user)
+        if receiver is None:
+            raw = self._load_raw(user)
+            if raw is None:  # a new user, as ``_state`` makes one: valid at the stream time the first update brings
+                first_origin = next(iter(updates.values()))[2]
+                raw = encode_user(UserState(as_of=max(self.clock, first_origin)))
+            receiver = native.receive(raw)
+            if receiver is not None:
+                self._native[user] = receiver
+        return receiver
+
+    def _received(self, user: str, topic: str, clock: int, applied: int, stale: int, origin_ts: int | None, offset: int) -> None:
+        """What ``_mark``, ``read`` and ``advance`` record for updates the C path applied."""
+        self.clock = clock
+        self.read(topic, offset)
+        self.counts.updates_applied += applied
+        self.counts.updates_stale += stale
+        if origin_ts is not None:
+            previous = self._changed.get(user)
+            self._changed[user] = origin_ts if previous is None else earliest_origin(previous, origin_ts)
+
     def estimates(self, user: str, updates: dict[str, tuple[float, int, int, int]], topic: str) -> None:
-        """A friend's estimate for each sender (value, version, origin_ts, offset), as ``estimate`` applies them one by one.
+        """A friend's estimate from each sender (value, version, origin_ts, offset), as ``estimate`` applies them one by one.
 
         A user nothing else in this batch has touched goes through the C path
         (``streams/_state_codec.c``, ``Receiver``): read, applied, decided on in
@@ -358,26 +383,34 @@ class UserBatch:
         (tests/streams/test_native_receiver.py). Whatever else touches the
         user later in the batch takes it over (``_state``).
         """
-        receiver = None
-        if self._load_raw is not None and user not in self._states:
-            receiver = self._native.get(user)
-            if receiver is None:
-                raw = self._load_raw(user)
-                receiver = native.receive(raw) if raw is not None else None
-                if receiver is not None:
-                    self._native[user] = receiver
+        receiver = self._receiver(user, updates)
         done = receiver.estimates(updates, self.clock, self._rules.half_life_ms, topic) if receiver is not None else None
         if done is None:
             for sender, (value, version, origin_ts, offset) in updates.items():
                 self.estimate(user, sender, value, version, origin_ts, topic, offset)
             return
-        self.clock, applied, stale, origin_ts, offset = done
-        self.read(topic, offset)
-        self.counts.updates_applied += applied
-        self.counts.updates_stale += stale
-        if origin_ts is not None:
-            previous = self._changed.get(user)
-            self._changed[user] = origin_ts if previous is None else earliest_origin(previous, origin_ts)
+        self._received(user, topic, *done)
+
+    def links(self, user: str, updates: dict[str, tuple[float, int, int, int]], topic: str) -> None:
+        """A friendship's new weight from each sender (weight, link version, origin_ts, offset), as ``link`` applies them.
+
+        The C path as in ``estimates``; a voided link (weight -1) takes the Python path, which asks whether
+        anything still names the user.
+        """
+        receiver = self._receiver(user, updates)
+        done = receiver.links(updates, self.clock, self._rules.half_life_ms, topic) if receiver is not None else None
+        if done is None:
+            for sender, (weight, link_version, origin_ts, offset) in updates.items():
+                self.link(user, sender, weight, link_version, origin_ts, topic, offset)
+            return
+        *received, direct_ts, revived, new_links = done
+        self._received(user, topic, *received)
+        if direct_ts is not None:
+            self._mark_direct(user, direct_ts, ev.PAIR)
+        if revived:
+            self._revived.add(user)
+        if new_links:
+            self._new_links.setdefault(user, []).extend(new_links)
 
     def expire(self) -> None:
         """Purchases and posts whose maximum age the stream time passed leave their users' own parts."""
@@ -448,30 +481,36 @@ class UserBatch:
         lift_only = rules.network_mode == "lift_only"
         for user, origin_ts in self._changed.items():
             receiver = self._native.get(user)
-            if receiver is not None:  # as below, for a user only estimates reached (``estimates``)
-                published = receiver.finish(
-                    self.clock, now_ms, rules.half_life_ms, rules.alpha, rules.epsilon, lift_only, epoch, HISTORY_LENGTH
-                )
+            if receiver is not None:  # as below, for a user only estimates and links reached (``estimates``, ``links``)
+                decided = receiver.finish(
+                    self.clock, now_ms, rules.half_life_ms, rules.alpha, rules.epsilon, lift_only, epoch, HISTORY_LENGTH,
+                    user in self._revived,
+                )  # fmt: skip
                 written[user] = Raw(receiver.encode())
-                if published is None:
-                    continue
-                value, own, has_friends, state_version, as_of, friends = published
-                scores.append(
-                    ScoreOut(
-                        user_id=user,
-                        raw=value,
-                        score=rules.display(value),
-                        own=own,
-                        network=scoring.network_part(value, own, rules.alpha, has_friends),
-                        version=state_version,
-                        ts=now_ms,
-                        origin_ts=origin_ts,
-                        as_of=as_of,
-                        rules_version=version,
+                if decided is None:
+                    continue  # nothing names this user (yet): no score
+                publish, value, own, has_friends, state_version, as_of, published, receivers = decided
+                if publish:
+                    scores.append(
+                        ScoreOut(
+                            user_id=user,
+                            raw=value,
+                            score=rules.display(value),
+                            own=own,
+                            network=scoring.network_part(value, own, rules.alpha, has_friends),
+                            version=state_version,
+                            ts=now_ms,
+                            origin_ts=origin_ts,
+                            direct_ts=direct[0] if (direct := self._direct.get(user)) else None,
+                            direct_lane=direct[1] if direct else None,
+                            as_of=as_of,
+                            rules_version=version,
+                        )
                     )
-                )
-                if friends:
-                    estimates.append(EstimateOut(friends, user, value, state_version, as_of))
+                else:
+                    receivers = self._new_links.get(user, [])
+                if receivers:
+                    estimates.append(EstimateOut(receivers, user, published, state_version, as_of))
                 continue
             state = self._states[user]
             scoring.rebase(state, self.clock, rules)
@@ -1004,11 +1043,10 @@ def score_users(
 
     def apply(partition: int, kind: int, receiver: str, updates) -> None:
         user_batch = user_batch_of(partition)
-        if kind != LINK:
+        if kind == LINK:
+            user_batch.links(receiver, updates, topics.FRIEND_UPDATES)
+        else:
             user_batch.estimates(receiver, updates, topics.FRIEND_UPDATES)
-            return
-        for sender, (value, version, origin_ts, offset) in updates.items():
-            user_batch.link(receiver, sender, value, version, origin_ts, topics.FRIEND_UPDATES, offset)
 
     result.taken = waiting.take(apply, out_of_time, chunk=propagation.chunk)
     finishing = time.perf_counter()

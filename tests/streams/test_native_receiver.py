@@ -150,18 +150,29 @@ stored_states = st.builds(
 updates = st.dictionaries(
     ids, st.tuples(floats, versions, times, st.integers(0, 10**6)), min_size=1, max_size=5
 )
+link_updates = st.dictionaries(
+    ids,
+    st.tuples(
+        st.sampled_from([1.0, 0.5, 2.0, 0.0, -0.0, -1.0, math.nan]),  # -1: voided by an erasure
+        st.integers(0, 6),
+        st.sampled_from([0]) | times,  # 0: a link re-sent after a crash (no event time)
+        st.integers(0, 10**6),
+    ),
+    min_size=1,
+    max_size=4,
+)
 
 
 @st.composite
 def batches(draw):
-    """Stored states of some users, then what reaches them: estimates, sometimes a link or a purchase after them."""
+    """Stored states of some users, then what reaches them: estimates and links, sometimes a purchase or an erasure."""
     users = draw(st.lists(st.sampled_from(["u1", "u2", "u3"]), min_size=1, max_size=3, unique=True))
     stored = {user: draw(stored_states) for user in users if draw(st.integers(0, 5))}  # some are new
     steps = []
     for _ in range(draw(st.integers(1, 6))):
         user = draw(st.sampled_from(users))
-        kind = draw(st.sampled_from(["estimates", "estimates", "estimates", "link", "points"]))
-        steps.append((kind, user, draw(updates)))
+        kind = draw(st.sampled_from(["estimates", "estimates", "links", "links", "link", "points", "erasure"]))
+        steps.append((kind, user, draw(link_updates if kind in ("links", "link") else updates)))
     return stored, steps
 
 
@@ -179,9 +190,13 @@ def _run_batch(stored: dict[str, bytes], steps, rules, epoch, clock, *, use_c: b
     for n, (kind, user, update) in enumerate(steps):
         if kind == "estimates":
             user_batch.estimates(user, update, TOPIC)
-        elif kind == "link":
-            sender, (value, version, origin_ts, offset) = next(iter(update.items()))
-            user_batch.link(user, sender, abs(value) if math.isfinite(value) else 1.0, version, origin_ts, TOPIC, offset)
+        elif kind == "links":
+            user_batch.links(user, update, TOPIC)
+        elif kind == "link":  # the Python path, on a user the C path may hold
+            sender, (weight, version, origin_ts, offset) = next(iter(update.items()))
+            user_batch.link(user, sender, weight, version, origin_ts, TOPIC, offset)
+        elif kind == "erasure":
+            user_batch.erasure(core.ev.Erasure(f"x{n}", clock + n, user), "erasures", n)
         else:
             event = core.ev.Purchase(f"p{n}", clock + n, user, "groceries", 10.0)
             user_batch.points(event_type, event, "purchases", n)
@@ -198,6 +213,7 @@ def _run_batch(stored: dict[str, bytes], steps, rules, epoch, clock, *, use_c: b
         user_batch.clock,
         user_batch._read,
         repr(user_batch._changed),
+        repr(output.erased),
     )
 
 
@@ -208,7 +224,7 @@ def _run_batch(stored: dict[str, bytes], steps, rules, epoch, clock, *, use_c: b
     epoch=st.integers(0, 3),
     clock=times,
 )
-def test_any_batch_of_estimates_on_any_state_gives_what_the_python_path_gives(batch, rules, epoch, clock):
+def test_any_batch_of_estimates_and_links_on_any_state_gives_what_the_python_path_gives(batch, rules, epoch, clock):
     stored_states, steps = batch
     stored = {user: state_codec.encode_user(state) for user, state in stored_states.items()}
     assert _run_batch(stored, steps, rules, epoch, clock, use_c=True) == _run_batch(
