@@ -679,20 +679,21 @@ out:
 
 /* ------------------------------------------------------------------ receiver */
 /*
- * The native path of friends' estimates (streams.batch.UserBatch.estimates).
+ * The native path of friends' estimates and links (streams.batch.UserBatch.estimates, links).
  *
- * Why: a user reached only by friends' estimates in a batch was read (a
+ * Why: a user reached only by friends' updates in a batch was read (a
  * FriendEntry per friend), updated, decided on and written in Python, and
  * that was most of a replay's time. A Receiver holds the state as the parts
  * of its bytes: the friend columns as C arrays (with a hash of the ids), the
  * rest as spans of the bytes read, so nothing is built per friend. It does
- * what streams.scoring and UserBatch.estimate / finish do, in the same order
- * and with the same floating-point operations (the build turns contraction
- * off), and writes byte for byte what decoding, the Python path and
- * ``encode_user`` would: tests/streams/test_native_receiver.py checks both
- * on generated states and batches. What it does not handle exactly (an
- * older schema, bytes the strict decoder would refuse or rewrite, a value
- * of an unexpected type) makes ``receive`` or ``estimates`` return None
+ * what streams.scoring and UserBatch.estimate / link / finish do, in the same
+ * order and with the same floating-point operations (the build turns
+ * contraction off), and writes byte for byte what decoding, the Python path
+ * and ``encode_user`` would: tests/streams/test_native_receiver.py checks
+ * both on generated states and batches and on whole flows. What it does not
+ * handle exactly (an older schema, bytes the strict decoder would refuse or
+ * rewrite, a value of an unexpected type, a voided link) makes ``receive``,
+ * ``estimates`` or ``links`` return None
  * before anything changes, and the caller takes the Python path.
  */
 

@@ -829,8 +829,8 @@ class Context:
     #: the epoch of ``rules`` (0 for the first rules; every change adds one): partitions
     #: that never saw a rules change score with these
     epoch: int = 0
-    #: users only friends' estimates reach go through the C path (``UserBatch.estimates``) when it
-    #: is built; False: the Python path, its reference, for every user
+    #: users only friends' estimates and links reach go through the C path (``UserBatch.estimates``,
+    #: ``links``) when it is built; False: the Python path, its reference, for every user
     native_receivers: bool = True
 
 

@@ -107,7 +107,7 @@ class LocalPipeline:
     propagation: object = field(default_factory=core.ApplyAll)
     waiting_limit: int = 1_000_000
     now_ms: Callable[[], int] = lambda: 0
-    #: users only friends' estimates reach go through the C path (False: the Python path for all)
+    #: users only friends' estimates and links reach go through the C path (False: the Python path for all)
     native_receivers: bool = True
 
     def __post_init__(self) -> None:

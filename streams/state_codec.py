@@ -13,9 +13,10 @@ typical state became about 6 us); whatever it does not handle exactly (older
 versions, bad bytes, unexpected types) it hands back to the Python codec here,
 ``encode_user_py`` and ``decode_user_py``, which stays the reference.
 
-The same module holds ``Receiver``, the C path of friends' estimates
-(``streams.batch.UserBatch.estimates``): a state read from its bytes into
-arrays, updated and written back without building Python objects per friend.
+The same module holds ``Receiver``, the C path of friends' estimates and
+links (``streams.batch.UserBatch.estimates`` and ``links``): a state read
+from its bytes into arrays, updated and written back without building Python
+objects per friend.
 """
 
 from __future__ import annotations

@@ -113,8 +113,8 @@ class Settings:
     #: because unread updates cannot replace each other. Giving propagation
     #: more time above the limit instead stalled own events for tens of seconds.
     waiting_updates_limit: int = 1_000_000
-    #: Users only friends' estimates reach in a batch go through the C path
-    #: (``UserBatch.estimates``, streams/_state_codec.c ``Receiver``): byte for
+    #: Users only friends' estimates and links reach in a batch go through the C path
+    #: (``UserBatch.estimates``/``links``, streams/_state_codec.c ``Receiver``): byte for
     #: byte what the Python path does, which stays the reference and is what
     #: False (STANDING_NATIVE_RECEIVERS=0) runs for everyone. 20k users /
     #: 200k events in process: 10.0-10.1k events/s became 11.8-12.1k.
