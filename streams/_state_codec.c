@@ -408,6 +408,7 @@ static int reserve(Buffer *b, size_t more) {
 }
 
 static int put_bytes(Buffer *b, const void *data, size_t size) {
+    if (!size) return 0; /* nothing to copy (and b->data may still be NULL) */
     if (reserve(b, size) < 0) return -1;
     memcpy(b->data + b->size, data, size);
     b->size += size;
@@ -769,11 +770,9 @@ typedef struct {
 
 static PyTypeObject ReceiverType;
 
-static uint64_t hash_bytes(const unsigned char *s, Py_ssize_t n) {
-    uint64_t h = 1469598103934665603ULL;
-    for (Py_ssize_t i = 0; i < n; i++) h = (h ^ s[i]) * 1099511628211ULL;
-    return h;
-}
+/* Python's own hash of bytes (SipHash, seeded per process): friend ids come from users, and an unseeded hash would
+ * let chosen ids collide and make a hub's reads quadratic. */
+static uint64_t hash_bytes(const unsigned char *s, Py_ssize_t n) { return (uint64_t)_Py_HashBytes(s, n); }
 
 /* The index of friend ``id`` or -1; with ``slot``, where it would go in the table. */
 static Py_ssize_t find_friend(Receiver *self, const unsigned char *id, Py_ssize_t size, size_t *slot) {
@@ -790,19 +789,29 @@ static Py_ssize_t find_friend(Receiver *self, const unsigned char *id, Py_ssize_
     }
 }
 
+/* ``*block`` resized to ``n`` items of ``size`` bytes; on failure it stays as it was (PyMem_Resize would lose it). */
+static int resize(void **block, size_t n, size_t size) {
+    void *larger = n > PY_SSIZE_T_MAX / size ? NULL : PyMem_Realloc(*block, n * size);
+    if (!larger) {
+        PyErr_NoMemory();
+        return -1;
+    }
+    *block = larger;
+    return 0;
+}
+
 /* Room for ``wanted`` friends, the table at most half full; -1 on a Python error (memory). */
 static int grow_friends(Receiver *self, Py_ssize_t wanted) {
     if (wanted > self->capacity) {
         Py_ssize_t capacity = self->capacity ? self->capacity : 8;
         while (capacity < wanted) capacity *= 2;
         size_t c = (size_t)capacity;
-        if (!PyMem_Resize(self->ids, const unsigned char *, c) || !PyMem_Resize(self->id_sizes, Py_ssize_t, c) ||
-            !PyMem_Resize(self->weights, double, c) || !PyMem_Resize(self->estimates, double, c) ||
-            !PyMem_Resize(self->flags, unsigned char, c) || !PyMem_Resize(self->versions, int64_t, c) ||
-            !PyMem_Resize(self->link_versions, int64_t, c) || !PyMem_Resize(self->link_ts, int64_t, c)) {
-            PyErr_NoMemory();
+        /* Each array grows on its own; one that fails leaves the others larger and all still valid. */
+        if (resize((void **)&self->ids, c, sizeof(*self->ids)) < 0 || resize((void **)&self->id_sizes, c, sizeof(Py_ssize_t)) < 0 ||
+            resize((void **)&self->weights, c, sizeof(double)) < 0 || resize((void **)&self->estimates, c, sizeof(double)) < 0 ||
+            resize((void **)&self->flags, c, 1) < 0 || resize((void **)&self->versions, c, sizeof(int64_t)) < 0 ||
+            resize((void **)&self->link_versions, c, sizeof(int64_t)) < 0 || resize((void **)&self->link_ts, c, sizeof(int64_t)) < 0)
             return -1;
-        }
         self->capacity = capacity;
     }
     if ((size_t)wanted * 2 > self->table_size) {
@@ -828,10 +837,7 @@ static int grow_friends(Receiver *self, Py_ssize_t wanted) {
 static int map_add(Map *map, const unsigned char *key, Py_ssize_t key_size, double number, int64_t integer) {
     if (map->n == map->capacity) {
         Py_ssize_t capacity = map->capacity ? map->capacity * 2 : 4;
-        if (!PyMem_Resize(map->entries, MapEntry, (size_t)capacity)) {
-            PyErr_NoMemory();
-            return -1;
-        }
+        if (resize((void **)&map->entries, (size_t)capacity, sizeof(MapEntry)) < 0) return -1;
         map->capacity = capacity;
     }
     map->entries[map->n++] = (MapEntry){key, key_size, number, integer};
@@ -881,24 +887,73 @@ static int read_shortest_long(Reader *r, int64_t *out) {
     return 0;
 }
 
-/* recent_events as a span, copied as it is: so it must be as put_map writes it (one block of valid keys and
- * longs in their shortest form, then 0); its keys are not checked for repeats (this worker's codecs write a
- * dict). 1 if not so. */
+/* Whether any two of ``n`` keys (spans) are equal; -1 on a Python error (memory). A dict keeps one of them. */
+static int repeats(const unsigned char *const *keys, const Py_ssize_t *sizes, Py_ssize_t n) {
+    if (n < 2) return 0;
+    if (n <= 8) {
+        for (Py_ssize_t i = 1; i < n; i++)
+            for (Py_ssize_t j = 0; j < i; j++)
+                if (sizes[i] == sizes[j] && memcmp(keys[i], keys[j], (size_t)sizes[i]) == 0) return 1;
+        return 0;
+    }
+    size_t table_size = 16;
+    while (table_size < (size_t)n * 2) table_size *= 2;
+    Py_ssize_t *table = PyMem_Calloc(table_size, sizeof(Py_ssize_t));
+    if (!table) {
+        PyErr_NoMemory();
+        return -1;
+    }
+    int found = 0;
+    for (Py_ssize_t i = 0; i < n && !found; i++) {
+        size_t at = (size_t)hash_bytes(keys[i], sizes[i]) & (table_size - 1);
+        for (; table[at]; at = (at + 1) & (table_size - 1)) {
+            Py_ssize_t j = table[at] - 1;
+            if (sizes[i] == sizes[j] && memcmp(keys[i], keys[j], (size_t)sizes[i]) == 0) {
+                found = 1;
+                break;
+            }
+        }
+        table[at] = i + 1;
+    }
+    PyMem_Free(table);
+    return found;
+}
+
+/* recent_events as a span, copied as it is: so it must be as put_map writes it (one block of valid keys, none
+ * repeated, and longs in their shortest form, then 0). 1 if not so; -1 on a Python error (memory). */
 static int read_recent(Reader *r, const unsigned char **start, Py_ssize_t *size) {
     const unsigned char *at = r->at;
     int64_t count, ts, key_size;
-    if (read_shortest_long(r, &count) < 0 || count < 0) return 1;
+    if (read_shortest_long(r, &count) < 0 || count < 0 || count > (r->end - r->at) / 2) return 1; /* 2+ bytes each */
+    const unsigned char **keys = NULL;
+    Py_ssize_t *sizes = NULL;
+    if (count > 1 && (!(keys = PyMem_New(const unsigned char *, (size_t)count)) || !(sizes = PyMem_New(Py_ssize_t, (size_t)count)))) {
+        PyMem_Free(keys);
+        PyErr_NoMemory();
+        return -1;
+    }
+    int status = 1;
     for (int64_t i = 0; i < count; i++) {
         if (read_shortest_long(r, &key_size) < 0 || key_size < 0 || key_size > r->end - r->at ||
             !valid_utf8(r->at, (Py_ssize_t)key_size))
-            return 1;
+            goto done;
+        if (keys) {
+            keys[i] = r->at;
+            sizes[i] = (Py_ssize_t)key_size;
+        }
         r->at += key_size;
-        if (read_shortest_long(r, &ts) < 0) return 1;
+        if (read_shortest_long(r, &ts) < 0) goto done;
     }
-    if (count > 0 && (read_shortest_long(r, &count) < 0 || count != 0)) return 1;
+    int64_t terminator;
+    if (count > 0 && (read_shortest_long(r, &terminator) < 0 || terminator != 0)) goto done;
+    if (keys && (status = repeats(keys, sizes, (Py_ssize_t)count)) != 0) goto done;
     *start = at;
     *size = r->at - at;
-    return 0;
+    status = 0;
+done:
+    PyMem_Free(keys);
+    PyMem_Free(sizes);
+    return status;
 }
 
 static void Receiver_dealloc(Receiver *self) {
@@ -944,7 +999,8 @@ static PyObject *receive(PyObject *module, PyObject *data) {
     status = 1;
     if (read_double(&r, &self->published) < 0 || read_long(&r, &self->version) < 0) goto refused;
     if (read_long(&r, &count) < 0 || count != 0) goto refused; /* version 1's friends: written empty */
-    if (read_recent(&r, &self->recent, &self->recent_size)) goto refused;
+    if ((status = read_recent(&r, &self->recent, &self->recent_size))) goto refused;
+    status = 1;
     if (read_long(&r, &count) < 0 || count != 0) goto refused; /* version 1's history: written empty */
     if ((status = read_map_entries(&r, &self->offsets, VALUE_LONG))) goto refused;
     status = 1;
@@ -1011,7 +1067,8 @@ error:
 /* Rules.decay(later, earlier), with ``half_life_ms`` = half_life_days * DAY_MS (0: no decay). */
 static double decay(double half_life_ms, int64_t later, int64_t earlier) {
     if (half_life_ms == 0.0 || later == earlier) return 1.0;
-    return pow(2.0, (double)(-(later - earlier)) / half_life_ms);
+    /* Python subtracts exactly (its ints do not overflow) and rounds once to a double: so does __int128. */
+    return pow(2.0, (double)(-((__int128)later - (__int128)earlier)) / half_life_ms);
 }
 
 /* scoring.rebase */
@@ -1024,6 +1081,19 @@ static void rebase(Receiver *self, int64_t stream_ms, double half_life_ms) {
     self->published *= factor;
     for (Py_ssize_t i = 0; i < self->by_rule.n; i++) self->by_rule.entries[i].number *= factor;
     for (Py_ssize_t i = 0; i < self->n; i++) self->estimates[i] *= factor;
+}
+
+/* Whether a sender can be a friend id in the bytes: not a surrogate (the encoder refuses it), not empty (a lone empty
+ * id is written as no friends) and without NUL (ids are joined by NUL). The Python path keeps any of these in memory
+ * for the rest of the batch, and handing the user over goes through the bytes: such a sender is left to it. */
+static int storable_id(PyObject *sender) {
+    Py_ssize_t size;
+    const char *utf8 = PyUnicode_AsUTF8AndSize(sender, &size);
+    if (!utf8) {
+        PyErr_Clear();
+        return 0;
+    }
+    return size > 0 && !memchr(utf8, 0, (size_t)size);
 }
 
 static int as_int64_exact(PyObject *value, int64_t *out) { return PyLong_CheckExact(value) ? as_int64(value, out) : 1; }
@@ -1060,11 +1130,7 @@ static PyObject *Receiver_estimates(Receiver *self, PyObject *const *args, Py_ss
             !PyFloat_CheckExact(PyTuple_GET_ITEM(update, 0)) || as_int64_exact(PyTuple_GET_ITEM(update, 1), &number) ||
             as_int64_exact(PyTuple_GET_ITEM(update, 2), &number) || as_int64_exact(PyTuple_GET_ITEM(update, 3), &number))
             Py_RETURN_NONE;
-        Py_ssize_t size;
-        if (!PyUnicode_AsUTF8AndSize(sender, &size)) {
-            PyErr_Clear(); /* a surrogate: the Python path (its encoder refuses it) */
-            Py_RETURN_NONE;
-        }
+        if (!storable_id(sender)) Py_RETURN_NONE;
     }
     if (grow_friends(self, self->n + senders) < 0) return NULL;
     int64_t applied = 0, stale = 0, origin = 0, read = -1;
@@ -1162,15 +1228,18 @@ static PyObject *Receiver_finish(Receiver *self, PyObject *args) {
     }
     /* scoring.publish */
     self->published = value;
-    int64_t next = self->version + 1, first = (int64_t)epoch << 32;
+    if (epoch > INT32_MAX) {
+        PyErr_SetString(PyExc_OverflowError, "a rules epoch past 2**31 - 1 cannot number a state's versions");
+        return NULL;
+    }
+    /* epoch << EPOCH_SHIFT, as Python's ints shift (below INT32_MIN it is below any version + 1) */
+    int64_t next = self->version + 1, first = epoch < INT32_MIN ? INT64_MIN : (int64_t)epoch * ((int64_t)1 << 32);
     self->version = next > first ? next : first;
     if (self->history_n == self->history_capacity) {
         Py_ssize_t capacity = self->history_capacity * 2 + 1;
-        if (!PyMem_Resize(self->history_ts, int64_t, (size_t)capacity) ||
-            !PyMem_Resize(self->history_raw, double, (size_t)capacity)) {
-            PyErr_NoMemory();
+        if (resize((void **)&self->history_ts, (size_t)capacity, sizeof(int64_t)) < 0 ||
+            resize((void **)&self->history_raw, (size_t)capacity, sizeof(double)) < 0)
             return NULL;
-        }
         self->history_capacity = capacity;
     }
     self->history_ts[self->history_n] = self->as_of;
@@ -1233,11 +1302,7 @@ static PyObject *Receiver_links(Receiver *self, PyObject *const *args, Py_ssize_
             as_int64_exact(PyTuple_GET_ITEM(update, 1), &number) || as_int64_exact(PyTuple_GET_ITEM(update, 2), &number) ||
             as_int64_exact(PyTuple_GET_ITEM(update, 3), &number))
             Py_RETURN_NONE;
-        Py_ssize_t size;
-        if (!PyUnicode_AsUTF8AndSize(sender, &size)) {
-            PyErr_Clear();
-            Py_RETURN_NONE;
-        }
+        if (!storable_id(sender)) Py_RETURN_NONE;
     }
     if (grow_friends(self, self->n + senders) < 0) return NULL;
     PyObject *new_links = PyList_New(0);

@@ -142,12 +142,15 @@ class StateTooLarge(ValueError):
 class PartitionedStore(Generic[T]):
     """Typed get/put on one Faust table, by explicit partition.
 
-    Batches read through ``load``, which keeps the most recently used decoded
-    states (decoding a state was a sixth of the worker's time; hubs and
+    Batches read through ``load``, which keeps the states most recently
+    written (decoding a state was a sixth of the worker's time; hubs and
     active users come back batch after batch). An entry is used only while
-    RocksDB still holds the very bytes it was decoded from or written as (one
-    cheap read and compare), so a write behind our back — Faust restoring a
-    changelog after a rebalance — can never be hidden by it.
+    RocksDB still holds the very bytes it was written as (one cheap read and
+    compare), so a write behind our back — Faust restoring a changelog after a
+    rebalance — can never be hidden by it. ``load`` hands the entry over: a
+    batch changes what it loads in place (time moves it, even when nothing it
+    applies counts) and writes it only if it changed, so an object not put
+    back must not be the next batch's state.
     """
 
     def __init__(
@@ -175,15 +178,10 @@ class PartitionedStore(Generic[T]):
             loaded[slot] = raw
         if raw is None:
             return None
-        cache = self._cache
-        entry = cache.get(slot)
+        entry = self._cache.pop(slot, None)  # handed over: ``put`` keeps it again
         if entry is not None and entry[0] == raw:
-            cache.move_to_end(slot)
             return entry[1]
-        value = self._decode(raw)
-        if self._cache_entries:
-            self._remember(slot, raw, value)
-        return value
+        return self._decode(raw)
 
     def _remember(self, slot: tuple[int, str], raw: bytes, value: T) -> None:
         cache = self._cache

@@ -121,6 +121,11 @@ ids = st.sampled_from(["a", "b", "c", "d", "é", "ü-1", "x" * 20, "日本"])
 floats = st.floats(allow_nan=True, allow_infinity=True) | st.floats(-5, 5) | st.sampled_from([0.0, -0.0, 1.0])
 versions = st.integers(0, 6) | st.integers(0, 3).map(lambda epoch: epoch << EPOCH_SHIFT) | st.integers(-(2**40), 2**62)
 times = st.integers(0, 10**6) | st.integers(10**12, 10**12 + 10**10)
+#: what a foreign writer or a damaged record could send: ids the bytes cannot hold (empty, with NUL), times
+#: at int64's ends (Python's ints do not overflow), offsets below -1
+senders = ids | st.sampled_from(["", "a\x00b"])
+update_times = times | st.sampled_from([-(2**63), -(2**63) + 5, -1, 2**63 - 1])
+offsets = st.integers(0, 10**6) | st.integers(-3, -1)
 
 friend_entries = st.builds(
     FriendEntry,
@@ -147,16 +152,14 @@ stored_states = st.builds(
     as_of=times,
     extra=st.sampled_from([b"", state_codec.encode_extra(UserExtra(named_ts=5))]),
 )
-updates = st.dictionaries(
-    ids, st.tuples(floats, versions, times, st.integers(0, 10**6)), min_size=1, max_size=5
-)
+updates = st.dictionaries(senders, st.tuples(floats, versions, update_times, offsets), min_size=1, max_size=5)
 link_updates = st.dictionaries(
-    ids,
+    senders,
     st.tuples(
         st.sampled_from([1.0, 0.5, 2.0, 0.0, -0.0, -1.0, math.nan]),  # -1: voided by an erasure
         st.integers(0, 6),
-        st.sampled_from([0]) | times,  # 0: a link re-sent after a crash (no event time)
-        st.integers(0, 10**6),
+        st.sampled_from([0]) | update_times,  # 0: a link re-sent after a crash (no event time)
+        offsets,
     ),
     min_size=1,
     max_size=4,
@@ -270,6 +273,14 @@ def test_bytes_the_python_path_would_rewrite_are_left_to_it():
     longer = data[:at] + b"\x82\x00" + data[at + 1 :]
     assert state_codec.decode_user_py(longer).recent_events == {"e1": 5}
     assert native.receive(longer) is None
+    # an event id named twice in recent_events (a dict keeps one): few, and enough to be hashed
+    for n in (2, 20):
+        state = UserState(recent_events={f"e{i:02d}": i for i in range(n)})
+        data = state_codec.encode_user(state)
+        assert native.receive(data) is not None
+        repeated = data.replace(b"e01", b"e00")
+        assert len(state_codec.decode_user_py(repeated).recent_events) == n - 1
+        assert native.receive(repeated) is None
     # a friend named twice: a dict keeps one
     twice = UserState(friends={"a": FriendEntry(weight=1.0), "b": FriendEntry(weight=2.0)})
     data = state_codec.encode_user(twice)

@@ -35,14 +35,24 @@ def test_batches_load_through_a_bounded_write_through_cache(tmp_path):
     assert store.load(0, "ann") is None
     store.put(0, "ann", UserState(own=1.0))
     store.put(0, "bob", UserState(own=2.0))
+    put = UserState(own=1.0)
+    store.put(0, "ann", put)
     ann = store.load(0, "ann")
-    assert ann is store.load(0, "ann") and ann.own == 1.0  # the cached object, not a fresh decode
+    assert ann is put  # what was written, not a fresh decode
     ann.own = 5.0  # a batch changes it in place ...
     assert store.get(0, "ann").own == 1.0  # ... RocksDB keeps what was put
     store.put(0, "ann", ann)
-    assert store.get(0, "ann").own == 5.0
-    store.put(1, "cid", UserState(own=3.0))  # a third entry evicts the least recently used (bob)
-    assert (0, "bob") not in store._cache and store.load(0, "bob").own == 2.0
+    assert store.get(0, "ann").own == 5.0 and store.load(0, "ann") is ann
+    # A batch that changes a state in place (time decays it) but applies nothing that counts does not
+    # write it: the next batch must read what RocksDB holds, not the object the last one changed.
+    ann.own = 7.0
+    again = store.load(0, "ann")
+    assert again is not ann and again.own == 5.0
+    store.put(0, "ann", again)
+    store.put(0, "bob", UserState(own=2.0))
+    store.put(1, "cid", UserState(own=3.0))  # a third entry evicts the least recently written (ann)
+    assert (0, "ann") not in store._cache and store.load(0, "ann").own == 5.0
+    store.put(0, "ann", UserState(own=1.0))
     # a write behind the cache (Faust restoring a changelog) is seen at once
     ann_now = store.load(0, "ann")
     store._db(0).put(b"ann", state_codec.encode_user(UserState(own=9.0)))
