@@ -1,6 +1,7 @@
 # The Standing worker image used by docker-compose.yml.
 # Built in two stages: the first has a C compiler for streams/_state_codec.c
-# (the users table's codec) and builds every wheel; the image itself is slim.
+# (the users table's codec) and topology/_routing.c (murmur2) and builds every
+# wheel; the image itself is slim.
 FROM python:3.11 AS build
 WORKDIR /src
 COPY pyproject.toml setup.py README.md ./

@@ -8,7 +8,7 @@ STAMP := $(VENV)/.installed
 
 install: $(STAMP)
 
-$(STAMP): pyproject.toml setup.py streams/_state_codec.c
+$(STAMP): pyproject.toml setup.py streams/_state_codec.c topology/_routing.c
 	@test -d $(VENV) || $(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet -e '.[test]'
 	@touch $(STAMP)

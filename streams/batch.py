@@ -34,7 +34,7 @@ from streams.state import HISTORY_LENGTH, HeldEvent, PairState, UserState, prici
 from streams.state_codec import decode_user, encode_user, extra_of, native
 from streams.waiting import Taken, WaitingUpdates
 from topology import topics
-from topology.routing import partition_for
+from topology.routing import by_partition, partition_for
 
 log = logging.getLogger(__name__)
 
@@ -1176,10 +1176,7 @@ def friend_update_sends(
             receiver = receivers[0]
             outboxes[partition_for(receiver, partitions)].add(ESTIMATE, receiver, out.sender, out.estimate, out.version, out.origin_ts)
             continue
-        groups: dict[int, list[str]] = defaultdict(list)
-        for receiver in receivers:
-            groups[partition_for(receiver, partitions)].append(receiver)
-        for partition, group in groups.items():
+        for partition, group in by_partition(receivers, partitions).items():
             outboxes[partition].add_many(ESTIMATE, group, out.sender, out.estimate, out.version, out.origin_ts)
     link_count = 0
     for out in links:
