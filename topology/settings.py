@@ -153,8 +153,8 @@ class Settings:
     #: level below. Each flush of a busy partition holds a near-full copy of
     #: its states, so the files waiting are mostly superseded versions.
     rocksdb_level0_compaction_trigger: int = 4
-    #: Decoded user and pair states kept in memory between batches, per table
-    #: (streams/runtime/store.py). Off by default: +9% events/s for +100 MB RSS at
+    #: Decoded user and pair states kept in memory between batches, per table, as
+    #: they were last written (streams/runtime/store.py). Off by default: +9% events/s for +100 MB RSS at
     #: 10k users / 100k events with the Python codec; with the C codec
     #: (decoding a typical state takes ~4 us) 2,000 entries gave no gain
     #: (8.0k events/s against 9.2k, within this machine's noise). The
