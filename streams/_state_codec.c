@@ -1098,6 +1098,71 @@ static int storable_id(PyObject *sender) {
 
 static int as_int64_exact(PyObject *value, int64_t *out) { return PyLong_CheckExact(value) ? as_int64(value, out) : 1; }
 
+/* The arguments of estimates() and links(), checked whole before anything changes. */
+typedef struct {
+    PyObject *updates, *topic;
+    int64_t clock;
+    double half_life_ms;
+    const char *topic_utf8;
+    Py_ssize_t topic_size;
+} Updates;
+
+/* ``updates``' arguments, every update's types checked and room made for every sender not a friend yet: 0; 1 when
+ * the Python path must apply them (a value of an unexpected type, an id the bytes cannot hold, or with ``weights``
+ * a weight that is not >= 0); -1 on a Python error. */
+static int take_updates(Receiver *self, PyObject *const *args, Py_ssize_t nargs, const char *usage, int weights, Updates *u) {
+    if (nargs != 4 || !PyDict_CheckExact(args[0]) || !PyUnicode_CheckExact(args[3])) {
+        PyErr_SetString(PyExc_TypeError, usage);
+        return -1;
+    }
+    u->updates = args[0];
+    u->topic = args[3];
+    u->half_life_ms = PyFloat_AsDouble(args[2]);
+    if (u->half_life_ms == -1.0 && PyErr_Occurred()) return -1;
+    if (as_int64_exact(args[1], &u->clock)) return 1;
+    if (!(u->topic_utf8 = PyUnicode_AsUTF8AndSize(u->topic, &u->topic_size))) return -1;
+    Py_ssize_t pos = 0;
+    PyObject *sender, *update;
+    while (PyDict_Next(u->updates, &pos, &sender, &update)) {
+        int64_t number;
+        if (!PyUnicode_CheckExact(sender) || !PyTuple_CheckExact(update) || PyTuple_GET_SIZE(update) != 4 ||
+            !PyFloat_CheckExact(PyTuple_GET_ITEM(update, 0)) ||
+            (weights && !(PyFloat_AS_DOUBLE(PyTuple_GET_ITEM(update, 0)) >= 0)) ||
+            as_int64_exact(PyTuple_GET_ITEM(update, 1), &number) || as_int64_exact(PyTuple_GET_ITEM(update, 2), &number) ||
+            as_int64_exact(PyTuple_GET_ITEM(update, 3), &number) || !storable_id(sender))
+            return 1;
+    }
+    return grow_friends(self, self->n + PyDict_GET_SIZE(u->updates));
+}
+
+/* ``sender`` becomes friend number n at ``slot`` of the table (its bytes kept alive by ``keep``); -1 on a Python error. */
+static Py_ssize_t add_friend(Receiver *self, PyObject *sender, const unsigned char *id, Py_ssize_t size, size_t slot) {
+    if (PyList_Append(self->keep, sender) < 0) return -1;
+    Py_ssize_t index = self->n++;
+    self->ids[index] = id;
+    self->id_sizes[index] = size;
+    self->table[slot] = index + 1;
+    return index;
+}
+
+/* friend_updates.earliest_origin of what a batch applied so far (``origin``, if ``changed``) and ``origin_ts``. */
+static int64_t earliest_origin(int changed, int64_t origin, int64_t origin_ts) {
+    if (!changed) return origin_ts;
+    if (origin == 0 || origin_ts == 0) return origin ? origin : origin_ts;
+    return origin_ts < origin ? origin_ts : origin;
+}
+
+/* The state's source offset of ``topic`` moves to ``offset`` if later (as UserBatch._mark); -1 on a Python error. */
+static int move_offset(Receiver *self, const Updates *u, int64_t offset) {
+    Py_ssize_t at = map_find(&self->offsets, (const unsigned char *)u->topic_utf8, u->topic_size);
+    if (at < 0 && offset > -1) {
+        if (PyList_Append(self->keep, u->topic) < 0) return -1;
+        return map_add(&self->offsets, (const unsigned char *)u->topic_utf8, u->topic_size, 0, offset);
+    }
+    if (at >= 0 && offset > self->offsets.entries[at].integer) self->offsets.entries[at].integer = offset;
+    return 0;
+}
+
 /* estimates(updates, clock, half_life_ms, topic) -> (clock, applied, stale, origin | None, read offset), or None.
  *
  * ``updates``: sender -> (estimate, version, origin_ts, offset), in order, as
@@ -1109,34 +1174,17 @@ static int as_int64_exact(PyObject *value, int64_t *out) { return PyLong_CheckEx
  * moves its offset of ``topic``. None: a value of an unexpected type, found
  * before anything changed. */
 static PyObject *Receiver_estimates(Receiver *self, PyObject *const *args, Py_ssize_t nargs) {
-    if (nargs != 4 || !PyDict_CheckExact(args[0]) || !PyUnicode_CheckExact(args[3])) {
-        PyErr_SetString(PyExc_TypeError, "estimates(updates: dict, clock: int, half_life_ms: float, topic: str)");
-        return NULL;
-    }
-    PyObject *updates = args[0], *topic = args[3];
-    int64_t clock;
-    double half_life_ms = PyFloat_AsDouble(args[2]);
-    if (half_life_ms == -1.0 && PyErr_Occurred()) return NULL;
-    if (as_int64_exact(args[1], &clock)) Py_RETURN_NONE;
-    Py_ssize_t topic_size;
-    const char *topic_utf8 = PyUnicode_AsUTF8AndSize(topic, &topic_size);
-    if (!topic_utf8) return NULL;
-    /* First every update's types, and room for every sender not a friend yet: nothing changes before this passes. */
-    Py_ssize_t pos = 0, senders = PyDict_GET_SIZE(updates);
+    Updates u;
+    int taken = take_updates(self, args, nargs, "estimates(updates: dict, clock: int, half_life_ms: float, topic: str)", 0, &u);
+    if (taken < 0) return NULL;
+    if (taken) Py_RETURN_NONE;
+    int64_t clock = u.clock;
+    double half_life_ms = u.half_life_ms;
+    Py_ssize_t pos = 0;
     PyObject *sender, *update;
-    while (PyDict_Next(updates, &pos, &sender, &update)) {
-        int64_t number;
-        if (!PyUnicode_CheckExact(sender) || !PyTuple_CheckExact(update) || PyTuple_GET_SIZE(update) != 4 ||
-            !PyFloat_CheckExact(PyTuple_GET_ITEM(update, 0)) || as_int64_exact(PyTuple_GET_ITEM(update, 1), &number) ||
-            as_int64_exact(PyTuple_GET_ITEM(update, 2), &number) || as_int64_exact(PyTuple_GET_ITEM(update, 3), &number))
-            Py_RETURN_NONE;
-        if (!storable_id(sender)) Py_RETURN_NONE;
-    }
-    if (grow_friends(self, self->n + senders) < 0) return NULL;
     int64_t applied = 0, stale = 0, origin = 0, read = -1;
     int changed = 0;
-    pos = 0;
-    while (PyDict_Next(updates, &pos, &sender, &update)) {
+    while (PyDict_Next(u.updates, &pos, &sender, &update)) {
         double value = PyFloat_AS_DOUBLE(PyTuple_GET_ITEM(update, 0));
         int64_t version, origin_ts, offset;
         as_int64(PyTuple_GET_ITEM(update, 1), &version);
@@ -1152,11 +1200,7 @@ static PyObject *Receiver_estimates(Receiver *self, PyObject *const *args, Py_ss
         size_t slot;
         Py_ssize_t index = find_friend(self, id, size, &slot);
         if (index < 0) { /* not a friend (yet): kept with weight 0 */
-            if (PyList_Append(self->keep, sender) < 0) return NULL;
-            index = self->n++;
-            self->ids[index] = id;
-            self->id_sizes[index] = size;
-            self->table[slot] = index + 1;
+            if ((index = add_friend(self, sender, id, size, slot)) < 0) return NULL;
             self->weights[index] = 0.0;
             self->link_versions[index] = 0;
             self->link_ts[index] = 0;
@@ -1168,16 +1212,9 @@ static PyObject *Receiver_estimates(Receiver *self, PyObject *const *args, Py_ss
         self->flags[index] = 1;
         self->versions[index] = version;
         applied++;
-        origin = !changed ? origin_ts : (origin == 0 || origin_ts == 0) ? (origin ? origin : origin_ts)
-                                                                          : (origin_ts < origin ? origin_ts : origin);
+        origin = earliest_origin(changed, origin, origin_ts);
         changed = 1;
-        Py_ssize_t at = map_find(&self->offsets, (const unsigned char *)topic_utf8, topic_size);
-        if (at < 0 && offset > -1) {
-            if (PyList_Append(self->keep, topic) < 0) return NULL;
-            if (map_add(&self->offsets, (const unsigned char *)topic_utf8, topic_size, 0, offset) < 0) return NULL;
-        } else if (at >= 0 && offset > self->offsets.entries[at].integer) {
-            self->offsets.entries[at].integer = offset;
-        }
+        if (move_offset(self, &u, offset) < 0) return NULL;
     }
     if (changed) return Py_BuildValue("(LLLLL)", (long long)clock, (long long)applied, (long long)stale, (long long)origin, (long long)read);
     return Py_BuildValue("(LLLOL)", (long long)clock, (long long)applied, (long long)stale, Py_None, (long long)read);
@@ -1281,36 +1318,19 @@ static PyObject *Receiver_finish(Receiver *self, PyObject *args) {
  * is not >= 0 (a voided link: the Python path asks whether anything still
  * names the user), found before anything changed. */
 static PyObject *Receiver_links(Receiver *self, PyObject *const *args, Py_ssize_t nargs) {
-    if (nargs != 4 || !PyDict_CheckExact(args[0]) || !PyUnicode_CheckExact(args[3])) {
-        PyErr_SetString(PyExc_TypeError, "links(updates: dict, clock: int, half_life_ms: float, topic: str)");
-        return NULL;
-    }
-    PyObject *updates = args[0], *topic = args[3];
-    int64_t clock;
-    double half_life_ms = PyFloat_AsDouble(args[2]);
-    if (half_life_ms == -1.0 && PyErr_Occurred()) return NULL;
-    if (as_int64_exact(args[1], &clock)) Py_RETURN_NONE;
-    Py_ssize_t topic_size;
-    const char *topic_utf8 = PyUnicode_AsUTF8AndSize(topic, &topic_size);
-    if (!topic_utf8) return NULL;
-    Py_ssize_t pos = 0, senders = PyDict_GET_SIZE(updates);
+    Updates u;
+    int taken = take_updates(self, args, nargs, "links(updates: dict, clock: int, half_life_ms: float, topic: str)", 1, &u);
+    if (taken < 0) return NULL;
+    if (taken) Py_RETURN_NONE;
+    int64_t clock = u.clock;
+    double half_life_ms = u.half_life_ms;
+    Py_ssize_t pos = 0;
     PyObject *sender, *update;
-    while (PyDict_Next(updates, &pos, &sender, &update)) {
-        int64_t number;
-        if (!PyUnicode_CheckExact(sender) || !PyTuple_CheckExact(update) || PyTuple_GET_SIZE(update) != 4 ||
-            !PyFloat_CheckExact(PyTuple_GET_ITEM(update, 0)) || !(PyFloat_AS_DOUBLE(PyTuple_GET_ITEM(update, 0)) >= 0) ||
-            as_int64_exact(PyTuple_GET_ITEM(update, 1), &number) || as_int64_exact(PyTuple_GET_ITEM(update, 2), &number) ||
-            as_int64_exact(PyTuple_GET_ITEM(update, 3), &number))
-            Py_RETURN_NONE;
-        if (!storable_id(sender)) Py_RETURN_NONE;
-    }
-    if (grow_friends(self, self->n + senders) < 0) return NULL;
     PyObject *new_links = PyList_New(0);
     if (!new_links) return NULL;
     int64_t applied = 0, stale = 0, origin = 0, direct = 0, read = -1;
     int changed = 0, revived = 0;
-    pos = 0;
-    while (PyDict_Next(updates, &pos, &sender, &update)) {
+    while (PyDict_Next(u.updates, &pos, &sender, &update)) {
         double weight = PyFloat_AS_DOUBLE(PyTuple_GET_ITEM(update, 0));
         int64_t link_version, origin_ts, offset;
         as_int64(PyTuple_GET_ITEM(update, 1), &link_version);
@@ -1330,11 +1350,7 @@ static PyObject *Receiver_links(Receiver *self, PyObject *const *args, Py_ssize_
         double stored = weight > 0 ? weight : 0.0;
         int is_new, retimed;
         if (index < 0) {
-            if (PyList_Append(self->keep, sender) < 0) goto error;
-            index = self->n++;
-            self->ids[index] = id;
-            self->id_sizes[index] = size;
-            self->table[slot] = index + 1;
+            if ((index = add_friend(self, sender, id, size, slot)) < 0) goto error;
             self->weights[index] = stored;
             self->estimates[index] = 0.0;
             self->flags[index] = 0;
@@ -1360,17 +1376,10 @@ static PyObject *Receiver_links(Receiver *self, PyObject *const *args, Py_ssize_
             revived = 1;
         }
         applied++;
-        origin = !changed ? origin_ts : (origin == 0 || origin_ts == 0) ? (origin ? origin : origin_ts)
-                                                                          : (origin_ts < origin ? origin_ts : origin);
+        origin = earliest_origin(changed, origin, origin_ts);
         changed = 1;
         if (origin_ts != 0 && (direct == 0 || origin_ts < direct)) direct = origin_ts;
-        Py_ssize_t at = map_find(&self->offsets, (const unsigned char *)topic_utf8, topic_size);
-        if (at < 0 && offset > -1) {
-            if (PyList_Append(self->keep, topic) < 0) goto error;
-            if (map_add(&self->offsets, (const unsigned char *)topic_utf8, topic_size, 0, offset) < 0) goto error;
-        } else if (at >= 0 && offset > self->offsets.entries[at].integer) {
-            self->offsets.entries[at].integer = offset;
-        }
+        if (move_offset(self, &u, offset) < 0) goto error;
     }
     {
         PyObject *origin_value = changed ? PyLong_FromLongLong(origin) : Py_NewRef(Py_None);

@@ -26,6 +26,7 @@ from streams.scoring import EPOCH_SHIFT
 from streams.state import FriendEntry, UserExtra, UserState
 from streams.rules import load_rules
 from tests.streams import test_rights, test_time
+from tests.streams.test_state_codec_native import damage
 from topology import topics
 
 native = state_codec.native
@@ -247,17 +248,7 @@ def test_an_ordinary_state_is_taken_and_written_back_as_it_was(state):
 @settings(max_examples=1500, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(state=stored_states, data=st.data())
 def test_damaged_bytes_are_taken_only_as_the_python_path_would_read_and_write_them(state, data):
-    damaged = bytearray(state_codec.encode_user(state))
-    for _ in range(data.draw(st.integers(1, 3))):
-        kind = data.draw(st.sampled_from(["flip", "cut", "insert"]))
-        at = data.draw(st.integers(0, max(0, len(damaged) - 1)))
-        if kind == "flip" and damaged:
-            damaged[at] ^= 1 << data.draw(st.integers(0, 7))
-        elif kind == "cut":
-            del damaged[at:]
-        else:
-            damaged[at:at] = bytes([data.draw(st.integers(0, 255))])
-    damaged = bytes(damaged)
+    damaged = damage(data, state_codec.encode_user(state))
     receiver = native.receive(damaged)
     if receiver is not None:
         # what the Python path would write after reading these bytes, changing nothing

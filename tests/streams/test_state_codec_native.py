@@ -35,6 +35,22 @@ def test_the_c_codec_is_built_and_used():
     assert native.builds_by_slots() == (True, True)
 
 
+def damage(data, raw: bytes) -> bytes:
+    """``raw`` with one to three bytes flipped, inserted, or the rest cut off, as ``data`` draws."""
+    damaged = bytearray(raw)
+    for _ in range(data.draw(st.integers(1, 3))):
+        kind = data.draw(st.sampled_from(["flip", "cut", "insert"]))
+        at = data.draw(st.integers(0, max(0, len(damaged) - 1)))
+        if kind == "flip" and damaged:
+            damaged[at] ^= 1 << data.draw(st.integers(0, 7))
+        elif kind == "cut":
+            del damaged[at:]
+        else:
+            damaged[at:at] = bytes([data.draw(st.integers(0, 255))])
+    damaged = bytes(damaged)
+    return damaged
+
+
 ids = st.text(alphabet=st.characters(blacklist_categories=("Cs", "Cc")), min_size=1, max_size=12)
 keys = st.text(max_size=12)  # surrogates included: neither codec can write them
 numbers = st.floats(allow_nan=True, allow_infinity=True) | st.integers(-(2**60), 2**60)
@@ -121,17 +137,7 @@ def test_damaged_bytes_are_read_as_the_python_codec_reads_them_or_left_to_it(sta
     reference = _python_encoding(state)
     if not isinstance(reference, bytes):
         return
-    damaged = bytearray(reference)
-    for _ in range(data.draw(st.integers(1, 3))):
-        kind = data.draw(st.sampled_from(["flip", "cut", "insert"]))
-        at = data.draw(st.integers(0, max(0, len(damaged) - 1)))
-        if kind == "flip" and damaged:
-            damaged[at] ^= 1 << data.draw(st.integers(0, 7))
-        elif kind == "cut":
-            del damaged[at:]
-        else:
-            damaged[at:at] = bytes([data.draw(st.integers(0, 255))])
-    damaged = bytes(damaged)
+    damaged = damage(data, reference)
     try:
         expected = repr(state_codec.decode_user_py(damaged))
     except Exception:  # noqa: BLE001 - the Python codec's verdict: not a state
