@@ -11,7 +11,7 @@ from aiokafka.partitioner import murmur2
 
 try:
     from topology import _routing as native
-except ImportError:  # not built (no C compiler, or a big-endian host): the Python functions below
+except ImportError:  # not built (no C compiler): the Python functions below
     native = None
 
 #: Separates the two users of a pair key (ids may not contain control characters).
