@@ -93,7 +93,27 @@ AS_OPTIONS = Patch(
     replacement=_as_options,
     where="streams/runtime/store.py",
 )
-PATCHES = [AS_OPTIONS]
+
+
+async def _tables_on_start(self) -> None:
+    """Faust's ``TableManager.on_start`` without its one-second sleep: Standing's tables exist before the app starts."""
+    if not self.should_stop:
+        await self._update_channels()
+        await self.recovery.start()
+
+
+TABLES_ON_START = Patch(
+    target="faust.tables.manager:TableManager.on_start",
+    sha256="365dd25fbc0e068499c89e526516c638693a2d143b6ac249f84a60f5267fec9d",
+    why="Faust sleeps a whole second before registering the tables (for tables declared while the app starts); "
+    "the consumer subscribes only after it, so every start and restart waited 1 s for nothing: "
+    "Standing declares both tables before the app starts (create_tables), and a table added later "
+    "still fails loudly (TableManager.add: 'Too late to add tables')",
+    shown_by="tests/streams/runtime/test_store.py::test_faust_waits_a_second_before_registering_tables",
+    replacement=_tables_on_start,
+    where="streams/runtime/store.py",
+)
+PATCHES = [AS_OPTIONS, TABLES_ON_START]
 
 
 def create_tables(app: faust.App, settings: Settings) -> tuple[faust.Table, faust.Table]:

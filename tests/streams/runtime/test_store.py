@@ -143,3 +143,28 @@ def test_a_state_larger_than_a_changelog_takes_is_refused_before_it_is_written(t
     with pytest.raises(store_module.StateTooLarge, match="'hub'"):
         store.put(0, "hub", hub)
     assert store.load_raw(0, "hub") is None
+
+
+
+async def test_faust_waits_a_second_before_registering_tables(tmp_path):
+    """Upstream, ``TableManager.on_start`` sleeps 1 s before registering the tables, and the conductor
+    subscribes the consumer only after that: every start and restart waited a second for nothing.
+    The patch (store.TABLES_ON_START) registers them at once; every worker the integration tests
+    start runs it (it needs a started consumer, so it is not run here)."""
+    import asyncio
+
+    from streams import runtime
+    from streams.runtime.store import TABLES_ON_START
+
+    settings = replace(Settings(), data_dir=tmp_path, metrics_port=0)
+    app = create_app(settings)
+    create_tables(app, settings)
+    starting = asyncio.ensure_future(TABLES_ON_START.original(app.tables))
+    with pytest.raises(asyncio.TimeoutError):
+        await asyncio.wait_for(app.tables.wait_until_tables_registered(), timeout=0.8)
+    starting.cancel()
+    await asyncio.gather(starting, return_exceptions=True)
+    runtime.install(Settings())
+    assert TABLES_ON_START.applied
+
+
