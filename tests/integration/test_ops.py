@@ -145,6 +145,10 @@ def test_dashboard_queries_and_alerts_on_a_real_prometheus(fresh_settings, tmp_p
         processes.wait_for_metrics(settings.metrics_port, worker, log_path=worker_log)
         prometheus, port, prometheus_log = _start_prometheus(tmp_path, settings.metrics_port)
         _wait_ready(port, prometheus, prometheus_log)
+        # Ready is not scraping: Prometheus hands its first targets to the scrapers up to ~5 s later
+        # (its discovery manager's update interval). A round processed before the first scrape is no
+        # change to any rate, and a worker that starts and scores fast enough finished both before it.
+        _wait_for(port, f'up{{job="{JOB}"}} == 1')
 
         # two rounds a few seconds apart, so rates see changes between scrapes
         asyncio.run(_produce_round(settings, tmp_path, seed=1))
