@@ -232,7 +232,9 @@ def _quixstreams(settings: Settings, workdir: Path, total: int) -> float | None:
             processes.stop_process(process)
     if done:
         return time.monotonic() - started
-    _say(f"quixstreams baseline did not finish; its log: {log_path}")
+    # The work directory goes when the bench ends: say here why it stopped.
+    _say(f"quixstreams baseline did not finish (exit status {process.returncode}); the end of its log ({log_path}):")
+    _say(log_path.read_text(errors="replace")[-2000:] or "(empty)")
     return None
 
 
