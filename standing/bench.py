@@ -137,7 +137,7 @@ async def _raw_aiokafka_loop(settings: Settings, total: int) -> float:
         await producer.stop()
 
 
-def _plain_faust(settings: Settings, workdir: Path, total: int) -> float | None:
+def _plain_faust(settings: Settings, workdir: Path, total: int, broker: EmbeddedBroker | None = None) -> float | None:
     """Seconds to consume every event, or None (with the reason printed) on failure."""
     script = workdir / "plain_faust.py"
     script.write_text(PLAIN_FAUST_APP)
@@ -150,7 +150,7 @@ def _plain_faust(settings: Settings, workdir: Path, total: int) -> float | None:
             stdout=subprocess.PIPE, stderr=log, text=True,
         )  # fmt: skip
         try:
-            done = _printed(process, "DONE", limit)
+            done = _printed(process, "DONE", limit, broker)
         finally:
             processes.stop_process(process)
     if done:
@@ -160,8 +160,9 @@ def _plain_faust(settings: Settings, workdir: Path, total: int) -> float | None:
     return None
 
 
-def _printed(process: subprocess.Popen, token: str, limit: float) -> bool:
-    """Whether ``process`` prints ``token`` on its stdout within ``limit`` seconds.
+def _printed(process: subprocess.Popen, token: str, limit: float, broker: EmbeddedBroker | None = None) -> bool:
+    """Whether ``process`` prints ``token`` on its stdout within ``limit`` seconds (False at once if ``broker`` stops:
+    the kernel once killed the embedded broker for memory mid-bench, and a baseline then retried for its whole limit).
 
     Searched anywhere in a line, not at its start: Faust's worker writes
     terminal escape codes (its spinner hides the cursor) to stdout at log
@@ -174,6 +175,9 @@ def _printed(process: subprocess.Popen, token: str, limit: float) -> bool:
     selector.register(process.stdout, selectors.EVENT_READ)
     buffered = ""
     while time.monotonic() < deadline:
+        if broker is not None and not broker.is_running():
+            _say(f"the embedded broker stopped (exit status {broker.returncode}); the end of its log:\n{broker.log_tail()}")
+            return False
         if not selector.select(timeout=max(0.0, min(1.0, deadline - time.monotonic()))):
             if process.poll() is not None:
                 return False
@@ -212,7 +216,7 @@ QUIX_APP = textwrap.dedent(
 )
 
 
-def _quixstreams(settings: Settings, workdir: Path, total: int) -> float | None:
+def _quixstreams(settings: Settings, workdir: Path, total: int, broker: EmbeddedBroker | None = None) -> float | None:
     """Seconds for quixstreams' per-user sum to consume every event; once more, in a group of its own, if its
     process stops before that (it did in the full run on 06ce127, on the embedded broker); None if it stops again."""
     try:
@@ -220,13 +224,13 @@ def _quixstreams(settings: Settings, workdir: Path, total: int) -> float | None:
     except ImportError:
         return None
     for attempt in (1, 2):
-        seconds = _quixstreams_once(settings, workdir, total, attempt)
-        if seconds is not None:
+        seconds = _quixstreams_once(settings, workdir, total, attempt, broker)
+        if seconds is not None or (broker is not None and not broker.is_running()):
             return seconds
     return None
 
 
-def _quixstreams_once(settings: Settings, workdir: Path, total: int, attempt: int) -> float | None:
+def _quixstreams_once(settings: Settings, workdir: Path, total: int, attempt: int, broker: EmbeddedBroker | None = None) -> float | None:
     script = workdir / "quix_app.py"
     script.write_text(QUIX_APP)
     log_path = workdir / f"quix-{attempt}.log"
@@ -237,7 +241,7 @@ def _quixstreams_once(settings: Settings, workdir: Path, total: int, attempt: in
             stdout=subprocess.PIPE, stderr=log, text=True,
         )  # fmt: skip
         try:
-            done = _printed(process, "DONE", max(120.0, total / 500))
+            done = _printed(process, "DONE", max(120.0, total / 500), broker)
         finally:
             processes.stop_process(process)
     if done:
@@ -760,10 +764,10 @@ def run_bench(
                 _say("baseline: raw aiokafka loop")
                 figures["raw_aiokafka_events_per_s"] = total / asyncio.run(_raw_aiokafka_loop(settings, total))
                 _say("baseline: plain Faust agent + RocksDB table")
-                plain_s = _plain_faust(settings, workdir, total)
+                plain_s = _plain_faust(settings, workdir, total, broker)
                 figures["plain_faust_events_per_s"] = total / plain_s if plain_s else None
                 _say("baseline: quixstreams + RocksDB state (if installed)")
-                quix_s = _quixstreams(settings, workdir, total)
+                quix_s = _quixstreams(settings, workdir, total, broker)
                 figures["quixstreams_events_per_s"] = total / quix_s if quix_s else None
                 for name, key in (("quixstreams", "quixstreams_events_per_s"), ("plain_faust", "plain_faust_events_per_s"), ("aiokafka", "raw_aiokafka_events_per_s")):
                     figures[f"ratio_scorer_over_{name}"] = figures["scorer_events_per_s"] / figures[key] if figures.get(key) else None

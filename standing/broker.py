@@ -87,7 +87,12 @@ class EmbeddedBroker:
     def is_running(self) -> bool:
         return self._process is not None and self._process.poll() is None
 
-    def _log_tail(self, lines: int = 20) -> str:
+    @property
+    def returncode(self) -> int | None:
+        """Its exit status once it stopped (-9: killed, as the kernel does when memory runs out)."""
+        return self._process.returncode if self._process else None
+
+    def log_tail(self, lines: int = 20) -> str:
         try:
             return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
         except OSError:
@@ -113,12 +118,12 @@ class EmbeddedBroker:
             if self._process.poll() is not None:
                 code = self._process.returncode
                 self._process = None
-                raise BrokerError(f"the broker exited at start with code {code}; its log ({self.log_path}):\n{self._log_tail()}")
+                raise BrokerError(f"the broker exited at start with code {code}; its log ({self.log_path}):\n{self.log_tail()}")
             if _answers_kafka(self.host, self.port):
                 return self
             time.sleep(0.05)
         self.stop()
-        raise BrokerError(f"the broker did not answer on {self.address} within {timeout:.0f} s; log:\n{self._log_tail()}")
+        raise BrokerError(f"the broker did not answer on {self.address} within {timeout:.0f} s; log:\n{self.log_tail()}")
 
     def stop(self, timeout: float = 10.0) -> None:
         process, self._process = self._process, None
@@ -168,7 +173,7 @@ def run_foreground(port: int, data_dir: Path, host: str = "127.0.0.1") -> int:
         print(f"standing broker: Kafka at {broker.address} (data in {data_dir}, log {broker.log_path}); Ctrl-C to stop", flush=True)
         while stopping["signal"] is None:
             if not broker.is_running():
-                print(f"standing broker: the broker died; log:\n{broker._log_tail()}", file=sys.stderr)
+                print(f"standing broker: the broker died; log:\n{broker.log_tail()}", file=sys.stderr)
                 return 1
             time.sleep(0.2)
         print("standing broker: stopping", flush=True)
