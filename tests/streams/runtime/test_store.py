@@ -145,7 +145,6 @@ def test_a_state_larger_than_a_changelog_takes_is_refused_before_it_is_written(t
     assert store.load_raw(0, "hub") is None
 
 
-
 async def test_faust_waits_a_second_before_registering_tables(tmp_path):
     """Upstream, ``TableManager.on_start`` sleeps 1 s before registering the tables, and the conductor
     subscribes the consumer only after that: every start and restart waited a second for nothing.
@@ -166,5 +165,3 @@ async def test_faust_waits_a_second_before_registering_tables(tmp_path):
     await asyncio.gather(starting, return_exceptions=True)
     runtime.install(Settings())
     assert TABLES_ON_START.applied
-
-
