@@ -2,7 +2,7 @@
 
 ``make demo`` and the integration tests run noida-db 0.2.3, an embedded
 Kafka-compatible broker; production runs Apache Kafka (docker-compose.yml).
-noida-db differs from Kafka in three ways that matter here:
+noida-db differs from Kafka in four ways that matter here:
 
 1. **It answers an empty fetch at once** instead of holding it for
    ``fetch.max.wait.ms``: every idle consumer re-asks in a tight loop (80% of
@@ -19,6 +19,11 @@ noida-db differs from Kafka in three ways that matter here:
    data, and ``standing demo``, when it starts its own broker, starts it and
    its worker from empty directories (``standing/demo.py: _start_afresh``);
    see the README, "What the embedded broker is not".
+4. **Its autosave takes most of a core whenever data changes** (66-94% of
+   one, even at 15 events/s). Not worked around (it is the broker's own
+   CPU): on 2 cores the worker then waits for a core, which sets most of
+   the bench's live latency tail
+   (ops/bench/results/live-latency-and-the-broker-2026-12-05.md).
 
 The switch is ``Settings.embedded_broker_workarounds``
 (``STANDING_EMBEDDED_BROKER_WORKAROUNDS=auto|1|0``): ``auto`` turns them on
