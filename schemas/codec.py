@@ -201,7 +201,10 @@ def encode(name: str, record: dict) -> bytes:
 
 def decode(data: bytes, expected: str | tuple[str, ...] | None = None) -> tuple[str, dict]:
     """(schema name, record) of framed bytes, read as the newest version of
-    that schema; DecodeError, and nothing else, for anything that is not."""
+    that schema; DecodeError, and nothing else, for anything that is not.
+
+    A resolver (``set_resolver``) that cannot answer for an id raises its
+    own error instead, a ``ConnectionError``: no record is to blame."""
     name, _, record = decode_with_id(data, expected)
     return name, record
 

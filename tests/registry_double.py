@@ -30,6 +30,8 @@ class SchemaRegistryDouble:
         self.schemas: list[str] = []  # id - 1 -> schema text
         self.subjects: dict[str, list[int]] = {}  # subject -> ids, version - 1 -> id
         self.requests: list[tuple[str, str]] = []
+        #: while set, every request is answered 503, as a registry that lost its Kafka store is
+        self.unavailable = False
         self._lock = threading.Lock()
         self._server = ThreadingHTTPServer(("127.0.0.1", 0), self._handler())
         self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
@@ -69,6 +71,8 @@ class SchemaRegistryDouble:
 
     def answer(self, method: str, path: str, body: dict | None) -> tuple[int, object]:
         self.requests.append((method, path))
+        if self.unavailable:
+            return 503, {"error_code": 50301, "message": "Service Unavailable"}
         parts = [unquote(part) for part in urlparse(path).path.split("/") if part]
         if method == "GET" and parts == ["subjects"]:
             return 200, sorted(self.subjects)

@@ -18,7 +18,7 @@ import pytest
 ROOT = Path(__file__).resolve().parent.parent
 #: What each layer may import from this project (besides itself).
 ALLOWED = {
-    "topology": {"topology", "schemas"},
+    "topology": {"topology"},
     "schemas": {"schemas"},
     "streams": {"topology", "schemas", "streams"},
     "streams.runtime": {"topology", "schemas", "streams", "streams.runtime"},

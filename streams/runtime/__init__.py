@@ -25,8 +25,8 @@ def install(settings: Settings) -> None:
     """Check the pinned dependencies, then make every change Standing makes to them.
 
     Raises ``patches.IncompatibleDependency`` (naming each function and what
-    to do) before changing anything when an installed faust-streaming or
-    aiokafka is not the version the patches were written for. The embedded
+    to do) before changing anything when an installed faust-streaming,
+    mode-streaming or aiokafka is not the version the patches were written for. The embedded
     broker's workarounds follow ``settings`` (``embedded_broker.workarounds_enabled``).
     """
     from streams.runtime import embedded_broker, patches

@@ -197,7 +197,11 @@ class Scorer:
             await self._stop_resend()
             # Faust waits for the events its streams are processing before the
             # group moves on; it does not see the intake's batches. A batch's
-            # changelog records must be in Kafka before a new owner recovers.
+            # changelog records must be in Kafka before a new owner recovers:
+            # no new batch starts (the intakes resume once partitions are assigned),
+            # and the ones in flight finish.
+            self.user_intake.suspend()
+            self.pair_intake.suspend()
             await self.in_flight.finished(timeout=settings.session_timeout / 2)
             self.forget_cached_states()
             self.progress.forget()
@@ -208,6 +212,8 @@ class Scorer:
             self.progress.forget()
             self.user_guard.reset()
             self.pair_guard.reset()
+            self.user_intake.resume()
+            self.pair_intake.resume()
 
     async def _stop_resend(self) -> None:
         resend, self._resend = self._resend, None
@@ -313,16 +319,18 @@ class Scorer:
         await self.progress.rewind(self.pair_topic_names)
         self._publish_ready()
 
-    async def _pass_over(self, record, error: BaseException) -> None:
-        """A record that fails on its own: to the dead-letter topic, and its offset is done."""
+    async def _pass_over(self, record, error: BaseException) -> bool:
+        """A record that fails on its own: to the dead-letter topic, and its offset is done (False: not
+        this worker's to pass over any more, or done already)."""
         admission = await self.progress.admit([record])
         if not self.progress.current(admission) or not admission.records:
-            return
+            return False
         detail = f"the worker failed to process this record {ATTEMPTS} times on its own: {type(error).__name__}: {error}"
         await self.output.deliver([Outgoing(*core.dead_letter(record, "processing_failed", detail[:2000], _now_ms()))])
         metrics.EVENTS_REJECTED.labels("processing_failed").inc()
         await self.progress.done(admission)
         self.progress.passed_over(admission)
+        return True
 
     async def _send_kept(self, lane: str) -> None:
         """Before a lane decides anything new, it sends what its last delivery left (``_deliver``).

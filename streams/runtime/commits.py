@@ -163,6 +163,10 @@ class InputProgress:
         """(topic, partition) -> the offset this assignment started reading it from, where known."""
         return {(tp.topic, tp.partition): offset for tp, offset in self._started_at.items()}
 
+    def position(self, tp) -> int | None:
+        """The next offset of ``tp`` to process: how far the worker got, committed or not (None: not tracked)."""
+        return self._next.get(tp)
+
     def committable(self, tp) -> int | None:
         """The offset to commit for ``tp``, or None if it is not tracked here."""
         offset = self._next.get(tp)

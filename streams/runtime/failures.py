@@ -71,7 +71,7 @@ class FailureGuard:
         lane: str,
         *,
         process: Callable[[Sequence], Awaitable[int | None]],
-        pass_over: Callable[[object, BaseException], Awaitable[None]],
+        pass_over: Callable[[object, BaseException], Awaitable[bool]],
         rewind: Callable[[], Awaitable[None]],
         sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
     ) -> None:
@@ -176,20 +176,23 @@ class FailureGuard:
                 if self._alone[where] < ATTEMPTS:
                     await self._rewind()
                     return
-                log.error(
-                    "%s: the record at %s fails on its own (%s: %s) after %d attempts; it goes to the dead-letter "
-                    "topic (reason processing_failed) and is passed over. Read it there, fix what it exposed, "
-                    "and re-publish it if it must count",
-                    self.lane, _where(record), type(error).__name__, error, ATTEMPTS,
-                )  # fmt: skip
                 try:
-                    await self._pass_over(record, error)
+                    passed = await self._pass_over(record, error)
                 except asyncio.CancelledError:
                     raise
                 except Exception as failure:  # the broker refused even that: try again later
                     log.error("%s: could not pass over %s (%r); trying again", self.lane, _where(record), failure)
                     await self._rewind()
                     return
+                if passed:
+                    log.error(
+                        "%s: the record at %s fails on its own (%s: %s) after %d attempts; it went to the dead-letter "
+                        "topic (reason processing_failed) and is passed over. Read it there, fix what it exposed, "
+                        "and re-publish it if it must count",
+                        self.lane, _where(record), type(error).__name__, error, ATTEMPTS,
+                    )  # fmt: skip
+                else:  # its partition moved meanwhile (or it was done already): its new owner reads it
+                    log.info("%s: the record at %s, failing on its own, was not passed over: its partition moved", self.lane, _where(record))
                 del self._alone[where]
                 self._done_with(slot, record.offset)
                 # What the failed attempt took with it (friend updates waiting, states it put

@@ -39,7 +39,8 @@ _membership_lost: Callable[[BaseException], None] | None = None
 async def _sync_group_or_rejoin(self, request):
     assignment = await SYNC_GROUP.original(self, request)
     if assignment is not None and len(assignment) == 0:
-        log.warning(
+        # Seen when a second worker joins: the member joins again and gets its share, nothing to do (INFO).
+        log.info(
             "group %s: the coordinator gave this member no assignment in generation %s "
             "(the leader left it out); joining again",
             self.group_id,

@@ -51,6 +51,9 @@ class Intake:
         self._arrived = asyncio.Event()
         self._full = asyncio.Event()
         self._paused: set[TP] = set()
+        #: cleared by ``suspend`` (a rebalance): no batch is handed out until ``resume``
+        self._resumed = asyncio.Event()
+        self._resumed.set()
         #: set by ``close``: no batch is handed out any more
         self.closed = False
 
@@ -94,11 +97,15 @@ class Intake:
         """
         records = self._records
         while not self.closed:
+            if not self._resumed.is_set():
+                await self._resumed.wait()
+                continue
             if more_work():
                 await asyncio.sleep(0)  # let the fetcher and the other agents run between slices
                 if self.closed:
                     return
-                yield self._take()
+                if self._resumed.is_set():
+                    yield self._take()
                 continue
             if not records:
                 self._arrived.clear()
@@ -110,9 +117,19 @@ class Intake:
                     pass
             if self.closed:
                 return
+            if not self._resumed.is_set():
+                continue  # suspended while it waited: the records stay for after the rebalance (or are cleared)
             batch = self._take()
             if batch:
                 yield batch
+
+    def suspend(self) -> None:
+        """A rebalance begins: no batch is handed out until ``resume``, so that the batches in flight can
+        finish (``InFlight.finished``) without new ones starting behind them on partitions about to move."""
+        self._resumed.clear()
+
+    def resume(self) -> None:
+        self._resumed.set()
 
     def close(self) -> None:
         """The worker is stopping: the agent's ``batches`` loop ends, now if it waits.
@@ -123,6 +140,7 @@ class Intake:
         self.closed = True
         self._arrived.set()
         self._full.set()
+        self._resumed.set()
 
     def _take(self) -> list[Message]:
         """Up to ``batch_size`` of the buffered records, oldest first; resumes fetching below half."""
@@ -207,9 +225,16 @@ class InFlight:
             self._idle.set()
 
     async def finished(self, timeout: float, waiting: str = "the rebalance") -> bool:
-        """Wait until no batch is in flight; False (and a warning) after ``timeout`` seconds."""
+        """Wait until no batch is in flight; False (and a warning) after ``timeout`` seconds.
+
+        Checked again after every wake-up: the event can be set by one batch's
+        end and cleared by the next one's start before this waiter runs
+        (the intakes are suspended first, so that no next one starts).
+        """
+        deadline = asyncio.get_running_loop().time() + timeout
         try:
-            await asyncio.wait_for(self._idle.wait(), timeout)
+            while self._running:
+                await asyncio.wait_for(self._idle.wait(), max(0.0, deadline - asyncio.get_running_loop().time()))
             return True
         except asyncio.TimeoutError:
             log.warning("a batch is still in flight after %.1f s; %s goes on without it", timeout, waiting)

@@ -49,6 +49,11 @@ FRIEND_UPDATES_WAITING = Gauge(
     "standing_friend_updates_waiting",
     "Friend updates read but not applied yet (streams/waiting.py): the propagation backlog held in memory.",
 )
+STATES_RESENT = Counter(
+    "standing_states_resent_total",
+    "States whose outputs were sent again after a rebalance because records that changed them were not committed "
+    "(streams/runtime/resend.py): after a kill, or a hand-over while friend updates waited. Receivers ignore what they have.",
+)
 SCORES_PUBLISHED = Counter("standing_scores_published_total", "Score records published to the scores topic.")
 BATCHES = Counter("standing_batches_total", "Batches processed, by agent.", ["agent"])
 BATCH_SECONDS = Histogram(

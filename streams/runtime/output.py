@@ -50,6 +50,17 @@ class _Sent(NamedTuple):
     count: int
 
 
+def _retrieved(future: asyncio.Future) -> asyncio.Future:
+    """``future``, whose failure counts as seen once it settles.
+
+    ``deliver`` raises the first failure of a delivery; the other batches of
+    it (or those queued before ``send_batch`` itself failed) would otherwise
+    be logged by asyncio as "Future exception was never retrieved", at ERROR,
+    for a failure already raised and handled (kept and sent again)."""
+    future.add_done_callback(lambda done: done.cancelled() or done.exception())
+    return future
+
+
 class Outputs:
     def __init__(self, settings: Settings) -> None:
         self._settings = settings
@@ -137,11 +148,11 @@ class Outputs:
             for record in group:
                 if batch.append(key=record.key, value=record.value, timestamp=None) is None:
                     # Full. A new batch takes its first record whatever its size.
-                    sent.append(_Sent(await producer.send_batch(batch, topic, partition=partition), owner, count))
+                    sent.append(_Sent(_retrieved(await producer.send_batch(batch, topic, partition=partition)), owner, count))
                     batch, count = producer.create_batch(), 0
                     batch.append(key=record.key, value=record.value, timestamp=None)
                 count += 1
-            sent.append(_Sent(await producer.send_batch(batch, topic, partition=partition), owner, count))
+            sent.append(_Sent(_retrieved(await producer.send_batch(batch, topic, partition=partition)), owner, count))
         return sent
 
     @staticmethod

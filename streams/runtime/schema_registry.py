@@ -26,7 +26,12 @@ on ``purchases`` and a registry.json id on a changelog (``codec._lookup``).
 
 The client is confluent-kafka's ``SchemaRegistryClient`` (the ``registry``
 extra); its calls block, so they run in a thread at start. Decoding a record
-with a new id asks the registry from the event loop: once per id.
+with a new id asks the registry from the event loop: once per id, with a
+short timeout and no retry of the client's own. A registry that cannot
+answer (unreachable, or any error but "not found") blames no record: the
+lookup raises ``RegistryUnavailable``, a ``ConnectionError``, so the lane
+reads the batch again after a back-off (``streams.runtime.failures``)
+instead of dead-lettering valid events as ``unknown_schema_id``.
 """
 
 from __future__ import annotations
@@ -44,10 +49,20 @@ from topology.settings import Settings
 UNKNOWN_ID_TTL = 60.0
 #: HTTP timeout for one registry request, seconds.
 REQUEST_TIMEOUT = 10
+#: The same for a lookup while records are decoded, which blocks the event loop
+#: (heartbeats included): short, and not retried by the client itself.
+LOOKUP_TIMEOUT = 2
+#: After the registry could not answer a lookup, records with ids not yet
+#: known fail at once (no request) for this long, seconds.
+UNAVAILABLE_RETRY_S = 5.0
 
 
 class RegistryError(Exception):
     """The registry refused or could not be reached; the message says what to do."""
+
+
+class RegistryUnavailable(ConnectionError):
+    """A schema id could not be looked up: the registry's fault, not the record's (a transient failure)."""
 
 
 def subjects(catalog: Catalog = CATALOG) -> dict[str, str]:
@@ -58,8 +73,8 @@ def subjects(catalog: Catalog = CATALOG) -> dict[str, str]:
     return named
 
 
-def client_for(settings: Settings):
-    """confluent-kafka's registry client for ``settings``."""
+def client_for(settings: Settings, *, lookups: bool = False):
+    """confluent-kafka's registry client for ``settings`` (``lookups``: the one asked while records are decoded)."""
     try:
         from confluent_kafka.schema_registry import SchemaRegistryClient
     except ImportError:  # pragma: no cover - the extra is part of the test install
@@ -68,6 +83,8 @@ def client_for(settings: Settings):
             "pip install 'standing[registry]'"
         ) from None
     config: dict[str, Any] = {"url": settings.schema_registry_url, "timeout": REQUEST_TIMEOUT}
+    if lookups:
+        config.update({"timeout": LOOKUP_TIMEOUT, "max.retries": 0})
     if settings.schema_registry_user_info:
         config["basic.auth.user.info"] = settings.schema_registry_user_info
     if settings.ssl_cafile and settings.schema_registry_url.startswith("https"):
@@ -128,45 +145,61 @@ def ensure(settings: Settings, catalog: Catalog = CATALOG, client=None) -> dict[
         if type(error).__module__.startswith("httpx"):
             raise RegistryError(f"cannot reach the Schema Registry at {settings.schema_registry_url}: {error}") from None
         raise
-    install_resolver(settings, catalog, client)
+    install_resolver(settings, catalog)
     return written
 
 
 def install_resolver(settings: Settings, catalog: Catalog = CATALOG, client=None) -> None:
     """Decode ids the registry gave out (asked for lazily, once per id)."""
-    codec.set_resolver(_Resolver(client or client_for(settings), catalog))
+    codec.set_resolver(_Resolver(client or client_for(settings, lookups=True), catalog, settings.schema_registry_url))
 
 
 class _Resolver:
     """id -> (Standing's schema name, the schema as registered), by the Avro full name."""
 
-    def __init__(self, client, catalog: Catalog) -> None:
+    def __init__(self, client, catalog: Catalog, url: str = "") -> None:
         self._client = client
+        self._url = url
         self._names = {
             _full_name(schema): name for name in set(subjects(catalog).values()) for _, schema in codec.versions(name)
         }
         self._unknown: dict[int, float] = {}
         self._down_until = 0.0
+        self._down_why = ""
 
     def __call__(self, id_: int):
         now = time.monotonic()
-        if now < self._unknown.get(id_, 0.0) or now < self._down_until:
+        if now < self._down_until:
+            raise RegistryUnavailable(self._down_why)
+        if now < self._unknown.get(id_, 0.0):
             return None
         from confluent_kafka.schema_registry.error import SchemaRegistryError
 
         try:
             registered = self._client.get_schema(id_)
-            schema = json.loads(registered.schema_str)
-        except SchemaRegistryError:  # an id it never gave out: the record is dead-lettered as unknown_schema_id
-            registered = schema = None
-        except Exception:  # unreachable, or not JSON: ask for no id for a while rather than block every record
-            self._down_until = now + UNKNOWN_ID_TTL
-            return None
+        except SchemaRegistryError as error:
+            if error.http_status_code != 404:
+                self._down(now, id_, f"answered {error.http_status_code} (error {error.error_code}: {error.error_message})")
+            registered = None  # an id it never gave out: the record is dead-lettered as unknown_schema_id
+        except Exception as error:  # connection refused, timeouts (httpx's errors)
+            self._down(now, id_, f"cannot be reached ({type(error).__name__}: {error})")
+        try:
+            schema = json.loads(registered.schema_str) if registered is not None else None
+        except ValueError:  # not JSON: not an Avro schema (Protobuf, JSON Schema's own text), so not Standing's
+            schema = None
         name = self._names.get(_full_name(schema)) if isinstance(schema, dict) and registered.schema_type in (None, "AVRO") else None
         if name is None:
             self._unknown[id_] = time.monotonic() + UNKNOWN_ID_TTL
             return None
         return name, schema
+
+    def _down(self, now: float, id_: int, why: str) -> None:
+        self._down_why = (
+            f"the Schema Registry at {self._url} {why} when asked for schema id {id_}; records with ids this "
+            f"worker has not seen yet wait (their batch is read again) until it answers: check the registry"
+        )
+        self._down_until = now + UNAVAILABLE_RETRY_S
+        raise RegistryUnavailable(self._down_why)
 
 
 def _full_name(schema: Any) -> str | None:

@@ -1,13 +1,17 @@
-"""The stall watch: owned partitions with records waiting whose commit does not move.
+"""The stall watch: owned partitions with records waiting that the worker does not move.
 
 Faust fetches only its "active" partitions, and around rebalances and table
 recovery it can leave one out for good, or its consumer can drop records it
 fetched before a seek (streams/runtime/commits.py). Every few seconds
 (``streams.runtime.monitoring``) the watch looks at each owned partition's
-committed offset and lag: a partition that has not moved for ``STALL_S`` is
-put back into the fetch set if it fell out, and one found active that many
-checks in a row is sought back to its committed offset. Each action is
-logged with what was found and counted (``standing_stalled_partitions_resumed_total``).
+committed offset, how far the worker processed it, and its lag: a partition
+with records waiting where neither has moved for ``STALL_S`` is put back
+into the fetch set if it fell out, and one found active that many checks in
+a row is sought back to its committed offset. Each action is logged at
+WARNING with what was found and counted
+(``standing_stalled_partitions_resumed_total``); a check that finds nothing
+to do says so at INFO (in a large backlog a partition can wait that long for
+its turn).
 """
 
 from __future__ import annotations
@@ -34,15 +38,17 @@ class StallWatch:
 
     def __init__(self, scorer) -> None:
         self._scorer = scorer
-        self._progress: dict[TopicPartition, tuple[int, float]] = {}  # tp -> (committed, since)
+        self._progress: dict[TopicPartition, tuple[tuple, float]] = {}  # tp -> ((committed, processed), since)
         self._checks: dict[TopicPartition, int] = {}  # tp -> stalled checks in a row with the partition active
 
     async def observe(self, tp: TopicPartition, done: int, lag: int, now: float) -> None:
         scorer = self._scorer
         app = scorer.app
         previous = self._progress.get(tp)
-        if lag == 0 or previous is None or previous[0] != done or _held_while_applied(scorer, tp):
-            self._progress[tp] = (done, now)
+        # Processed but not committed yet is progress too: commits can trail a busy lane.
+        mark = (done, scorer.progress.position(tp))
+        if lag == 0 or previous is None or previous[0] != mark or _held_while_applied(scorer, tp):
+            self._progress[tp] = (mark, now)
             self._checks.pop(tp, None)
         elif now - previous[1] >= STALL_S and scorer.ready and not getattr(app, "in_recovery", False):
             found = _resume_if_left_out(app, tp, lag, now - previous[1])
@@ -50,7 +56,7 @@ class StallWatch:
             if self._checks[tp] >= SEEK_AFTER_CHECKS:  # a minute of an active partition not moving
                 self._checks[tp] = 0
                 await _seek_back(app, tp, done)
-            self._progress[tp] = (done, now)  # check (and log) at most once per STALL_S
+            self._progress[tp] = (mark, now)  # check (and log) at most once per STALL_S
 
     def forget_others(self, mine) -> None:
         """Partitions no longer owned are not watched."""
@@ -124,8 +130,8 @@ def _resume_if_left_out(app, tp: TopicPartition, lag: int, stalled_s: float) -> 
             "recovery completed": recovery.completed.is_set(),
             "in recovery": recovery.in_recovery,
         }
-        log.warning("%s[%d]: %d records waiting, no progress for %.0f s, partition active in the consumer; %s",
-                    tp.topic, tp.partition, lag, stalled_s, flow)  # fmt: skip
+        log.info("%s[%d]: %d records waiting, no progress for %.0f s, partition active in the consumer; %s",
+                 tp.topic, tp.partition, lag, stalled_s, flow)  # fmt: skip
         if recovery.completed.is_set() and not recovery.in_recovery and not (flow["consumer flow"] and flow["flow control"]):
             # Recovery is over but the flow it suspended was not resumed (it
             # returns early when the generation moved during the seek).

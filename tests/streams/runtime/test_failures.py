@@ -43,9 +43,10 @@ class Lane:
         self.committed = records[-1].offset + 1
         return len(records)
 
-    async def pass_over(self, record, error) -> None:
+    async def pass_over(self, record, error) -> bool:
         self.passed_over.append(record.offset)
         self.committed = record.offset + 1
+        return True
 
     async def rewind(self) -> None:
         self.rewinds += 1

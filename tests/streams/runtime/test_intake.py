@@ -248,3 +248,50 @@ def test_a_rebalance_waits_for_batches_in_flight_but_not_forever():
         return waited, finished_first, gave_up
 
     assert asyncio.run(scenario()) == (True, True, True)
+
+
+def test_a_suspended_intake_hands_out_no_batch_until_resumed():
+    """A rebalance suspends the intakes (Scorer's on_partitions_revoked): batches in flight finish, none starts."""
+
+    async def scenario():
+        intake = Intake(_app(), ("posts",), batch_size=2, linger=0.0)
+        await _feed(intake, POSTS_0, [0, 1, 2, 3])
+        busy = intake.batches(more_work=lambda: True)
+        idle = intake.batches()
+        intake.suspend()
+        taking = [asyncio.ensure_future(busy.__anext__()), asyncio.ensure_future(idle.__anext__())]
+        await asyncio.sleep(0.05)
+        held = not any(t.done() for t in taking)
+        intake.resume()
+        batches = [_offsets(await asyncio.wait_for(t, 1.0)) for t in taking]
+        return held, sorted(batches)
+
+    held, batches = asyncio.run(scenario())
+    assert held
+    assert batches == [[(0, 0), (0, 1)], [(0, 2), (0, 3)]]
+
+
+def test_a_batch_that_starts_as_the_last_one_ends_is_waited_for_too():
+    """The idle event is set by one batch's end and cleared by the next one's start before the waiter runs:
+    the waiter must see the second batch still running."""
+    from streams.runtime.intake import InFlight
+
+    async def scenario():
+        in_flight = InFlight()
+        second_done = asyncio.Event()
+
+        async def two_batches():
+            with in_flight:
+                await asyncio.sleep(0.02)
+            with in_flight:  # no await in between
+                await asyncio.sleep(0.05)
+                second_done.set()
+
+        running = asyncio.ensure_future(two_batches())
+        await asyncio.sleep(0)
+        assert await in_flight.finished(timeout=1.0)
+        seen_done = second_done.is_set()
+        await running
+        return seen_done
+
+    assert asyncio.run(scenario())

@@ -89,6 +89,47 @@ def test_an_id_nobody_gave_out_is_unknown_and_asked_for_once(registry):
     assert [path for _, path in registry.requests if path.startswith("/schemas/ids/9999")] == ["/schemas/ids/9999"]
 
 
+def _their_purchase(registry) -> bytes:
+    """A purchase written by confluent-kafka's AvroSerializer with a schema version of its own (an id no worker saw)."""
+    theirs = copy.deepcopy(codec.schema_json("purchase"))
+    theirs["fields"].append({"name": "loyalty_card", "type": ["null", "string"], "default": None})
+    serializer = AvroSerializer(SchemaRegistryClient({"url": registry.url}), json.dumps(theirs))
+    return serializer({**PURCHASE, "loyalty_card": "C-17"}, SerializationContext("purchases", MessageField.VALUE))
+
+
+def test_a_registry_that_cannot_answer_blames_no_record_and_is_asked_again(registry, monkeypatch):
+    """A 503 (a registry restarting, or without its Kafka store) is not "unknown id": the record must not
+    be dead-lettered. The error is a ConnectionError, which the lanes wait out and read again."""
+    from streams.runtime.failures import transient
+
+    schema_registry.ensure(_settings(registry))
+    data = _their_purchase(registry)
+    clock = [1000.0]
+    monkeypatch.setattr(schema_registry.time, "monotonic", lambda: clock[0])
+    registry.unavailable = True
+    asked = len(registry.requests)
+    with pytest.raises(schema_registry.RegistryUnavailable) as raised:
+        codec.decode(data, "purchase")
+    assert transient(raised.value) and not isinstance(raised.value, codec.DecodeError)
+    assert "answered 503" in str(raised.value) and registry.url in str(raised.value)
+    assert len(registry.requests) == asked + 1  # one request, no retries of the client's own (they block the loop)
+    with pytest.raises(schema_registry.RegistryUnavailable):
+        codec.decode(data, "purchase")  # within the pause: no request
+    assert len(registry.requests) == asked + 1
+    registry.unavailable = False
+    clock[0] += schema_registry.UNAVAILABLE_RETRY_S
+    assert codec.decode(data, "purchase") == ("purchase", PURCHASE)
+
+
+def test_an_unreachable_registry_blames_no_record(registry, monkeypatch):
+    schema_registry.ensure(_settings(registry))
+    data = _their_purchase(registry)
+    registry.__exit__()  # stops answering: connection refused
+    with pytest.raises(schema_registry.RegistryUnavailable) as raised:
+        codec.decode(data, "purchase")
+    assert "cannot be reached" in str(raised.value)
+
+
 def test_the_topic_decides_when_a_number_is_an_id_in_both(registry):
     """A fresh registry gives out ids from 1, as registry.json does: the same number can be an
     outward schema there and an older pair state in a changelog here. Each topic reads its own."""

@@ -117,3 +117,38 @@ def test_a_friend_updates_partition_whose_commit_the_worker_holds_is_not_stalled
     assert _held_while_applied(scorer, TopicPartition("friend-updates", 2))
     assert not _held_while_applied(scorer, TopicPartition("friend-updates", 3)), "nothing held there"
     assert not _held_while_applied(scorer, TopicPartition("posts", 2)), "only friend updates wait"
+
+
+class _Progress:
+    def __init__(self) -> None:
+        self.processed: dict = {}
+
+    def position(self, tp):
+        return self.processed.get(tp)
+
+
+def _scorer(app) -> object:
+    scorer = type("Scorer", (), {})()
+    scorer.app, scorer.ready, scorer.progress, scorer.waiting_updates = app, True, _Progress(), WaitingUpdates()
+    return scorer
+
+
+def test_a_partition_the_worker_processes_is_not_stalled_while_its_commit_waits(caplog):
+    """In a large backlog a lane's commits can trail what it processed: that is progress, and nothing is said."""
+    import asyncio
+
+    from streams.runtime.stall_watch import STALL_S, StallWatch
+
+    tp, faust_tp = TopicPartition("friendships", 1), TP("friendships", 1)
+    scorer = _scorer(_App(_FaustConsumerState({faust_tp}, active={faust_tp})))
+    watch = StallWatch(scorer)
+    caplog.set_level("INFO", logger="streams.runtime.stall_watch")
+    for step in range(6):
+        scorer.progress.processed[faust_tp] = 100 * step  # processed moves, committed stays at 0
+        asyncio.run(watch.observe(tp, 0, 75_000, now=step * STALL_S))
+    assert not caplog.records
+
+    for step in range(6, 8):  # neither moves now: checked, said at INFO (nothing left out: nothing done)
+        asyncio.run(watch.observe(tp, 0, 75_000, now=step * STALL_S))
+    checks = [r for r in caplog.records if "no progress" in r.getMessage()]
+    assert checks and all(r.levelname == "INFO" for r in checks)
