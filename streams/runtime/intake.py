@@ -51,7 +51,9 @@ class Intake:
         self._arrived = asyncio.Event()
         self._full = asyncio.Event()
         self._paused: set[TP] = set()
-        #: cleared by ``suspend`` (a rebalance): no batch is handed out until ``resume``
+        #: cleared by ``suspend`` (a rebalance): no batch is handed out until ``resume``. Not Faust's
+        #: flow control: records already buffered here are handed out whatever it says, and recovery
+        #: has been seen to leave it suspended (streams/runtime/stall_watch.py)
         self._resumed = asyncio.Event()
         self._resumed.set()
         #: set by ``close``: no batch is handed out any more

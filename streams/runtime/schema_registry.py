@@ -50,7 +50,7 @@ UNKNOWN_ID_TTL = 60.0
 #: HTTP timeout for one registry request, seconds.
 REQUEST_TIMEOUT = 10
 #: The same for a lookup while records are decoded, which blocks the event loop
-#: (heartbeats included): short, and not retried by the client itself.
+#: (the lanes, commits and the query API): short, and not retried by the client itself.
 LOOKUP_TIMEOUT = 2
 #: After the registry could not answer a lookup, records with ids not yet
 #: known fail at once (no request) for this long, seconds.
@@ -149,15 +149,15 @@ def ensure(settings: Settings, catalog: Catalog = CATALOG, client=None) -> dict[
     return written
 
 
-def install_resolver(settings: Settings, catalog: Catalog = CATALOG, client=None) -> None:
+def install_resolver(settings: Settings, catalog: Catalog = CATALOG) -> None:
     """Decode ids the registry gave out (asked for lazily, once per id)."""
-    codec.set_resolver(_Resolver(client or client_for(settings, lookups=True), catalog, settings.schema_registry_url))
+    codec.set_resolver(_Resolver(client_for(settings, lookups=True), catalog, settings.schema_registry_url))
 
 
 class _Resolver:
     """id -> (Standing's schema name, the schema as registered), by the Avro full name."""
 
-    def __init__(self, client, catalog: Catalog, url: str = "") -> None:
+    def __init__(self, client, catalog: Catalog, url: str) -> None:
         self._client = client
         self._url = url
         self._names = {
